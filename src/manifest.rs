@@ -1,0 +1,99 @@
+//! Manifests: the YAML kinds Sluice reads, loaded with positions and validated.
+//!
+//! A revision is loaded whole or not at all: [`load_dir`] returns either a [`Revision`] in which
+//! every reference resolves, or every problem it found, each with file, line and column.
+
+pub mod model;
+pub mod span;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+pub use span::{Pos, Spanned};
+
+/// `namespace/name` of an object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One finding about a revision, printed as `FILE:LINE:COL: error: MESSAGE`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Diagnostic {
+    pub pos: Pos,
+    pub severity: Severity,
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub fn error(pos: Pos, message: impl Into<String>) -> Self {
+        Diagnostic {
+            pos,
+            severity: Severity::Error,
+            message: message.into(),
+        }
+    }
+
+    pub fn warning(pos: Pos, message: impl Into<String>) -> Self {
+        Diagnostic {
+            pos,
+            severity: Severity::Warning,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let severity = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{}: {}: {}", self.pos, severity, self.message)
+    }
+}
+
+/// One object of a revision with the position of its document.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Object<T> {
+    /// Namespace (defaulted to `default`) and name.
+    pub key: ObjectKey,
+    pub pos: Pos,
+    pub value: T,
+}
+
+/// Every object of one revision, validated: references resolve, names are unique.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Revision {
+    pub services: BTreeMap<ObjectKey, Object<model::Service>>,
+    pub endpoint_slices: BTreeMap<ObjectKey, Object<model::EndpointSlice>>,
+    /// In Gateway API precedence order (oldest `creationTimestamp` first, then `namespace/name`).
+    pub http_routes: Vec<Object<model::HttpRoute>>,
+    /// In the same precedence order as `http_routes`.
+    pub grpc_routes: Vec<Object<model::GrpcRoute>>,
+    /// Findings that do not refuse the revision (a weight-0 backend to a missing Service, ...).
+    pub warnings: Vec<Diagnostic>,
+}

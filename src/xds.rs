@@ -1,0 +1,5 @@
+//! The xDS protocol layer: resource snapshots, the SotW and delta state machines, and the ADS
+//! gRPC server. It knows nothing of manifests; the only thing it receives is a
+//! [`resource::SnapshotView`].
+
+pub mod resource;

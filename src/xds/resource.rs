@@ -1,0 +1,176 @@
+//! Envoy resources as the protocol layer sees them: a name, a content-hash version and the
+//! encoded bytes, grouped into immutable per-sidecar snapshots.
+//!
+//! Each resource is encoded once when it is built and its bytes are shared by every stream that
+//! sends it. Versions are hashes of those bytes, so they are identical across restarts and
+//! replicas, and a reconnecting delta client with `initial_resource_versions` is sent only what
+//! really changed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use xxhash_rust::xxh3::xxh3_64;
+
+/// The four resource types Sluice serves, in make-before-break order: a sidecar must have a
+/// cluster before its endpoints, and a cluster before a route may name it (routes are not
+/// warmed). Listeners come before routes because RDS subscriptions come from listeners.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceType {
+    Cluster,
+    Endpoint,
+    Listener,
+    Route,
+}
+
+impl ResourceType {
+    pub const ALL: [ResourceType; 4] = [
+        ResourceType::Cluster,
+        ResourceType::Endpoint,
+        ResourceType::Listener,
+        ResourceType::Route,
+    ];
+
+    pub const fn type_url(self) -> &'static str {
+        match self {
+            ResourceType::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            ResourceType::Endpoint => {
+                "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+            }
+            ResourceType::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
+            ResourceType::Route => {
+                "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+            }
+        }
+    }
+
+    pub fn from_type_url(url: &str) -> Option<ResourceType> {
+        ResourceType::ALL.into_iter().find(|t| t.type_url() == url)
+    }
+
+    /// Short name used in metrics, logs and the debug API.
+    pub const fn short_name(self) -> &'static str {
+        match self {
+            ResourceType::Cluster => "cds",
+            ResourceType::Endpoint => "eds",
+            ResourceType::Listener => "lds",
+            ResourceType::Route => "rds",
+        }
+    }
+
+    /// LDS and CDS are wildcard types: a client that names nothing gets everything, and a
+    /// state-of-the-world response always holds the full set.
+    pub const fn is_wildcard_type(self) -> bool {
+        matches!(self, ResourceType::Cluster | ResourceType::Listener)
+    }
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for ResourceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.short_name())
+    }
+}
+
+/// One named, encoded resource.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resource {
+    pub name: String,
+    /// Hash of the encoded bytes: equal content, equal version, on every replica.
+    pub version: String,
+    /// The resource, already wrapped in an `Any` of its type.
+    pub body: Any,
+    /// Where the resource came from (manifest file:line entries), for NACK reports.
+    pub origins: Vec<String>,
+}
+
+impl Resource {
+    /// Encodes `message` once and derives the version from its bytes.
+    pub fn new<M: Message>(
+        resource_type: ResourceType,
+        name: impl Into<String>,
+        message: &M,
+    ) -> Resource {
+        let value = message.encode_to_vec();
+        let version = content_version(&value);
+        Resource {
+            name: name.into(),
+            version,
+            body: Any {
+                type_url: resource_type.type_url().to_string(),
+                value,
+            },
+            origins: Vec::new(),
+        }
+    }
+
+    pub fn with_origins(mut self, origins: Vec<String>) -> Resource {
+        self.origins = origins;
+        self
+    }
+}
+
+/// The version string for encoded bytes: 16 hex digits of a 64-bit hash.
+pub fn content_version(bytes: &[u8]) -> String {
+    format!("{:016x}", xxh3_64(bytes))
+}
+
+/// All resources one sidecar should have, per type, sorted by name. Immutable once built.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The source revision (commit SHA or directory digest) this snapshot was compiled from.
+    pub revision: String,
+    resources: [BTreeMap<String, Arc<Resource>>; 4],
+    /// Per type, a hash over every (name, version) pair: the type's version.
+    type_versions: [String; 4],
+}
+
+impl Snapshot {
+    pub fn new(revision: impl Into<String>, resources: Vec<(ResourceType, Resource)>) -> Snapshot {
+        let mut maps: [BTreeMap<String, Arc<Resource>>; 4] = Default::default();
+        for (resource_type, resource) in resources {
+            maps[resource_type.index()].insert(resource.name.clone(), Arc::new(resource));
+        }
+        let type_versions = ResourceType::ALL.map(|t| type_version(&maps[t.index()]));
+        Snapshot {
+            revision: revision.into(),
+            resources: maps,
+            type_versions,
+        }
+    }
+
+    pub fn resources(&self, resource_type: ResourceType) -> &BTreeMap<String, Arc<Resource>> {
+        &self.resources[resource_type.index()]
+    }
+
+    pub fn get(&self, resource_type: ResourceType, name: &str) -> Option<&Arc<Resource>> {
+        self.resources[resource_type.index()].get(name)
+    }
+
+    /// A hash of every resource of the type: it moves when, and only when, one of them changes.
+    pub fn type_version(&self, resource_type: ResourceType) -> &str {
+        &self.type_versions[resource_type.index()]
+    }
+}
+
+fn type_version(resources: &BTreeMap<String, Arc<Resource>>) -> String {
+    let mut buf = Vec::with_capacity(resources.len() * 40);
+    for (name, resource) in resources {
+        buf.extend_from_slice(name.as_bytes());
+        buf.push(0);
+        buf.extend_from_slice(resource.version.as_bytes());
+        buf.push(0);
+    }
+    content_version(&buf)
+}
+
+/// What the protocol server asks of whoever compiles the configuration: the snapshot for one
+/// sidecar. The server knows nothing of where the resources come from.
+pub trait SnapshotView: Send + Sync + fmt::Debug {
+    fn snapshot_for(&self, node: &crate::node::NodeInfo) -> Arc<Snapshot>;
+}
