@@ -3,3 +3,6 @@
 //! [`resource::SnapshotView`].
 
 pub mod resource;
+pub mod delta;
+pub mod sotw;
+pub mod stream;

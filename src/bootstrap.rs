@@ -1,0 +1,1 @@
+//! `sluice bootstrap`: a complete Envoy v3 bootstrap for one sidecar.
