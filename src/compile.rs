@@ -1,2 +1,263 @@
 //! The compiler: pure functions from a validated revision, the sidecar workloads and one node's
 //! configuration key to the Envoy resources that node receives.
+//!
+//! [`compile_mesh`] does all the work that can fail, once per (revision, workloads): it indexes
+//! the Services, builds one EDS cluster and one `ClusterLoadAssignment` per HTTP/gRPC Service
+//! port, and compiles every HTTPRoute and GRPCRoute rule into per-Service-port route tables,
+//! already ordered by Gateway API precedence. It then checks the result is consistent (every
+//! cluster a route names exists and has endpoints). Building the snapshot of one sidecar later
+//! ([`Mesh::snapshot_for_key`]) is mechanical and cannot fail: it picks, per Service port, the
+//! producer or consumer table that applies to the sidecar's namespace and writes the domains.
+//!
+//! # Names
+//! - Cluster (and its `ClusterLoadAssignment`): `outbound|PORT||NAME.NS.svc.cluster.local`,
+//!   as Istio names them, so dashboards and habits carry over ([`cluster_name`]).
+//! - Listener: [`LISTENER_NAME`], with an HTTP connection manager that fetches the route
+//!   configuration [`ROUTE_CONFIG_NAME`] over ADS.
+//! - Virtual host: `NAME.NS:PORT`.
+//! - Route: `NS/ROUTE/rule-I[/match-J]` (or the rule's `name` instead of `rule-I`).
+
+mod endpoints;
+mod filters;
+mod findings;
+mod listener;
+mod matches;
+mod routes;
+mod services;
+mod timeouts;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+use envoy_types::pb::envoy::config::route::v3::Route;
+
+use crate::manifest::{Diagnostic, Pos, Revision};
+use crate::node::{ConfigKey, NodeInfo};
+use crate::registry::Workloads;
+use crate::xds::resource::{Resource, ResourceType, Snapshot, SnapshotView};
+
+use findings::Findings;
+use routes::RouteTables;
+use services::ServiceIndex;
+
+/// The name of every sidecar's outbound HTTP listener.
+pub const LISTENER_NAME: &str = "sluice_outbound";
+/// The name of the route configuration the outbound listener fetches over RDS.
+pub const ROUTE_CONFIG_NAME: &str = "sluice_outbound";
+
+/// The cluster (and `ClusterLoadAssignment`) name of one Service port.
+pub fn cluster_name(name: &str, namespace: &str, port: u16) -> String {
+    format!("outbound|{port}||{name}.{namespace}.svc.cluster.local")
+}
+
+/// One compiled revision: everything needed to build any sidecar's snapshot without failing.
+/// Immutable once built; snapshots are built on first use per [`ConfigKey`] and cached.
+pub struct Mesh {
+    revision: String,
+    /// CDS and EDS resources, the same for every sidecar, sorted by name.
+    shared: Vec<(ResourceType, Resource)>,
+    /// Every HTTP/gRPC Service port, sorted by Service then port: one virtual host each.
+    vhosts: Vec<listener::VhostSource>,
+    tables: RouteTables,
+    warnings: Vec<Diagnostic>,
+    /// Built snapshots per configuration key. Filled outside the lock, so two sidecars with the
+    /// same new key may both build it; the first one stored wins and both get equal content.
+    cache: Mutex<HashMap<ConfigKey, Arc<Snapshot>>>,
+}
+
+impl fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        f.debug_struct("Mesh")
+            .field("revision", &self.revision)
+            .field("shared_resources", &self.shared.len())
+            .field("virtual_hosts", &self.vhosts.len())
+            .field("warnings", &self.warnings.len())
+            .field("cached_snapshots", &cached)
+            .finish()
+    }
+}
+
+impl Mesh {
+    /// The source revision (commit SHA or directory digest) this mesh was compiled from.
+    pub fn revision(&self) -> &str {
+        &self.revision
+    }
+
+    /// Findings that did not refuse the revision (a route attached to a Gateway, a GRPCRoute
+    /// that shadows an HTTPRoute, ...). The revision's own load warnings are not repeated here.
+    pub fn warnings(&self) -> &[Diagnostic] {
+        &self.warnings
+    }
+
+    /// The snapshot of every sidecar whose configuration key is `key`.
+    pub fn snapshot_for_key(&self, key: &ConfigKey) -> Arc<Snapshot> {
+        if let Some(found) = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+        {
+            return found.clone();
+        }
+        let built = Arc::new(self.build_snapshot(key));
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key.clone())
+            .or_insert(built)
+            .clone()
+    }
+
+    fn build_snapshot(&self, key: &ConfigKey) -> Snapshot {
+        let mut resources = self.shared.clone();
+        resources.push((ResourceType::Listener, listener::to_listener(key)));
+        resources.push((
+            ResourceType::Route,
+            listener::to_route_configuration(&key.namespace, &self.vhosts, &self.tables),
+        ));
+        Snapshot::new(self.revision.clone(), resources)
+    }
+}
+
+impl SnapshotView for Mesh {
+    fn snapshot_for(&self, node: &NodeInfo) -> Arc<Snapshot> {
+        self.snapshot_for_key(&node.config_key())
+    }
+}
+
+/// Compiles one revision with the current sidecar workloads. Returns every error found (and the
+/// warnings beside them), or a [`Mesh`] from which any sidecar's snapshot can be built.
+pub fn compile_mesh(
+    revision_id: &str,
+    revision: &Revision,
+    workloads: &Workloads,
+) -> Result<Mesh, Vec<Diagnostic>> {
+    let mut findings = Findings::default();
+    let services = ServiceIndex::build(revision, &mut findings);
+    let assignments = endpoints::to_load_assignments(revision, &services, workloads, &mut findings);
+    let tables = routes::compile_routes(revision, &services, &mut findings);
+    if !findings.errors.is_empty() {
+        return Err(findings.into_all());
+    }
+
+    let mut shared = Vec::new();
+    for service in services.services.values() {
+        for port in service.served_ports() {
+            let cluster = services::to_cluster(port);
+            shared.push((
+                ResourceType::Cluster,
+                Resource::new(ResourceType::Cluster, &port.cluster, &cluster)
+                    .with_origins(vec![origin(&service.pos)]),
+            ));
+        }
+    }
+    for (name, (assignment, origins)) in &assignments {
+        shared.push((
+            ResourceType::Endpoint,
+            Resource::new(ResourceType::Endpoint, name, assignment).with_origins(origins.clone()),
+        ));
+    }
+    let vhosts = listener::vhost_sources(&services);
+
+    check_consistency(&shared, &vhosts, &tables, &mut findings);
+    if !findings.errors.is_empty() {
+        return Err(findings.into_all());
+    }
+
+    Ok(Mesh {
+        revision: revision_id.to_string(),
+        shared,
+        vhosts,
+        tables,
+        warnings: findings.warnings,
+        cache: Mutex::new(HashMap::new()),
+    })
+}
+
+/// `file:line` of a manifest position, as resources carry it in their `origins`.
+fn origin(pos: &Pos) -> String {
+    format!("{}:{}", pos.file, pos.line)
+}
+
+/// Every cluster a route (or a mirror policy) names exists, and every cluster has a
+/// `ClusterLoadAssignment`. A failure here is a compiler bug, reported rather than served.
+fn check_consistency(
+    shared: &[(ResourceType, Resource)],
+    vhosts: &[listener::VhostSource],
+    tables: &RouteTables,
+    findings: &mut Findings,
+) {
+    let clusters: BTreeSet<&str> = shared
+        .iter()
+        .filter(|(t, _)| *t == ResourceType::Cluster)
+        .map(|(_, r)| r.name.as_str())
+        .collect();
+    let assignments: BTreeSet<&str> = shared
+        .iter()
+        .filter(|(t, _)| *t == ResourceType::Endpoint)
+        .map(|(_, r)| r.name.as_str())
+        .collect();
+    for cluster in &clusters {
+        if !assignments.contains(cluster) {
+            findings.error(
+                &Pos::default(),
+                format!("internal error: cluster {cluster:?} has no ClusterLoadAssignment"),
+            );
+        }
+    }
+    let mut check_routes = |routes: &[Route], origins: &[String]| {
+        for route in routes {
+            for name in clusters_named_by(route) {
+                if !clusters.contains(name) {
+                    findings.error(
+                        &Pos::default(),
+                        format!(
+                            "internal error: route {:?} (from {}) names cluster {name:?}, which \
+                             does not exist",
+                            route.name,
+                            origins.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+    };
+    for vhost in vhosts {
+        check_routes(std::slice::from_ref(&vhost.default_route), &[]);
+    }
+    for table in tables.all() {
+        check_routes(&table.routes, &table.origins);
+    }
+}
+
+/// The clusters a route sends to or mirrors to.
+fn clusters_named_by(route: &Route) -> Vec<&str> {
+    let mut names = Vec::new();
+    if let Some(Action::Route(action)) = &route.action {
+        match &action.cluster_specifier {
+            Some(ClusterSpecifier::Cluster(name)) => names.push(name.as_str()),
+            Some(ClusterSpecifier::WeightedClusters(weighted)) => {
+                names.extend(weighted.clusters.iter().map(|c| c.name.as_str()))
+            }
+            _ => {}
+        }
+        names.extend(
+            action
+                .request_mirror_policies
+                .iter()
+                .map(|m| m.cluster.as_str()),
+        );
+    }
+    names
+}

@@ -1,0 +1,259 @@
+//! Endpoints of each served Service port, as one `ClusterLoadAssignment` per cluster.
+//!
+//! Two sources, merged: connected sidecars (a [`Workload`] in the Service's namespace whose
+//! labels contain the Service's non-empty selector, at the port's numeric `targetPort`), and
+//! EndpointSlices labelled `kubernetes.io/service-name` (every address of every ready endpoint,
+//! at the slice port named like the Service port). Endpoints are grouped by locality
+//! (region, zone); localities and addresses are sorted, so equal inputs give equal bytes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+use envoy_types::pb::envoy::config::core::v3::address;
+use envoy_types::pb::envoy::config::core::v3::socket_address::{PortSpecifier, Protocol};
+use envoy_types::pb::envoy::config::core::v3::{Address, Locality, SocketAddress};
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+
+use super::findings::Findings;
+use super::origin;
+use super::services::{PortEntry, ServiceEntry, ServiceIndex};
+use crate::manifest::model::EndpointSlice;
+use crate::manifest::{Object, ObjectKey, Revision};
+use crate::registry::{Workload, Workloads};
+
+/// The label that ties an EndpointSlice to its Service.
+pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// (region, zone); empty strings when unknown.
+type LocalityKey = (String, String);
+
+/// Per cluster name: its assignment and the manifest positions it came from.
+pub(crate) type Assignments = BTreeMap<String, (ClusterLoadAssignment, Vec<String>)>;
+
+/// One EndpointSlice's ready endpoints, parsed once.
+struct Slice<'a> {
+    object: &'a Object<EndpointSlice>,
+    /// Ready addresses with their zone.
+    addresses: Vec<(IpAddr, Option<String>)>,
+}
+
+pub(crate) fn to_load_assignments(
+    revision: &Revision,
+    services: &ServiceIndex,
+    workloads: &Workloads,
+    findings: &mut Findings,
+) -> Assignments {
+    let slices = index_slices(revision, services, findings);
+    let mut assignments = Assignments::new();
+    for service in services.services.values() {
+        let own_slices = slices.get(&service.key).map(Vec::as_slice).unwrap_or(&[]);
+        let mut used_slices = BTreeSet::new();
+        for port in service.served_ports() {
+            let mut by_address: BTreeMap<SocketAddr, LocalityKey> = BTreeMap::new();
+            let mut origins = vec![origin(&service.pos)];
+            if let Some(target) = port.target_port.filter(|_| !service.selector.is_empty()) {
+                for workload in workloads.by_node.values() {
+                    if selects(service, workload) {
+                        by_address
+                            .entry(SocketAddr::new(workload.address, target))
+                            .or_insert_with(|| {
+                                (
+                                    workload.region.clone().unwrap_or_default(),
+                                    workload.zone.clone().unwrap_or_default(),
+                                )
+                            });
+                    }
+                }
+            }
+            for slice in own_slices {
+                let Some(slice_port) = slice_port_for(service, port, &slice.object.value) else {
+                    continue;
+                };
+                used_slices.insert(slice.object.key.clone());
+                origins.push(origin(&slice.object.pos));
+                for (ip, zone) in &slice.addresses {
+                    by_address
+                        .entry(SocketAddr::new(*ip, slice_port))
+                        .or_insert_with(|| (String::new(), zone.clone().unwrap_or_default()));
+                }
+            }
+            origins.sort();
+            origins.dedup();
+            let assignment = to_assignment(&port.cluster, by_address);
+            assignments.insert(port.cluster.clone(), (assignment, origins));
+        }
+        for slice in own_slices {
+            if !used_slices.contains(&slice.object.key) && service.served_ports().next().is_some() {
+                findings.warning(
+                    &slice.object.pos,
+                    format!(
+                        "EndpointSlice {}: none of its ports is named like an HTTP port of \
+                         Service {}, so its endpoints are not used",
+                        slice.object.key, service.key
+                    ),
+                );
+            }
+        }
+    }
+    assignments
+}
+
+fn selects(service: &ServiceEntry, workload: &Workload) -> bool {
+    workload.namespace == service.key.namespace
+        && service
+            .selector
+            .iter()
+            .all(|(k, v)| workload.labels.get(k) == Some(v))
+}
+
+/// The slice port that serves `port`: the one with the same name (no name equals no name), or,
+/// when both the Service and the slice have a single port, that one.
+fn slice_port_for(service: &ServiceEntry, port: &PortEntry, slice: &EndpointSlice) -> Option<u16> {
+    let named = slice
+        .ports
+        .iter()
+        .find(|p| p.name.as_deref().unwrap_or_default() == port.name);
+    match named {
+        Some(p) => Some(p.port),
+        None if slice.ports.len() == 1 && service.ports.len() == 1 => {
+            slice.ports.first().map(|p| p.port)
+        }
+        None => None,
+    }
+}
+
+/// Validates every EndpointSlice and groups the usable ones by their Service.
+fn index_slices<'a>(
+    revision: &'a Revision,
+    services: &ServiceIndex,
+    findings: &mut Findings,
+) -> BTreeMap<ObjectKey, Vec<Slice<'a>>> {
+    let mut slices: BTreeMap<ObjectKey, Vec<Slice<'a>>> = BTreeMap::new();
+    for (key, object) in &revision.endpoint_slices {
+        let slice = &object.value;
+        let what = format!("EndpointSlice {key}");
+        let want_v6 = match slice.address_type.as_str() {
+            "IPv4" => false,
+            "IPv6" => true,
+            other => {
+                findings.error(
+                    &object.pos,
+                    format!(
+                        "{what}: addressType {other:?} is not supported; Envoy endpoints need \
+                         IP addresses (IPv4 or IPv6)"
+                    ),
+                );
+                continue;
+            }
+        };
+        let mut addresses = Vec::new();
+        for (i, endpoint) in slice.endpoints.iter().enumerate() {
+            for (j, text) in endpoint.addresses.iter().enumerate() {
+                match text.parse::<IpAddr>() {
+                    Ok(ip) if ip.is_ipv6() == want_v6 => {
+                        if endpoint.conditions.ready.unwrap_or(true) {
+                            addresses.push((ip, endpoint.zone.clone()));
+                        }
+                    }
+                    Ok(_) => findings.error(
+                        &endpoint.pos,
+                        format!(
+                            "{what}: endpoints[{i}].addresses[{j}]: {text:?} is not an {} \
+                             address, as addressType says",
+                            slice.address_type
+                        ),
+                    ),
+                    Err(_) => findings.error(
+                        &endpoint.pos,
+                        format!(
+                            "{what}: endpoints[{i}].addresses[{j}]: {text:?} is not an IP address"
+                        ),
+                    ),
+                }
+            }
+        }
+        for (i, port) in slice.ports.iter().enumerate() {
+            if port.port == 0 {
+                findings.error(
+                    &object.pos,
+                    format!("{what}: ports[{i}].port: 0 is not a valid port"),
+                );
+            }
+        }
+        let Some(service_name) = slice.metadata.labels.get(SERVICE_NAME_LABEL) else {
+            findings.warning(
+                &object.pos,
+                format!(
+                    "{what} has no {SERVICE_NAME_LABEL} label, so no Service uses its endpoints"
+                ),
+            );
+            continue;
+        };
+        if services.get(&key.namespace, service_name).is_none() {
+            findings.warning(
+                &object.pos,
+                format!(
+                    "{what}: its {SERVICE_NAME_LABEL} label names Service {service_name:?}, \
+                     which is not in namespace {:?}",
+                    key.namespace
+                ),
+            );
+            continue;
+        }
+        slices
+            .entry(ObjectKey::new(key.namespace.clone(), service_name.clone()))
+            .or_default()
+            .push(Slice { object, addresses });
+    }
+    slices
+}
+
+fn to_assignment(
+    cluster: &str,
+    by_address: BTreeMap<SocketAddr, LocalityKey>,
+) -> ClusterLoadAssignment {
+    let mut by_locality: BTreeMap<LocalityKey, Vec<SocketAddr>> = BTreeMap::new();
+    for (address, locality) in by_address {
+        by_locality.entry(locality).or_default().push(address);
+    }
+    ClusterLoadAssignment {
+        cluster_name: cluster.to_string(),
+        endpoints: by_locality
+            .into_iter()
+            .map(|((region, zone), addresses)| LocalityLbEndpoints {
+                locality: (!region.is_empty() || !zone.is_empty()).then(|| Locality {
+                    region,
+                    zone,
+                    sub_zone: String::new(),
+                }),
+                lb_endpoints: addresses.into_iter().map(to_lb_endpoint).collect(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn to_lb_endpoint(address: SocketAddr) -> LbEndpoint {
+    LbEndpoint {
+        host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+            address: Some(socket_address(address)),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn socket_address(address: SocketAddr) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            protocol: Protocol::Tcp as i32,
+            address: address.ip().to_string(),
+            port_specifier: Some(PortSpecifier::PortValue(u32::from(address.port()))),
+            ..Default::default()
+        })),
+    }
+}
