@@ -2,13 +2,32 @@
 //!
 //! A revision is loaded whole or not at all: [`load_dir`] returns either a [`Revision`] in which
 //! every reference resolves, or every problem it found, each with file, line and column.
+//!
+//! # Layout
+//! - [`yaml`]: bytes to a positioned YAML tree, with hard limits (size, depth) and refusals
+//!   (anchors and aliases, tags, duplicate keys, encodings other than UTF-8).
+//! - [`de`]: a strict `serde` deserializer over that tree: typed scalars, field paths, positions
+//!   and suggestions in every error, [`Spanned`] values.
+//! - [`model`]: the Kubernetes and Gateway API kinds as typed Rust.
+//! - `load`: folders and in-memory files to a [`Revision`] ([`read_dir`], [`load_files`],
+//!   [`load_dir`]), with [`LoadOptions`].
+//! - [`validate`]: semantic checks (names, references, Gateway API rules), and `re2`, which
+//!   checks regexes against Envoy's RE2 limits.
 
+pub mod de;
+mod load;
 pub mod model;
+mod re2;
 pub mod span;
+pub mod validate;
+pub mod yaml;
 
 use std::collections::BTreeMap;
 use std::fmt;
 
+pub use load::{
+    is_manifest_name, load_dir, load_files, read_dir, LoadOptions, SourceFile, EMPTY_REVISION,
+};
 pub use span::{Pos, Spanned};
 
 /// `namespace/name` of an object.

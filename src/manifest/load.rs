@@ -1,0 +1,919 @@
+//! Loading a revision: files from a folder (or from a Git commit, in memory), YAML documents,
+//! typed objects, then validation. All or nothing: a revision with one error is not returned,
+//! and every error found is.
+//!
+//! The limits are checked before anything is read or parsed, so a hostile or broken repository
+//! costs bounded time and memory.
+
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::de;
+use super::model::{EndpointSlice, GrpcRoute, HttpRoute, ObjectMeta, Service};
+use super::validate::{self, Kind, Trees};
+use super::yaml::{self, Node, NodeKind};
+use super::{Diagnostic, Object, ObjectKey, Pos, Revision};
+
+/// Limits and switches for loading a revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Larger files are refused without being read. Default 2 MiB (Kubernetes itself refuses
+    /// objects above about 1.5 MiB).
+    pub max_file_bytes: usize,
+    /// The revision is refused once its manifest files add up to more. Default 64 MiB.
+    pub max_total_bytes: usize,
+    /// The revision is refused if it holds more manifest files. Default 10,000.
+    pub max_files: usize,
+    /// Mappings and lists nested deeper are refused. Default 64; manifests need about 12.
+    pub max_depth: usize,
+    /// Serve a revision that holds no Service at all (`--allow-empty`).
+    pub allow_empty: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            max_file_bytes: 2 * 1024 * 1024,
+            max_total_bytes: 64 * 1024 * 1024,
+            max_files: 10_000,
+            max_depth: 64,
+            allow_empty: false,
+        }
+    }
+}
+
+/// One manifest file of a revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceFile {
+    /// Path relative to the revision root, with `/` separators.
+    pub path: String,
+    pub bytes: Vec<u8>,
+}
+
+/// The message of a revision without any Service.
+pub const EMPTY_REVISION: &str = "revision holds no Service; pass --allow-empty to serve it";
+
+/// Whether a file name is one Sluice reads: `*.yaml` or `*.yml`, not hidden. Editor leftovers
+/// (`x.yaml~`, `.x.yaml.swp`) and everything else are ignored.
+pub fn is_manifest_name(name: &str) -> bool {
+    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
+}
+
+/// A position for a whole file.
+fn file_pos(file: &str) -> Pos {
+    Pos {
+        file: Arc::from(file),
+        line: 1,
+        column: 1,
+    }
+}
+
+/// Loads the manifests below `root`: [`read_dir`] then [`load_files`].
+pub fn load_dir(root: &Path, opts: &LoadOptions) -> Result<Revision, Vec<Diagnostic>> {
+    let files = read_dir(root, opts)?;
+    load_files(&files, opts)
+}
+
+/// Reads every manifest file below `root`, sorted by path.
+///
+/// Hidden files and folders (`.git`, `.x.yaml.swp`) are skipped, and so is every file that is
+/// not `*.yaml`/`*.yml`. Symlinks are followed only when they are relative and stay inside
+/// `root`; an absolute symlink, one that leaves `root`, a dangling one or a loop is an error.
+/// The limits of `opts` are checked on file sizes before any file is read.
+pub fn read_dir(root: &Path, opts: &LoadOptions) -> Result<Vec<SourceFile>, Vec<Diagnostic>> {
+    let root_display = root.display().to_string();
+    let canonical_root = fs::canonicalize(root).map_err(|e| {
+        vec![Diagnostic::error(
+            file_pos(&root_display),
+            format!("cannot read the manifest folder: {e}"),
+        )]
+    })?;
+    let mut errors = Vec::new();
+    let found = walk(&canonical_root, opts, &mut errors);
+
+    let mut files = Vec::new();
+    let mut total: usize = 0;
+    for (i, (rel, path, len)) in found.into_iter().enumerate() {
+        if i >= opts.max_files {
+            errors.push(Diagnostic::error(
+                file_pos(&rel),
+                format!(
+                    "the revision holds more than {} manifest files; this one and those after it are not read",
+                    opts.max_files
+                ),
+            ));
+            break;
+        }
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if len > opts.max_file_bytes {
+            errors.push(too_big(&rel, len, opts.max_file_bytes));
+            continue;
+        }
+        total = total.saturating_add(len);
+        if total > opts.max_total_bytes {
+            errors.push(total_too_big(&rel, opts.max_total_bytes));
+            break;
+        }
+        // Read at most one byte past the limit, in case the file grew since it was listed.
+        let read = fs::File::open(&path).and_then(|f| {
+            let mut bytes = Vec::with_capacity(len.min(opts.max_file_bytes));
+            f.take(opts.max_file_bytes as u64 + 1)
+                .read_to_end(&mut bytes)?;
+            Ok(bytes)
+        });
+        match read {
+            Ok(bytes) if bytes.len() > opts.max_file_bytes => {
+                errors.push(too_big(&rel, bytes.len(), opts.max_file_bytes))
+            }
+            Ok(bytes) => files.push(SourceFile { path: rel, bytes }),
+            Err(e) => errors.push(Diagnostic::error(
+                file_pos(&rel),
+                format!("cannot read the file: {e}"),
+            )),
+        }
+    }
+    if errors.is_empty() {
+        Ok(files)
+    } else {
+        errors.sort();
+        Err(errors)
+    }
+}
+
+fn too_big(file: &str, len: usize, max: usize) -> Diagnostic {
+    Diagnostic::error(
+        file_pos(file),
+        format!("file is {len} bytes, above the limit of {max} bytes per file"),
+    )
+}
+
+fn total_too_big(file: &str, max: usize) -> Diagnostic {
+    Diagnostic::error(
+        file_pos(file),
+        format!("the manifest files add up to more than {max} bytes at this file; the revision is refused"),
+    )
+}
+
+/// A folder to walk: where it is, its path relative to the root, and the canonical paths of
+/// itself and its ancestors (to find symlink loops).
+struct Dir {
+    path: PathBuf,
+    rel: String,
+    chain: Vec<PathBuf>,
+}
+
+/// Finds the manifest files below `root` (canonical): (relative path, path to read, size).
+fn walk(
+    root: &Path,
+    opts: &LoadOptions,
+    errors: &mut Vec<Diagnostic>,
+) -> Vec<(String, PathBuf, u64)> {
+    let mut found = Vec::new();
+    let mut stack = vec![Dir {
+        path: root.to_path_buf(),
+        rel: String::new(),
+        chain: vec![root.to_path_buf()],
+    }];
+    let mut folders = 0usize;
+    while let Some(dir) = stack.pop() {
+        folders += 1;
+        // Symlinked folders can multiply the tree; bound the walk like the file count.
+        if folders > opts.max_files {
+            errors.push(Diagnostic::error(
+                file_pos(if dir.rel.is_empty() { "." } else { &dir.rel }),
+                format!(
+                    "the revision holds more than {} folders; the rest is not read",
+                    opts.max_files
+                ),
+            ));
+            break;
+        }
+        let entries = match fs::read_dir(&dir.path) {
+            Ok(entries) => entries,
+            Err(e) => {
+                let rel = if dir.rel.is_empty() { "." } else { &dir.rel };
+                errors.push(Diagnostic::error(
+                    file_pos(rel),
+                    format!("cannot read the folder: {e}"),
+                ));
+                continue;
+            }
+        };
+        let mut names: Vec<(String, fs::DirEntry)> = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            names.push((name, entry));
+        }
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut subdirs = Vec::new();
+        for (name, entry) in names {
+            if name.starts_with('.') {
+                continue;
+            }
+            let rel = if dir.rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{}/{name}", dir.rel)
+            };
+            let path = entry.path();
+            let Ok(file_type) = entry.file_type() else {
+                continue;
+            };
+            if entry.file_name().to_str().is_none() {
+                if is_manifest_name(&name) {
+                    errors.push(Diagnostic::error(
+                        file_pos(&rel),
+                        "the file name is not valid UTF-8",
+                    ));
+                }
+                continue;
+            }
+            if file_type.is_symlink() {
+                if let Some(target) = follow_symlink(&path, &rel, &name, root, &dir.chain, errors) {
+                    match target {
+                        Target::File(canonical, len) => found.push((rel, canonical, len)),
+                        Target::Dir(canonical) => {
+                            let mut chain = dir.chain.clone();
+                            chain.push(canonical.clone());
+                            subdirs.push(Dir {
+                                path: canonical,
+                                rel,
+                                chain,
+                            });
+                        }
+                    }
+                }
+            } else if file_type.is_dir() {
+                let mut chain = dir.chain.clone();
+                chain.push(
+                    dir.chain
+                        .last()
+                        .map_or_else(|| path.clone(), |p| p.join(&name)),
+                );
+                subdirs.push(Dir { path, rel, chain });
+            } else if file_type.is_file() && is_manifest_name(&name) {
+                let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                found.push((rel, path, len));
+            }
+        }
+        // Depth-first in name order.
+        stack.extend(subdirs.into_iter().rev());
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+}
+
+enum Target {
+    File(PathBuf, u64),
+    Dir(PathBuf),
+}
+
+/// Resolves a symlink that may matter (named like a manifest, or pointing to a folder), or
+/// reports why it is refused. Other symlinks are ignored like other non-manifest files.
+fn follow_symlink(
+    path: &Path,
+    rel: &str,
+    name: &str,
+    root: &Path,
+    chain: &[PathBuf],
+    errors: &mut Vec<Diagnostic>,
+) -> Option<Target> {
+    let points_to_dir = fs::metadata(path).map(|m| m.is_dir()).unwrap_or(false);
+    if !is_manifest_name(name) && !points_to_dir {
+        return None;
+    }
+    let target = fs::read_link(path).ok()?;
+    if target.is_absolute() {
+        errors.push(Diagnostic::error(
+            file_pos(rel),
+            format!(
+                "symlink to the absolute path {:?} is refused: only relative symlinks that stay inside the folder are followed",
+                target.display().to_string()
+            ),
+        ));
+        return None;
+    }
+    let canonical = match fs::canonicalize(path) {
+        Ok(c) => c,
+        Err(e) => {
+            errors.push(Diagnostic::error(
+                file_pos(rel),
+                format!(
+                    "symlink to {:?} cannot be followed (a loop, or a missing target): {e}",
+                    target.display().to_string()
+                ),
+            ));
+            return None;
+        }
+    };
+    if !canonical.starts_with(root) {
+        errors.push(Diagnostic::error(
+            file_pos(rel),
+            format!(
+                "symlink to {:?} is refused: it leaves the manifest folder",
+                target.display().to_string()
+            ),
+        ));
+        return None;
+    }
+    let meta = fs::metadata(&canonical).ok()?;
+    if meta.is_dir() {
+        if chain.contains(&canonical) {
+            errors.push(Diagnostic::error(
+                file_pos(rel),
+                format!(
+                    "symlink to {:?} is refused: it loops back to a folder that contains it",
+                    target.display().to_string()
+                ),
+            ));
+            return None;
+        }
+        Some(Target::Dir(canonical))
+    } else if meta.is_file() {
+        Some(Target::File(canonical, meta.len()))
+    } else {
+        None
+    }
+}
+
+/// Loads a revision from files in memory (read by [`read_dir`], or from a Git commit).
+///
+/// Multi-document files are read; each document is dispatched on `apiVersion` and `kind`:
+/// `v1` Service, `discovery.k8s.io/v1` EndpointSlice, `gateway.networking.k8s.io/v1` HTTPRoute
+/// and GRPCRoute (and `v1` List, whose items are read the same way). Every other kind is skipped;
+/// another version of a kind Sluice reads is an error, since ignoring it would diverge from what
+/// the cluster does with it. The top-level `status` of an object (as `kubectl get -o yaml`
+/// prints it) is ignored: controllers write it, not operators.
+///
+/// On success the warnings are in [`Revision::warnings`]; on failure every error and warning
+/// found is returned, sorted by file, line and column.
+pub fn load_files(files: &[SourceFile], opts: &LoadOptions) -> Result<Revision, Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    let limits = yaml::Limits {
+        max_bytes: opts.max_file_bytes,
+        max_depth: opts.max_depth,
+    };
+    let mut sorted: Vec<&SourceFile> = files.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+
+    let mut docs = Vec::new();
+    let mut total: usize = 0;
+    for (i, f) in sorted.iter().enumerate() {
+        if i >= opts.max_files {
+            diags.push(Diagnostic::error(
+                file_pos(&f.path),
+                format!(
+                    "the revision holds more than {} manifest files; this one and those after it are not read",
+                    opts.max_files
+                ),
+            ));
+            break;
+        }
+        total = total.saturating_add(f.bytes.len());
+        if total > opts.max_total_bytes {
+            diags.push(total_too_big(&f.path, opts.max_total_bytes));
+            break;
+        }
+        let file: Arc<str> = Arc::from(f.path.as_str());
+        match yaml::parse(&file, &f.bytes, &limits) {
+            Ok(documents) => {
+                for doc in documents {
+                    dispatch(&file, doc.root, false, &mut docs, &mut diags);
+                }
+            }
+            Err(errors) => diags.extend(errors),
+        }
+    }
+
+    let mut rev = Revision::default();
+    let mut trees = Trees::new();
+    let mut first_seen: BTreeMap<(Kind, ObjectKey), Pos> = BTreeMap::new();
+    for doc in docs {
+        let Loaded {
+            kind,
+            key,
+            pos,
+            root,
+            object,
+        } = doc;
+        match first_seen.entry((kind, key.clone())) {
+            Entry::Occupied(first) => {
+                diags.push(Diagnostic::error(
+                    pos,
+                    format!("{kind} {key} is defined twice: here and in {}", first.get()),
+                ));
+                continue;
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(pos.clone());
+            }
+        }
+        trees.insert((kind, key.clone()), root);
+        match object {
+            Typed::Service(value) => {
+                rev.services.insert(key.clone(), Object { key, pos, value });
+            }
+            Typed::EndpointSlice(value) => {
+                rev.endpoint_slices
+                    .insert(key.clone(), Object { key, pos, value });
+            }
+            Typed::HttpRoute(value) => rev.http_routes.push(Object { key, pos, value }),
+            Typed::GrpcRoute(value) => rev.grpc_routes.push(Object { key, pos, value }),
+        }
+    }
+    sort_routes(&mut rev.http_routes, |r| &r.metadata);
+    sort_routes(&mut rev.grpc_routes, |r| &r.metadata);
+
+    diags.extend(validate::validate(&rev, &trees));
+    drop(trees);
+
+    let has_errors = diags.iter().any(|d| d.severity == super::Severity::Error);
+    if !has_errors && rev.services.is_empty() && !opts.allow_empty {
+        diags.push(Diagnostic::error(file_pos("."), EMPTY_REVISION));
+    }
+    diags.sort();
+    diags.dedup();
+    if diags.iter().any(|d| d.severity == super::Severity::Error) {
+        return Err(diags);
+    }
+    rev.warnings = diags;
+    Ok(rev)
+}
+
+/// Gateway API precedence: oldest `creationTimestamp` first (routes without one after those
+/// with one), then `namespace/name`.
+fn sort_routes<T>(routes: &mut [Object<T>], meta: impl Fn(&T) -> &ObjectMeta) {
+    routes.sort_by(|a, b| {
+        let ta = validate::creation_time(meta(&a.value));
+        let tb = validate::creation_time(meta(&b.value));
+        let by_time = match (ta, tb) {
+            (Some(x), Some(y)) => x.cmp(&y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        };
+        by_time.then_with(|| a.key.cmp(&b.key))
+    });
+}
+
+enum Typed {
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+    HttpRoute(HttpRoute),
+    GrpcRoute(GrpcRoute),
+}
+
+/// One object read from a document, with its tree for positioning later findings.
+struct Loaded {
+    kind: Kind,
+    key: ObjectKey,
+    pos: Pos,
+    root: Node,
+    object: Typed,
+}
+
+/// A string field of the document root, or why it is not one.
+fn type_field<'n>(file: &Arc<str>, root: &'n Node, field: &str) -> Result<&'n str, Diagnostic> {
+    match root.get(field) {
+        None => Err(Diagnostic::error(
+            root.pos(file),
+            format!("the document has no {field}; every manifest needs apiVersion and kind"),
+        )),
+        Some(node) => match &node.kind {
+            NodeKind::Scalar { text, .. } if !node.is_null() => Ok(text),
+            _ => Err(Diagnostic::error(
+                node.pos(file),
+                format!("{field}: expected a string, found {}", node.describe()),
+            )),
+        },
+    }
+}
+
+fn dispatch(
+    file: &Arc<str>,
+    mut root: Node,
+    in_list: bool,
+    docs: &mut Vec<Loaded>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    if !matches!(root.kind, NodeKind::Map(_)) {
+        diags.push(Diagnostic::error(
+            root.pos(file),
+            format!(
+                "a manifest document must be a mapping with apiVersion and kind, found {}",
+                root.describe()
+            ),
+        ));
+        return;
+    }
+    let (api_version, kind) = match (
+        type_field(file, &root, "apiVersion"),
+        type_field(file, &root, "kind"),
+    ) {
+        (Ok(a), Ok(k)) => (a.to_string(), k.to_string()),
+        (a, k) => {
+            diags.extend(a.err());
+            diags.extend(k.err());
+            return;
+        }
+    };
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    let kind = match (api_version.as_str(), kind.as_str()) {
+        ("v1", "List") if !in_list => {
+            match root.get("items") {
+                Some(Node {
+                    kind: NodeKind::Seq(items),
+                    ..
+                }) => {
+                    for item in items.clone() {
+                        dispatch(file, item, true, docs, diags);
+                    }
+                }
+                Some(n) if n.is_null() => {}
+                Some(n) => diags.push(Diagnostic::error(
+                    n.pos(file),
+                    format!("items: expected a list, found {}", n.describe()),
+                )),
+                None => {}
+            }
+            return;
+        }
+        ("v1", "Service") => Kind::Service,
+        ("discovery.k8s.io/v1", "EndpointSlice") => Kind::EndpointSlice,
+        ("gateway.networking.k8s.io/v1", "HTTPRoute") => Kind::HttpRoute,
+        ("gateway.networking.k8s.io/v1", "GRPCRoute") => Kind::GrpcRoute,
+        (_, k @ ("EndpointSlice" | "HTTPRoute" | "GRPCRoute"))
+            if matches!(group, "discovery.k8s.io" | "gateway.networking.k8s.io") =>
+        {
+            let wanted = if k == "EndpointSlice" {
+                "discovery.k8s.io/v1"
+            } else {
+                "gateway.networking.k8s.io/v1"
+            };
+            let pos = root.get("apiVersion").unwrap_or(&root).pos(file);
+            diags.push(Diagnostic::error(
+                pos,
+                format!("apiVersion: {k} {api_version:?} is not supported; use {wanted}"),
+            ));
+            return;
+        }
+        _ => return,
+    };
+    if let NodeKind::Map(entries) = &mut root.kind {
+        entries.retain(|(k, _)| !matches!(k.scalar(), Some("apiVersion" | "kind" | "status")));
+    }
+    let pos = root.pos(file);
+    let typed = match kind {
+        Kind::Service => typed(file, &root, Typed::Service),
+        Kind::EndpointSlice => typed(file, &root, Typed::EndpointSlice),
+        Kind::HttpRoute => typed(file, &root, Typed::HttpRoute),
+        Kind::GrpcRoute => typed(file, &root, Typed::GrpcRoute),
+    };
+    match typed {
+        Ok((object, meta)) => {
+            let key = ObjectKey::new(
+                meta.namespace.clone().unwrap_or_else(|| "default".into()),
+                meta.name,
+            );
+            docs.push(Loaded {
+                kind,
+                key,
+                pos,
+                root,
+                object,
+            });
+        }
+        Err(e) => diags.push(e),
+    }
+}
+
+/// Deserializes one object and returns it with its metadata.
+fn typed<T>(
+    file: &Arc<str>,
+    root: &Node,
+    wrap: fn(T) -> Typed,
+) -> Result<(Typed, ObjectMeta), Diagnostic>
+where
+    T: for<'de> Deserialize<'de> + HasMeta,
+{
+    let value: T = de::from_node(root, file).map_err(|e| e.to_diagnostic(file))?;
+    let meta = value.meta().clone();
+    Ok((wrap(value), meta))
+}
+
+trait HasMeta {
+    fn meta(&self) -> &ObjectMeta;
+}
+
+impl HasMeta for Service {
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+}
+impl HasMeta for EndpointSlice {
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+}
+impl HasMeta for HttpRoute {
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+}
+impl HasMeta for GrpcRoute {
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ECHO: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: echo\nspec:\n  ports:\n  - {name: http, port: 80, targetPort: 8080}\n  - {name: grpc, port: 9090, appProtocol: grpc}\n---\n";
+
+    fn load(text: &str) -> Result<Revision, Vec<String>> {
+        let files = [SourceFile {
+            path: "t.yaml".into(),
+            bytes: text.as_bytes().to_vec(),
+        }];
+        load_files(&files, &LoadOptions::default())
+            .map_err(|diags| diags.iter().map(|d| d.to_string()).collect())
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match load(text) {
+            Ok(rev) => panic!("loaded, with warnings {:?}", rev.warnings),
+            Err(e) => e,
+        }
+    }
+
+    /// A one-rule HTTPRoute on Service echo with `rule` (indented as a rule's fields).
+    fn route(rule: &str) -> String {
+        format!(
+            "{ECHO}apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: r\nspec:\n  parentRefs:\n  - {{group: \"\", kind: Service, name: echo, port: 80}}\n  rules:\n  - {}\n",
+            rule.trim_start().replace('\n', "\n    ")
+        )
+    }
+
+    #[test]
+    fn exported_objects_load_with_status_and_defaults() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: echo\n  uid: 1234\n  resourceVersion: \"99\"\n  creationTimestamp: \"2024-01-01T00:00:00Z\"\nspec:\n  type: ClusterIP\n  clusterIP: 10.0.0.10\n  ports:\n  - port: 80\n    protocol: TCP\nstatus:\n  loadBalancer: {}\n";
+        let errs = errors(text);
+        // `uid: 1234` is a number where a string is expected: exported YAML quotes it.
+        assert_eq!(
+            errs,
+            ["t.yaml:5:8: error: metadata.uid: 1234 is read by YAML as a number, not a string; quote it (\"1234\")"]
+        );
+        let rev = load(&text.replace("uid: 1234", "uid: \"1234\"")).expect("loads");
+        let svc = &rev.services[&ObjectKey::new("default", "echo")];
+        assert_eq!(svc.key.namespace, "default");
+        assert_eq!(svc.pos.to_string(), "t.yaml:1:1");
+    }
+
+    #[test]
+    fn lists_versions_and_other_kinds() {
+        let list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: a}\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: b}\n";
+        let rev = load(list).expect("loads");
+        assert_eq!(rev.services.len(), 1);
+        assert_eq!(
+            rev.services
+                .values()
+                .next()
+                .map(|s| s.pos.to_string())
+                .as_deref(),
+            Some("t.yaml:4:3")
+        );
+
+        let old = format!("{ECHO}apiVersion: gateway.networking.k8s.io/v1beta1\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec: {{}}\n");
+        assert_eq!(
+            errors(&old),
+            ["t.yaml:10:13: error: apiVersion: HTTPRoute \"gateway.networking.k8s.io/v1beta1\" is not supported; use gateway.networking.k8s.io/v1"]
+        );
+        // A Knative Service is another kind altogether: skipped.
+        let knative = format!("{ECHO}apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {{name: k}}\nspec: {{template: {{}}}}\n");
+        assert_eq!(load(&knative).expect("loads").services.len(), 1);
+
+        assert_eq!(
+            errors("- a\n- b\n"),
+            ["t.yaml:1:1: error: a manifest document must be a mapping with apiVersion and kind, found a list"]
+        );
+        assert_eq!(
+            errors("apiVersion: v1\nkind: [Service]\n"),
+            ["t.yaml:2:7: error: kind: expected a string, found a list"]
+        );
+    }
+
+    #[test]
+    fn routes_are_sorted_in_gateway_api_precedence() {
+        let mut text = String::from(ECHO);
+        for (ns, name, ts) in [
+            ("b", "r1", None),
+            ("a", "r3", Some("2024-03-01T00:00:00Z")),
+            ("a", "r1", None),
+            ("z", "r9", Some("2024-01-01T00:00:00Z")),
+            ("a", "r2", Some("2024-03-01T00:00:00Z")),
+        ] {
+            text.push_str(&format!(
+                "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: {name}\n  namespace: {ns}\n"
+            ));
+            if let Some(ts) = ts {
+                text.push_str(&format!("  creationTimestamp: \"{ts}\"\n"));
+            }
+            text.push_str("spec: {}\n");
+        }
+        let rev = load(&text).expect("loads");
+        let order: Vec<String> = rev.http_routes.iter().map(|r| r.key.to_string()).collect();
+        assert_eq!(order, ["z/r9", "a/r2", "a/r3", "a/r1", "b/r1"]);
+    }
+
+    #[test]
+    fn duplicates_are_per_kind() {
+        let same_name = format!(
+            "{ECHO}apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec: {{}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: r}}\nspec: {{}}\n"
+        );
+        assert!(load(&same_name).is_ok());
+        let twice = format!(
+            "{ECHO}apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec: {{}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: default}}\nspec: {{}}\n"
+        );
+        assert_eq!(
+            errors(&twice),
+            ["t.yaml:15:1: error: HTTPRoute default/r is defined twice: here and in t.yaml:10:1"]
+        );
+    }
+
+    #[test]
+    fn service_ports() {
+        let svc = |ports: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s}}\nspec:\n  ports:\n{ports}"
+            )
+        };
+        assert_eq!(
+            errors(&svc("  - {port: 80, targetPort: http}\n")),
+            ["t.yaml:6:28: error: spec.ports[0].targetPort: named targetPort \"http\" is not supported: sidecars do not announce their container ports; give the port number"]
+        );
+        assert_eq!(
+            errors(&svc("  - {port: 80, targetPort: \"8080\"}\n")),
+            ["t.yaml:6:28: error: spec.ports[0].targetPort: targetPort \"8080\" is quoted: write it as a number"]
+        );
+        assert_eq!(
+            errors(&svc("  - {name: a, port: 80}\n  - {name: b, port: 80, protocol: UDP}\n  - {port: 81, targetPort: 0}\n")),
+            [
+                "t.yaml:7:21: error: spec.ports[1].port: port 80 is declared twice in Service default/s (first in spec.ports[0])",
+                "t.yaml:7:35: error: spec.ports[1].protocol: protocol \"UDP\" is not supported: Sluice routes TCP (HTTP and gRPC)",
+                "t.yaml:8:6: error: spec.ports[2]: every port needs a name when a Service has more than one port",
+                "t.yaml:8:28: error: spec.ports[2].targetPort: 0 is not a valid targetPort (1..65535)",
+            ]
+        );
+    }
+
+    #[test]
+    fn endpoint_slices() {
+        let text = format!(
+            "{ECHO}apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: vm\n  labels: {{kubernetes.io/service-name: echo}}\naddressType: IPv4\nendpoints:\n- addresses: [10.0.0.1, \"::1\", vm.example.com]\n- addresses: []\nports:\n- {{name: http, port: 8080}}\n- {{name: http, port: 0}}\n"
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "t.yaml:17:25: error: endpoints[0].addresses[1]: \"::1\" is not an IPv4 address",
+                "t.yaml:17:32: error: endpoints[0].addresses[2]: \"vm.example.com\" is not an IPv4 address",
+                "t.yaml:18:14: error: endpoints[1].addresses: an endpoint needs 1 to 100 addresses, found 0",
+                "t.yaml:21:10: error: ports[1].name: port name \"http\" is used twice (first in ports[0])",
+                "t.yaml:21:22: error: ports[1].port: 0 is not a valid port (1..65535)",
+            ]
+        );
+        let fqdn = text
+            .replace("addressType: IPv4", "addressType: FQDN")
+            .replace(", \"::1\", vm.example.com", "")
+            .replace("- addresses: []\n", "")
+            .replace("- {name: http, port: 0}\n", "");
+        assert_eq!(
+            errors(&fqdn),
+            ["t.yaml:15:14: error: addressType: addressType \"FQDN\" is not supported: Envoy endpoints need IP addresses (IPv4 or IPv6)"]
+        );
+    }
+
+    #[test]
+    fn parent_refs() {
+        let with_parents = |parents: &str| {
+            format!("{ECHO}apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  parentRefs:\n{parents}")
+        };
+        assert_eq!(
+            errors(&with_parents(
+                "  - {group: \"\", kind: Service, name: nope}\n  - {kind: Service, name: echo}\n  - {group: \"\", kind: Service, name: echo, port: 81, sectionName: http}\n  - {name: my-gateway}\n"
+            )),
+            [
+                "t.yaml:15:6: error: spec.parentRefs[0]: parentRef \"nope\" of HTTPRoute default/r does not name a Service in namespace \"default\"",
+                "t.yaml:16:6: error: spec.parentRefs[1]: a Service parent needs group \"\" (the core API group); without it the group defaults to gateway.networking.k8s.io",
+                "t.yaml:17:50: error: spec.parentRefs[2].port: Service default/echo has no port 81; its ports are 80, 9090",
+                "t.yaml:17:67: error: spec.parentRefs[2].sectionName: \"http\": sectionName is not supported for a Service parent; use port",
+            ]
+        );
+        let hostnames = with_parents(
+            "  - {group: \"\", kind: Service, name: echo}\n  hostnames: [echo.example.com]\n",
+        );
+        assert_eq!(
+            errors(&hostnames),
+            ["t.yaml:16:14: error: spec.hostnames: not supported on a route attached to a Service: the Service itself selects the requests; remove the field"]
+        );
+    }
+
+    #[test]
+    fn backend_refs() {
+        assert_eq!(
+            errors(&route("backendRefs:\n- {name: echo}\n- {name: echo, port: 81}\n- {group: apps, kind: Deployment, name: echo, port: 80}\n- {name: echo, port: 80, weight: 5000000}\n")),
+            [
+                "t.yaml:19:8: error: spec.rules[0].backendRefs[0]: backendRef \"echo\" needs a port: Gateway API requires one for a Service backend",
+                "t.yaml:20:26: error: spec.rules[0].backendRefs[1].port: Service default/echo has no port 81; its ports are 80, 9090",
+                "t.yaml:21:15: error: spec.rules[0].backendRefs[2].group: group \"apps\" is not supported: a backend must be a core Service (group \"\")",
+                "t.yaml:21:27: error: spec.rules[0].backendRefs[2].kind: kind \"Deployment\" is not supported: a backend must be a Service",
+                "t.yaml:22:38: error: spec.rules[0].backendRefs[3].weight: weight 5000000 is above the maximum of 1000000",
+            ]
+        );
+        // A weight-0 backend to a missing Service is only a warning, returned with the revision.
+        let rev = load(&route(
+            "backendRefs:\n- {name: echo, port: 80}\n- {name: gone, port: 80, weight: 0}\n",
+        ))
+        .expect("loads");
+        assert_eq!(
+            rev.warnings.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+            ["t.yaml:20:8: warning: spec.rules[0].backendRefs[1]: backendRef \"gone\" of HTTPRoute default/r does not name a Service in namespace \"default\" (its weight is 0, so no request goes there)"]
+        );
+    }
+
+    #[test]
+    fn filters() {
+        assert_eq!(
+            errors(&route("filters:\n- type: RequestRedirect\n  urlRewrite: {hostname: x}\n- type: RequestRedirect\n  requestRedirect: {statusCode: 399, scheme: ftp}\nbackendRefs:\n- {name: echo, port: 80}\n")),
+            [
+                "t.yaml:19:7: error: spec.rules[0].filters[0]: a filter of type RequestRedirect needs the field requestRedirect",
+                "t.yaml:20:20: error: spec.rules[0].filters[0].urlRewrite: urlRewrite does not belong in a filter of type RequestRedirect",
+                "t.yaml:21:13: error: spec.rules[0].filters[1].type: filter RequestRedirect appears twice (first in spec.rules[0].filters[0])",
+                "t.yaml:22:37: error: spec.rules[0].filters[1].requestRedirect.statusCode: 399 is not one of 301, 302, 303, 307, 308",
+                "t.yaml:22:50: error: spec.rules[0].filters[1].requestRedirect.scheme: \"ftp\" must be \"http\" or \"https\"",
+                "t.yaml:24:7: error: spec.rules[0].backendRefs: a rule with a RequestRedirect filter cannot have backendRefs",
+            ]
+        );
+        assert_eq!(
+            errors(&route("matches:\n- path: {type: Exact, value: /a}\nfilters:\n- type: URLRewrite\n  urlRewrite:\n    path: {type: ReplacePrefixMatch, replacePrefixMatch: /b, replaceFullPath: /c}\n- type: RequestMirror\n  requestMirror:\n    backendRef: {name: shadow, port: 80}\n    percent: 101\nbackendRefs:\n- {name: echo, port: 80}\n")),
+            [
+                "t.yaml:21:7: error: spec.rules[0].filters[0]: replacePrefixMatch needs a rule with exactly one PathPrefix match",
+                "t.yaml:23:83: error: spec.rules[0].filters[0].urlRewrite.path.replaceFullPath: not allowed with type ReplacePrefixMatch",
+                "t.yaml:26:22: error: spec.rules[0].filters[1].requestMirror.backendRef: mirror backendRef \"shadow\" of HTTPRoute default/r does not name a Service in namespace \"default\"",
+                "t.yaml:27:18: error: spec.rules[0].filters[1].requestMirror.percent: 101 is more than 100",
+            ]
+        );
+    }
+
+    #[test]
+    fn grpc_routes() {
+        let grpc = |rule: &str| {
+            format!(
+                "{ECHO}apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: g}}\nspec:\n  parentRefs:\n  - {{group: \"\", kind: Service, name: echo, port: 9090}}\n  rules:\n  - {}\n",
+                rule.trim_start().replace('\n', "\n    ")
+            )
+        };
+        let ok = grpc("matches:\n- method: {service: pkg.v1.Echo, method: Say}\n  headers: [{name: x-a, value: b}]\nbackendRefs:\n- {name: echo, port: 9090}\n");
+        let rev = load(&ok).expect("loads");
+        assert_eq!(rev.grpc_routes.len(), 1);
+        assert_eq!(
+            errors(&grpc("matches:\n- method: {service: \"pkg v1\", method: \"Say.Hi\"}\n- method: {}\n- method: {type: RegularExpression, method: \"Get(\"}\nfilters:\n- type: RequestRedirect\n  requestRedirect: {statusCode: 301}\nbackendRefs:\n- {name: echo, port: 9090}\n")),
+            [
+                "t.yaml:18:25: error: spec.rules[0].matches[0].method.service: \"pkg v1\" is not a gRPC service name (such as \"pkg.v1.Echo\")",
+                "t.yaml:18:43: error: spec.rules[0].matches[0].method.method: \"Say.Hi\" is not a gRPC method name (such as \"Echo\")",
+                "t.yaml:19:15: error: spec.rules[0].matches[1].method: a method match needs a service, a method or both",
+                "t.yaml:20:49: error: spec.rules[0].matches[2].method.method: \"Get(\" is not a valid regular expression: unclosed group",
+                "t.yaml:22:13: error: spec.rules[0].filters[0].type: filter RequestRedirect is not supported in a GRPCRoute",
+            ]
+        );
+    }
+
+    #[test]
+    fn matches_paths_and_limits() {
+        assert_eq!(
+            errors(&route("matches:\n- path: {value: api}\n- path: {type: Exact, value: /a//b}\n- path: {value: /a/../b}\n- queryParams: [{name: q, value: a}, {name: q, value: b}]\n  headers: [{name: X-A, value: a}, {name: x-a, value: b}]\nbackendRefs:\n- {name: echo, port: 80}\n")),
+            [
+                "t.yaml:19:21: error: spec.rules[0].matches[0].path.value: \"api\" must start with '/'",
+                "t.yaml:20:34: error: spec.rules[0].matches[1].path.value: \"/a//b\" contains '//' (not allowed for type Exact)",
+                "t.yaml:21:21: error: spec.rules[0].matches[2].path.value: \"/a/../b\" contains a '..' segment (not allowed for type PathPrefix)",
+                "t.yaml:22:49: error: spec.rules[0].matches[3].queryParams[1].name: query parameter \"q\" is matched twice (first in spec.rules[0].matches[3].queryParams[0])",
+                "t.yaml:23:47: error: spec.rules[0].matches[3].headers[1].name: header \"x-a\" is matched twice (first in spec.rules[0].matches[3].headers[0])",
+            ]
+        );
+        let many: String = (0..17)
+            .map(|i| format!("- {{name: echo, port: 80, weight: {i}}}\n"))
+            .collect();
+        let errs = errors(&route(&format!("backendRefs:\n{many}")));
+        assert_eq!(
+            errs,
+            ["t.yaml:19:7: error: spec.rules[0].backendRefs: 17 backendRefs, above Gateway API's limit of 16"]
+        );
+    }
+}
