@@ -20,6 +20,8 @@ const ROOTS: &[&str] = &[
     "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto",
     "envoy/extensions/filters/http/router/v3/router.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
+    "envoy/extensions/access_loggers/stream/v3/stream.proto",
+    "envoy/extensions/access_loggers/file/v3/file.proto",
     "envoy/service/discovery/v3/discovery.proto",
 ];
 
