@@ -1,1 +1,1502 @@
-//! Incremental (delta) ADS: a pure state machine per stream (requests and snapshots in, responses out).
+//! Incremental (delta) ADS: a pure state machine per stream (requests and snapshots in,
+//! responses out, no I/O).
+//!
+//! For each type the machine keeps the client's subscriptions and the version of every resource
+//! the client holds as far as the server knows (seeded by `initial_resource_versions` on
+//! reconnect). After every request and every new snapshot it sends, per type, only the resources
+//! that are new or changed and removes only what the client holds and should no longer have.
+//! Responses go out in make-before-break order (CDS, EDS, LDS, RDS), with endpoint and cluster
+//! removals in responses of their own at the end.
+//!
+//! Rule numbers in comments refer to `XDS_CHECKLIST.md`.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
+};
+use prost::Message;
+
+use super::resource::{Resource, ResourceType, Snapshot};
+use super::stream::{
+    content_hash, response_version, Event, NackRecord, NonceCounter, Output, TypeStatus,
+};
+
+/// How many responses per type are remembered: a NACK may answer a response older than the
+/// latest one, and each delta response stands on its own, so its changes are undone.
+const RECENT_RESPONSES: usize = 8;
+
+/// One delta ADS stream.
+#[derive(Debug, Default)]
+pub struct DeltaStream {
+    /// Source of a fresh nonce for every response (rule 1).
+    nonces: NonceCounter,
+    /// Per-type state, indexed by [`ResourceType::index`]; a NACK of one type leaves the others
+    /// alone (rule 24).
+    types: [TypeState; 4],
+}
+
+/// The protocol state of one type on the stream.
+#[derive(Debug, Default)]
+struct TypeState {
+    /// What `/debug/syncz` shows.
+    status: TypeStatus,
+    /// A request for this type arrived; nothing of a type nobody asked for is sent (rule 8).
+    requested: bool,
+    /// The client subscribes to every resource of the type (LDS/CDS only), by `*` or by the
+    /// legacy empty first request (rule 25).
+    wildcard: bool,
+    /// Names the client subscribed to explicitly, without `*`.
+    names: BTreeSet<String>,
+    /// Name and version of every resource the client holds as far as the server knows. Only
+    /// these may appear in `removed_resources` (rule 22).
+    held: BTreeMap<String, String>,
+    /// Names to send even if the client holds them at the current version: a subscribe is
+    /// always answered (rule 20), and a changed cluster's endpoints are sent again (rule 11).
+    force: BTreeSet<String>,
+    /// The first request of LDS/CDS on a stream is answered even when nothing is new: Envoy
+    /// waits for that answer before it finishes initialising.
+    must_answer: bool,
+    /// Content hash of the client's state after the latest rejected response. While what the
+    /// client should hold still hashes to it, only forced names are sent: the rejected config is
+    /// not resent in a loop (rule 4).
+    rejected_hash: Option<String>,
+    /// The latest responses of this type, newest last.
+    recent: VecDeque<SentRecord>,
+    /// Nonce of the latest response already ACKed or NACKed, so a repeated request with that
+    /// nonce is not counted twice.
+    answered_nonce: Option<String>,
+}
+
+/// A response as remembered for ACK and NACK handling.
+#[derive(Debug)]
+struct SentRecord {
+    /// The response's nonce, which the client's ACK or NACK names.
+    nonce: String,
+    /// The response's version, reported as sent, ACKed or NACKed.
+    version: String,
+    /// Content hash of the client's state once it applied the response.
+    hash: String,
+    /// Every name the response added or removed, with the version the client held before
+    /// (`None`: it did not hold it), so a NACK can restore the client's previous state.
+    changes: Vec<(String, Option<String>)>,
+}
+
+/// What one type sends in one sync.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Resources to send: new, changed or forced.
+    added: Vec<Arc<Resource>>,
+    /// Names the client holds that it should no longer have.
+    removed: Vec<String>,
+    /// Send even when empty (first LDS/CDS answer).
+    answer: bool,
+}
+
+impl DeltaStream {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// One request from the client. `snapshot` is this node's current snapshot.
+    pub fn handle_request(
+        &mut self,
+        request: &DeltaDiscoveryRequest,
+        snapshot: &Snapshot,
+    ) -> Output<DeltaDiscoveryResponse> {
+        let Some(t) = ResourceType::from_type_url(&request.type_url) else {
+            // Rule 7: answer nothing, touch nothing; other types carry on.
+            return Output {
+                responses: Vec::new(),
+                events: vec![Event::UnknownType {
+                    type_url: request.type_url.clone(),
+                }],
+            };
+        };
+        let mut events = Vec::new();
+        let state = &mut self.types[t.index()];
+        state.handle_ack_or_nack(t, request, &mut events);
+        state.update_subscription(t, request);
+        // A request may arrive with a snapshot newer than the last one handed to
+        // `handle_snapshot` (rule 12): syncing every type here keeps make-before-break order.
+        let mut out = self.sync(snapshot);
+        events.append(&mut out.events);
+        out.events = events;
+        out
+    }
+
+    /// A new snapshot was published for this node.
+    pub fn handle_snapshot(&mut self, snapshot: &Snapshot) -> Output<DeltaDiscoveryResponse> {
+        self.sync(snapshot)
+    }
+
+    pub fn status(&self, t: ResourceType) -> &TypeStatus {
+        &self.types[t.index()].status
+    }
+
+    /// Every type's status, in make-before-break order.
+    pub fn statuses(&self) -> impl Iterator<Item = (ResourceType, &TypeStatus)> {
+        ResourceType::ALL
+            .into_iter()
+            .map(|t| (t, &self.types[t.index()].status))
+    }
+
+    /// Decides, per type, what to send, and emits it in make-before-break order (rule 9).
+    fn sync(&mut self, snapshot: &Snapshot) -> Output<DeltaDiscoveryResponse> {
+        let mut plans: [Option<Plan>; 4] = Default::default();
+        for t in ResourceType::ALL {
+            plans[t.index()] = self.plan(t, snapshot);
+            if t == ResourceType::Cluster {
+                if let Some(plan) = &plans[t.index()] {
+                    self.force_endpoints_of_changed_clusters(plan, snapshot);
+                }
+            }
+        }
+
+        // Removals of endpoints and clusters go last, once listeners and routes have moved off
+        // them; when a single type sends, there is nothing to order and one response does.
+        let sending_types = plans.iter().filter(|p| p.is_some()).count();
+        let mut tail: Vec<(ResourceType, Vec<String>)> = Vec::new();
+        if sending_types > 1 {
+            for t in [ResourceType::Endpoint, ResourceType::Cluster] {
+                if let Some(plan) = &mut plans[t.index()] {
+                    if !plan.removed.is_empty() {
+                        tail.push((t, std::mem::take(&mut plan.removed)));
+                    }
+                }
+            }
+        }
+
+        let mut out = Output::default();
+        for t in ResourceType::ALL {
+            if let Some(plan) = plans[t.index()].take() {
+                if !plan.added.is_empty() || !plan.removed.is_empty() || plan.answer {
+                    self.emit(t, plan.added, plan.removed, snapshot, &mut out);
+                }
+            }
+        }
+        for (t, removed) in tail {
+            self.emit(t, Vec::new(), removed, snapshot, &mut out);
+        }
+        out
+    }
+
+    /// What to send for `t` now, if anything.
+    fn plan(&mut self, t: ResourceType, snapshot: &Snapshot) -> Option<Plan> {
+        let state = &mut self.types[t.index()];
+        if !state.requested {
+            return None;
+        }
+        let desired = state.desired(t, snapshot);
+        let hash = content_hash(
+            desired
+                .iter()
+                .map(|(name, resource)| (*name, resource.version.as_str())),
+        );
+        if state.rejected_hash.as_ref().is_some_and(|h| *h != hash) {
+            // The config moved on from what was rejected: the next change is sent (rule 4).
+            state.rejected_hash = None;
+        }
+        let suppressed = state.rejected_hash.is_some();
+        let added: Vec<Arc<Resource>> = desired
+            .iter()
+            .filter(|(name, resource)| {
+                state.force.contains(**name)
+                    || (!suppressed && state.held.get(**name) != Some(&resource.version))
+            })
+            .map(|(_, resource)| Arc::clone(resource))
+            .collect();
+        let removed: Vec<String> = if suppressed {
+            Vec::new()
+        } else {
+            state
+                .held
+                .keys()
+                .filter(|name| !desired.contains_key(name.as_str()))
+                .cloned()
+                .collect()
+        };
+        let answer = state.must_answer && t.is_wildcard_type() && state.subscribed();
+        if added.is_empty() && removed.is_empty() && !answer {
+            return None;
+        }
+        Some(Plan {
+            added,
+            removed,
+            answer,
+        })
+    }
+
+    /// Rule 11: a cluster that changes gets its endpoints again right after it, even when they
+    /// did not change; Envoy drops a cluster's endpoints when it updates the cluster.
+    fn force_endpoints_of_changed_clusters(&mut self, clusters: &Plan, snapshot: &Snapshot) {
+        let held = &self.types[ResourceType::Cluster.index()].held;
+        let changed: Vec<String> = clusters
+            .added
+            .iter()
+            .filter(|c| held.get(&c.name).is_some_and(|v| *v != c.version))
+            .map(|c| c.name.clone())
+            .collect();
+        let endpoints = &mut self.types[ResourceType::Endpoint.index()];
+        for name in changed {
+            if endpoints.requested
+                && endpoints.covers(&name)
+                && snapshot.get(ResourceType::Endpoint, &name).is_some()
+            {
+                endpoints.force.insert(name);
+            }
+        }
+    }
+
+    /// Builds, records and queues one response.
+    fn emit(
+        &mut self,
+        t: ResourceType,
+        added: Vec<Arc<Resource>>,
+        removed: Vec<String>,
+        snapshot: &Snapshot,
+        out: &mut Output<DeltaDiscoveryResponse>,
+    ) {
+        let nonce = self.nonces.next();
+        let state = &mut self.types[t.index()];
+        let mut changes = Vec::with_capacity(added.len() + removed.len());
+        for resource in &added {
+            let before = state
+                .held
+                .insert(resource.name.clone(), resource.version.clone());
+            changes.push((resource.name.clone(), before));
+            state.force.remove(&resource.name);
+        }
+        for name in &removed {
+            let before = state.held.remove(name);
+            changes.push((name.clone(), before));
+        }
+        let hash = content_hash(state.held.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        let version = response_version(&snapshot.revision, &hash);
+        let response = DeltaDiscoveryResponse {
+            system_version_info: version.clone(),
+            resources: added
+                .iter()
+                .map(|r| DeltaResource {
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                    resource: Some(r.body.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: t.type_url().to_string(),
+            removed_resources: removed,
+            nonce: nonce.clone(),
+            ..Default::default()
+        };
+        out.events.push(Event::Sent {
+            resource_type: t,
+            version: version.clone(),
+            resources: response.resources.len(),
+            removed: response.removed_resources.len(),
+            bytes: response.encoded_len(),
+        });
+        out.responses.push(response);
+
+        state.must_answer = false;
+        state.status.sent_version = Some(version.clone());
+        if state.recent.len() == RECENT_RESPONSES {
+            state.recent.pop_front();
+        }
+        state.recent.push_back(SentRecord {
+            nonce,
+            version,
+            hash,
+            changes,
+        });
+    }
+}
+
+impl TypeState {
+    fn subscribed(&self) -> bool {
+        self.wildcard || !self.names.is_empty()
+    }
+
+    fn covers(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    /// What the client should hold: every resource in wildcard mode, else the subscribed names
+    /// that exist. Always from the current snapshot (rule 12).
+    fn desired<'a>(
+        &self,
+        t: ResourceType,
+        snapshot: &'a Snapshot,
+    ) -> BTreeMap<&'a str, &'a Arc<Resource>> {
+        let all = snapshot.resources(t);
+        if self.wildcard {
+            return all.iter().map(|(name, r)| (name.as_str(), r)).collect();
+        }
+        self.names
+            .iter()
+            .filter_map(|name| all.get_key_value(name).map(|(k, r)| (k.as_str(), r)))
+            .collect()
+    }
+
+    /// ACK and NACK are told apart by `error_detail` alone (rule 3).
+    fn handle_ack_or_nack(
+        &mut self,
+        t: ResourceType,
+        request: &DeltaDiscoveryRequest,
+        events: &mut Vec<Event>,
+    ) {
+        let nonce = request.response_nonce.as_str();
+        if nonce.is_empty() || self.answered_nonce.as_deref() == Some(nonce) {
+            return;
+        }
+        let position = self.recent.iter().position(|r| r.nonce == nonce);
+        let is_latest = position.is_some_and(|p| p + 1 == self.recent.len());
+        if let Some(detail) = &request.error_detail {
+            let (version, rejected) = match position {
+                Some(p) => self.undo(p),
+                // A nonce of an earlier stream, or one too old to remember: report it only.
+                None => (String::new(), Vec::new()),
+            };
+            if is_latest {
+                self.answered_nonce = Some(nonce.to_string());
+            }
+            self.status.last_nack = Some(NackRecord::now(version.clone(), detail.message.clone()));
+            events.push(Event::Nack {
+                resource_type: t,
+                version,
+                message: detail.message.clone(),
+                rejected,
+            });
+        } else if let (true, Some(latest)) = (is_latest, self.recent.back()) {
+            // An ACK of an older response says nothing of the newer one still unanswered.
+            self.status.acked_version = Some(latest.version.clone());
+            self.answered_nonce = Some(nonce.to_string());
+            events.push(Event::Ack {
+                resource_type: t,
+                version: latest.version.clone(),
+            });
+        }
+    }
+
+    /// The client rejected the response at `position` in `recent` and kept what it had: restore
+    /// that in `held` for every name no later response touched, and hold back the rejected
+    /// content until the config changes. Returns the response's version and names.
+    fn undo(&mut self, position: usize) -> (String, Vec<String>) {
+        let later: BTreeSet<&str> = self
+            .recent
+            .iter()
+            .skip(position + 1)
+            .flat_map(|r| r.changes.iter().map(|(name, _)| name.as_str()))
+            .collect();
+        let Some(record) = self.recent.get(position) else {
+            return (String::new(), Vec::new());
+        };
+        let mut restore = Vec::new();
+        for (name, before) in &record.changes {
+            if !later.contains(name.as_str()) && (self.wildcard || self.names.contains(name)) {
+                restore.push((name.clone(), before.clone()));
+            }
+        }
+        let version = record.version.clone();
+        let rejected = record.changes.iter().map(|(n, _)| n.clone()).collect();
+        self.rejected_hash = Some(record.hash.clone());
+        for (name, before) in restore {
+            match before {
+                Some(v) => self.held.insert(name, v),
+                None => self.held.remove(&name),
+            };
+        }
+        (version, rejected)
+    }
+
+    /// Applies the request's subscribe and unsubscribe lists, whatever its nonce (rule 20), and
+    /// on the first request of the type, the versions the client already holds (rule 23).
+    fn update_subscription(&mut self, t: ResourceType, request: &DeltaDiscoveryRequest) {
+        let first = !self.requested;
+        if first {
+            self.requested = true;
+            self.must_answer = true;
+            // Rule 25, the protocol's legacy wildcard: an LDS/CDS stream whose first request
+            // subscribes to nothing subscribes to everything.
+            if t.is_wildcard_type() && request.resource_names_subscribe.is_empty() {
+                self.wildcard = true;
+            }
+            for (name, version) in &request.initial_resource_versions {
+                self.held.insert(name.clone(), version.clone());
+            }
+        }
+        for name in &request.resource_names_subscribe {
+            if name == "*" && t.is_wildcard_type() {
+                self.wildcard = true;
+                continue;
+            }
+            self.names.insert(name.clone());
+            // A subscribe is answered even when the client holds the resource (rule 20), except
+            // for what it declared on reconnect: only what changed is sent then (rule 23).
+            if !(first && request.initial_resource_versions.contains_key(name)) {
+                self.force.insert(name.clone());
+            }
+        }
+        for name in &request.resource_names_unsubscribe {
+            if name == "*" && t.is_wildcard_type() {
+                self.wildcard = false;
+                continue;
+            }
+            // Rule 21: unsubscribing a name never subscribed changes nothing.
+            self.names.remove(name);
+            self.force.remove(name);
+        }
+        // The client drops what it no longer subscribes to; no removal is sent for it.
+        let (wildcard, names) = (self.wildcard, &self.names);
+        self.held.retain(|name, _| wildcard || names.contains(name));
+        self.status.subscribed = self.subscribed();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, HashSet};
+
+    use super::*;
+    use crate::xds::stream::testing::{any_name, nack_detail, snapshot};
+    use crate::xds::stream::SyncState;
+    use ResourceType::{Cluster as C, Endpoint as E, Listener as L, Route as R};
+
+    /// A stream with the checks every response of every test must pass: a fresh nonce (rule 1),
+    /// only subscribed types, no name twice, every `Any` of the response's type and named as
+    /// its resource (rule 8), and one `Sent` event per response.
+    struct Harness {
+        stream: DeltaStream,
+        snapshot: Snapshot,
+        nonces: HashSet<String>,
+    }
+
+    impl Harness {
+        fn new(snapshot: Snapshot) -> Self {
+            Harness {
+                stream: DeltaStream::new(),
+                snapshot,
+                nonces: HashSet::new(),
+            }
+        }
+
+        fn request(&mut self, request: DeltaDiscoveryRequest) -> Output<DeltaDiscoveryResponse> {
+            let out = self.stream.handle_request(&request, &self.snapshot);
+            check_responses(&self.stream, &out, &mut self.nonces);
+            out
+        }
+
+        fn publish(&mut self, snapshot: Snapshot) -> Output<DeltaDiscoveryResponse> {
+            self.snapshot = snapshot;
+            let out = self.stream.handle_snapshot(&self.snapshot);
+            check_responses(&self.stream, &out, &mut self.nonces);
+            out
+        }
+
+        fn subscribe(&mut self, t: ResourceType, names: &[&str]) -> Output<DeltaDiscoveryResponse> {
+            self.request(request(t, names, &[], ""))
+        }
+
+        fn unsubscribe(
+            &mut self,
+            t: ResourceType,
+            names: &[&str],
+        ) -> Output<DeltaDiscoveryResponse> {
+            self.request(request(t, &[], names, ""))
+        }
+
+        fn ack(&mut self, response: &DeltaDiscoveryResponse) -> Output<DeltaDiscoveryResponse> {
+            self.request(request(type_of(response), &[], &[], &response.nonce))
+        }
+
+        fn nack(&mut self, response: &DeltaDiscoveryResponse) -> Output<DeltaDiscoveryResponse> {
+            let mut nack = request(type_of(response), &[], &[], &response.nonce);
+            nack.error_detail = nack_detail("rejected by test");
+            self.request(nack)
+        }
+    }
+
+    pub(super) fn check_responses(
+        stream: &DeltaStream,
+        out: &Output<DeltaDiscoveryResponse>,
+        nonces: &mut HashSet<String>,
+    ) {
+        let sent: Vec<&Event> = out
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::Sent { .. }))
+            .collect();
+        assert_eq!(
+            sent.len(),
+            out.responses.len(),
+            "one Sent event per response"
+        );
+        for (response, event) in out.responses.iter().zip(sent) {
+            let t = type_of(response);
+            assert!(
+                stream.status(t).subscribed,
+                "sent {t}, which nobody subscribed to"
+            );
+            assert!(nonces.insert(response.nonce.clone()), "nonce reused");
+            let mut names = BTreeSet::new();
+            for resource in &response.resources {
+                let body = resource.resource.as_ref().expect("a body");
+                assert_eq!(any_name(t, body), resource.name);
+                assert_eq!(
+                    resource.version,
+                    crate::xds::resource::content_version(&body.value)
+                );
+                assert!(
+                    names.insert(resource.name.as_str()),
+                    "{t} {} twice",
+                    resource.name
+                );
+            }
+            for name in &response.removed_resources {
+                assert!(names.insert(name.as_str()), "{t} {name} twice");
+            }
+            let Event::Sent {
+                resource_type,
+                version,
+                resources,
+                removed,
+                bytes,
+            } = event
+            else {
+                unreachable!()
+            };
+            assert_eq!(*resource_type, t);
+            assert_eq!(*version, response.system_version_info);
+            assert_eq!(*resources, response.resources.len());
+            assert_eq!(*removed, response.removed_resources.len());
+            assert_eq!(*bytes, response.encoded_len());
+        }
+    }
+
+    pub(super) fn request(
+        t: ResourceType,
+        subscribe: &[&str],
+        unsubscribe: &[&str],
+        nonce: &str,
+    ) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: t.type_url().into(),
+            resource_names_subscribe: subscribe.iter().map(|n| n.to_string()).collect(),
+            resource_names_unsubscribe: unsubscribe.iter().map(|n| n.to_string()).collect(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    pub(super) fn type_of(response: &DeltaDiscoveryResponse) -> ResourceType {
+        ResourceType::from_type_url(&response.type_url).expect("response of a known type")
+    }
+
+    type Summary = (ResourceType, Vec<String>, Vec<String>);
+
+    /// `(type, added, removed)` of each response, for order assertions.
+    fn summary(out: &Output<DeltaDiscoveryResponse>) -> Vec<Summary> {
+        out.responses
+            .iter()
+            .map(|r| {
+                (
+                    type_of(r),
+                    r.resources.iter().map(|x| x.name.clone()).collect(),
+                    r.removed_resources.clone(),
+                )
+            })
+            .collect()
+    }
+
+    fn s(t: ResourceType, added: &[&str], removed: &[&str]) -> Summary {
+        let strings = |v: &[&str]| v.iter().map(|n| n.to_string()).collect();
+        (t, strings(added), strings(removed))
+    }
+
+    /// Clusters a and b with their endpoints, listener l and route r.
+    fn base(revision: &str) -> Snapshot {
+        snapshot(
+            revision,
+            &[
+                (C, "a", 0),
+                (C, "b", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        )
+    }
+
+    /// A harness subscribed to every type of [`base`], every response ACKed.
+    fn synced() -> Harness {
+        let mut h = Harness::new(base("rev1"));
+        for (t, names) in [
+            (C, &[][..]),
+            (E, &["a", "b"][..]),
+            (L, &[][..]),
+            (R, &["r"][..]),
+        ] {
+            let out = h.subscribe(t, names);
+            assert_eq!(out.responses.len(), 1, "first {t} request answered");
+            assert!(h.ack(&out.responses[0]).responses.is_empty());
+        }
+        h
+    }
+
+    #[test]
+    fn rule_01_every_response_has_a_fresh_nonce() {
+        let mut h = Harness::new(base("rev1"));
+        let first = h.subscribe(C, &[]);
+        let second = h.publish(snapshot("rev2", &[(C, "a", 1)]));
+        assert_ne!(first.responses[0].nonce, second.responses[0].nonce);
+    }
+
+    #[test]
+    fn rule_02_only_changed_resources_are_sent_and_the_version_moves_with_them() {
+        let mut h = synced();
+        let cds_before = h.stream.status(C).sent_version.clone();
+        let lds_before = h.stream.status(L).sent_version.clone();
+        let out = h.publish(snapshot(
+            "rev2",
+            &[
+                (C, "a", 7),
+                (C, "b", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        ));
+        // Cluster a, and its endpoints again (rule 11); no LDS.
+        assert_eq!(summary(&out), [s(C, &["a"], &[]), s(E, &["a"], &[])]);
+        assert_ne!(h.stream.status(C).sent_version, cds_before);
+        assert_eq!(h.stream.status(L).sent_version, lds_before);
+        assert!(out.responses[0].system_version_info.starts_with("rev2-"));
+        // Resource versions are content hashes.
+        let a = h.snapshot.get(C, "a").map(|r| r.version.clone());
+        assert_eq!(Some(out.responses[0].resources[0].version.clone()), a);
+    }
+
+    #[test]
+    fn rule_03_error_detail_with_the_latest_nonce_is_a_nack() {
+        let mut h = Harness::new(base("rev1"));
+        let out = h.subscribe(C, &[]);
+        let response = out.responses[0].clone();
+        let out = h.nack(&response);
+        assert!(out.responses.is_empty());
+        assert_eq!(
+            out.events,
+            [Event::Nack {
+                resource_type: C,
+                version: response.system_version_info.clone(),
+                message: "rejected by test".into(),
+                rejected: vec!["a".into(), "b".into()],
+            }]
+        );
+        assert_eq!(h.stream.status(C).state(), SyncState::Nacked);
+    }
+
+    #[test]
+    fn rule_04_nack_is_not_resent() {
+        let mut h = synced();
+        let bad = h.publish(snapshot(
+            "rev2",
+            &[
+                (C, "a", 0),
+                (C, "b", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 9),
+                (R, "r", 0),
+            ],
+        ));
+        assert_eq!(summary(&bad), [s(L, &["l"], &[])]);
+        assert!(
+            h.nack(&bad.responses[0]).responses.is_empty(),
+            "rejected config resent"
+        );
+        let same = snapshot(
+            "rev3",
+            &[
+                (C, "a", 0),
+                (C, "b", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 9),
+                (R, "r", 0),
+            ],
+        );
+        assert!(h.publish(same).responses.is_empty());
+        assert_eq!(h.stream.status(L).state(), SyncState::Nacked);
+        // The next change is sent once.
+        let fixed = snapshot(
+            "rev4",
+            &[
+                (C, "a", 0),
+                (C, "b", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 2),
+                (R, "r", 0),
+            ],
+        );
+        let out = h.publish(fixed.clone());
+        assert_eq!(summary(&out), [s(L, &["l"], &[])]);
+        assert!(h.publish(fixed).responses.is_empty());
+        h.ack(&out.responses[0]);
+        assert_eq!(h.stream.status(L).state(), SyncState::Synced);
+    }
+
+    #[test]
+    fn rule_04_a_nacked_removal_is_sent_again_with_the_next_change() {
+        let mut h = synced();
+        let out = h.publish(snapshot(
+            "rev2",
+            &[
+                (C, "a", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        ));
+        assert_eq!(summary(&out), [s(C, &[], &["b"])]);
+        h.nack(&out.responses[0]);
+        // The client kept b; once clusters change again, b's removal goes with the change.
+        let out = h.publish(snapshot(
+            "rev3",
+            &[
+                (C, "a", 1),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        ));
+        assert_eq!(
+            summary(&out),
+            [s(C, &["a"], &[]), s(E, &["a"], &[]), s(C, &[], &["b"])]
+        );
+    }
+
+    #[test]
+    fn rule_05_ack_and_identical_snapshot_send_nothing() {
+        let mut h = synced();
+        assert!(h.publish(base("rev1")).responses.is_empty());
+        assert!(h.publish(base("rev2")).responses.is_empty());
+        for t in [C, E, L, R] {
+            assert_eq!(h.stream.status(t).state(), SyncState::Synced, "{t}");
+        }
+    }
+
+    #[test]
+    fn rule_06_node_is_only_needed_on_the_first_request() {
+        let mut h = Harness::new(base("rev1"));
+        let mut first = request(C, &[], &[], "");
+        first.node = Some(Default::default());
+        let out = h.request(first);
+        assert!(h
+            .ack(&out.responses[0])
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Ack { .. })));
+        assert_eq!(summary(&h.subscribe(E, &["a"])), [s(E, &["a"], &[])]);
+    }
+
+    #[test]
+    fn rule_07_unknown_type_leaves_other_types_alone() {
+        let mut h = synced();
+        for url in ["type.googleapis.com/foo.Bar", ""] {
+            let mut req = request(C, &["x"], &[], "");
+            req.type_url = url.into();
+            let out = h.request(req);
+            assert_eq!(out.responses, []);
+            assert_eq!(
+                out.events,
+                [Event::UnknownType {
+                    type_url: url.into()
+                }]
+            );
+        }
+        let out = h.publish(snapshot(
+            "rev2",
+            &[
+                (C, "a", 0),
+                (C, "b", 0),
+                (C, "c", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        ));
+        assert_eq!(summary(&out), [s(C, &["c"], &[])]);
+    }
+
+    #[test]
+    fn rule_08_types_nobody_asked_for_are_never_sent() {
+        let mut h = Harness::new(base("rev1"));
+        h.subscribe(C, &[]);
+        let out = h.publish(snapshot(
+            "rev2",
+            &[
+                (C, "a", 0),
+                (C, "b", 0),
+                (E, "a", 1),
+                (L, "l", 1),
+                (R, "r", 1),
+            ],
+        ));
+        assert_eq!(summary(&out), []);
+    }
+
+    #[test]
+    fn rule_09_make_before_break_adds_first_and_removes_clusters_last() {
+        // Add cluster y, move the route from x to y, drop x.
+        let mut h = Harness::new(snapshot(
+            "rev1",
+            &[(C, "x", 0), (E, "x", 0), (L, "l", 0), (R, "r", 0)],
+        ));
+        for (t, names) in [
+            (C, &[][..]),
+            (E, &["x", "y"][..]),
+            (L, &[][..]),
+            (R, &["r"][..]),
+        ] {
+            let out = h.subscribe(t, names);
+            h.ack(&out.responses[0]);
+        }
+        let out = h.publish(snapshot(
+            "rev2",
+            &[(C, "y", 0), (E, "y", 0), (L, "l", 0), (R, "r", 1)],
+        ));
+        assert_eq!(
+            summary(&out),
+            [
+                s(C, &["y"], &[]),
+                s(E, &["y"], &[]),
+                s(R, &["r"], &[]),
+                s(E, &[], &["x"]),
+                s(C, &[], &["x"]),
+            ]
+        );
+        // Only the last CDS response counts for ACK.
+        assert!(h.ack(&out.responses[0]).events.is_empty());
+        h.ack(&out.responses[4]);
+        assert_eq!(h.stream.status(C).state(), SyncState::Synced);
+    }
+
+    #[test]
+    fn rule_09_a_lone_change_is_one_response() {
+        let mut h = synced();
+        let out = h.publish(snapshot(
+            "rev2",
+            &[
+                (C, "a", 0),
+                (C, "c", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        ));
+        assert_eq!(summary(&out), [s(C, &["c"], &["b"])]);
+    }
+
+    #[test]
+    fn rule_10_children_do_not_wait_for_the_parent_ack() {
+        let mut h = Harness::new(base("rev1"));
+        assert_eq!(h.subscribe(C, &[]).responses.len(), 1);
+        let out = h.subscribe(E, &["a", "b"]);
+        assert_eq!(summary(&out), [s(E, &["a", "b"], &[])]);
+    }
+
+    #[test]
+    fn rule_11_cluster_change_resends_its_endpoints() {
+        let mut h = synced();
+        let out = h.publish(snapshot(
+            "rev2",
+            &[
+                (C, "a", 1),
+                (C, "b", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        ));
+        assert_eq!(summary(&out), [s(C, &["a"], &[]), s(E, &["a"], &[])]);
+        // A new cluster does not: Envoy subscribes to its endpoints.
+        let out = h.publish(snapshot(
+            "rev3",
+            &[
+                (C, "a", 1),
+                (C, "b", 0),
+                (C, "c", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (E, "c", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        ));
+        assert_eq!(summary(&out), [s(C, &["c"], &[])]);
+    }
+
+    #[test]
+    fn rule_12_a_request_is_answered_from_the_current_snapshot() {
+        let mut h = synced();
+        h.snapshot = snapshot(
+            "rev2",
+            &[
+                (C, "a", 0),
+                (C, "b", 0),
+                (C, "c", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (E, "c", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        );
+        let out = h.subscribe(E, &["c"]);
+        assert_eq!(summary(&out), [s(C, &["c"], &[]), s(E, &["c"], &[])]);
+        assert!(h
+            .stream
+            .handle_snapshot(&h.snapshot.clone())
+            .responses
+            .is_empty());
+    }
+
+    #[test]
+    fn rule_13_first_responses_are_complete() {
+        let mut h = Harness::new(base("rev1"));
+        assert_eq!(summary(&h.subscribe(C, &[])), [s(C, &["a", "b"], &[])]);
+        assert_eq!(summary(&h.subscribe(L, &[])), [s(L, &["l"], &[])]);
+        // No clusters at all: the first request still gets its (empty) answer.
+        let mut h = Harness::new(snapshot("rev1", &[(L, "l", 0)]));
+        assert_eq!(summary(&h.subscribe(C, &[])), [s(C, &[], &[])]);
+        assert!(h
+            .publish(snapshot("rev2", &[(L, "l", 0)]))
+            .responses
+            .is_empty());
+    }
+
+    #[test]
+    fn rule_20_a_subscribe_is_always_answered() {
+        let mut h = synced();
+        let eds_nonce = h.stream.types[E.index()]
+            .recent
+            .back()
+            .map(|r| r.nonce.clone())
+            .unwrap_or_default();
+        // Subscribing to a it already has: sent again.
+        assert_eq!(summary(&h.subscribe(E, &["a"])), [s(E, &["a"], &[])]);
+        assert_eq!(summary(&h.subscribe(E, &["a"])), [s(E, &["a"], &[])]);
+        // With a stale nonce, too.
+        let out = h.request(request(E, &["b"], &[], &eds_nonce));
+        assert_eq!(summary(&out), [s(E, &["b"], &[])]);
+        // Subscribed before it exists: sent when it appears.
+        assert!(h.subscribe(E, &["c"]).responses.is_empty());
+        let out = h.publish(snapshot(
+            "rev2",
+            &[
+                (C, "a", 0),
+                (C, "b", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (E, "c", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        ));
+        assert_eq!(summary(&out), [s(E, &["c"], &[])]);
+    }
+
+    #[test]
+    fn rule_21_unsubscribing_a_name_never_subscribed_is_a_no_op() {
+        let mut h = synced();
+        let out = h.unsubscribe(E, &["nope"]);
+        assert!(out.responses.is_empty() && out.events.is_empty());
+        assert!(h.stream.status(E).subscribed);
+        assert_eq!(h.stream.status(E).state(), SyncState::Synced);
+    }
+
+    #[test]
+    fn rule_22_removals_only_for_what_the_client_holds() {
+        let mut h = synced();
+        // Never existed: no removal.
+        assert!(h.subscribe(E, &["ghost"]).responses.is_empty());
+        // Unsubscribed, then deleted: the client dropped it itself; no removal.
+        assert!(h.unsubscribe(E, &["b"]).responses.is_empty());
+        let out = h.publish(snapshot(
+            "rev2",
+            &[(C, "a", 0), (E, "a", 0), (L, "l", 0), (R, "r", 0)],
+        ));
+        assert_eq!(summary(&out), [s(C, &[], &["b"])]);
+        // Held and deleted: removed.
+        let out = h.publish(snapshot("rev3", &[(C, "a", 0), (L, "l", 0), (R, "r", 0)]));
+        assert_eq!(summary(&out), [s(E, &[], &["a"])]);
+    }
+
+    #[test]
+    fn rule_23_reconnect_sends_only_what_changed() {
+        let h = synced();
+        let current = h
+            .snapshot
+            .get(C, "a")
+            .map(|r| r.version.clone())
+            .unwrap_or_default();
+        let mut h = Harness::new(snapshot(
+            "rev2",
+            &[(C, "a", 0), (C, "b", 1), (E, "a", 0), (E, "b", 0)],
+        ));
+        let mut first = request(C, &[], &[], "");
+        first.initial_resource_versions = HashMap::from([
+            ("a".to_string(), current),
+            ("b".to_string(), "stale".to_string()),
+            ("c".to_string(), "deleted".to_string()),
+        ]);
+        assert_eq!(summary(&h.request(first)), [s(C, &["b"], &["c"])]);
+        // EDS: names the client holds at their current version are not sent again.
+        let a = h
+            .snapshot
+            .get(E, "a")
+            .map(|r| r.version.clone())
+            .unwrap_or_default();
+        let mut first = request(E, &["a", "b"], &[], "");
+        first.initial_resource_versions = HashMap::from([("a".to_string(), a)]);
+        assert_eq!(summary(&h.request(first)), [s(E, &["b"], &[])]);
+        // Nothing changed at all: CDS is still answered, EDS is not.
+        let mut h2 = Harness::new(h.snapshot.clone());
+        let held = |t| {
+            h.snapshot
+                .resources(t)
+                .iter()
+                .map(|(n, r)| (n.clone(), r.version.clone()))
+                .collect::<HashMap<_, _>>()
+        };
+        let mut first = request(C, &[], &[], "");
+        first.initial_resource_versions = held(C);
+        assert_eq!(summary(&h2.request(first)), [s(C, &[], &[])]);
+        let mut first = request(E, &["a", "b"], &[], "");
+        first.initial_resource_versions = held(E);
+        assert!(h2.request(first).responses.is_empty());
+    }
+
+    #[test]
+    fn rule_24_types_have_separate_state() {
+        let mut h = synced();
+        let out = h.publish(snapshot(
+            "rev2",
+            &[
+                (C, "a", 1),
+                (C, "b", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 1),
+            ],
+        ));
+        assert_eq!(out.responses.len(), 3);
+        for response in &out.responses {
+            if type_of(response) == R {
+                h.nack(response);
+            } else {
+                h.ack(response);
+            }
+        }
+        assert_eq!(h.stream.status(R).state(), SyncState::Nacked);
+        for t in [C, E, L] {
+            assert_eq!(h.stream.status(t).state(), SyncState::Synced, "{t}");
+        }
+    }
+
+    #[test]
+    fn rule_25_wildcard_follows_the_protocol_examples() {
+        let all = snapshot("rev1", &[(C, "a", 0), (C, "b", 0), (C, "c", 0)]);
+        let mut h = Harness::new(all.clone());
+        // Subscribe unset: a subscription to `*`.
+        assert_eq!(summary(&h.subscribe(C, &[])), [s(C, &["a", "b", "c"], &[])]);
+        // Subscribe A: `*` continues, A added (and answered, rule 20).
+        assert_eq!(summary(&h.subscribe(C, &["a"])), [s(C, &["a"], &[])]);
+        // Unsubscribe `*`: A continues; the client drops the rest itself.
+        assert!(h.unsubscribe(C, &["*"]).responses.is_empty());
+        // Subscribe unset again: A continues, no wildcard.
+        assert!(h.subscribe(C, &[]).responses.is_empty());
+        let out = h.publish(snapshot("rev2", &[(C, "a", 1), (C, "b", 1), (C, "d", 0)]));
+        assert_eq!(summary(&out), [s(C, &["a"], &[])]);
+
+        // `*` explicitly, with a name, on the first request.
+        let mut h = Harness::new(all.clone());
+        assert_eq!(
+            summary(&h.subscribe(C, &["*", "b"])),
+            [s(C, &["a", "b", "c"], &[])]
+        );
+        // Explicit names alone are not wildcard; a later `*` is.
+        let mut h = Harness::new(all);
+        assert_eq!(summary(&h.subscribe(C, &["b"])), [s(C, &["b"], &[])]);
+        assert_eq!(summary(&h.subscribe(C, &["*"])), [s(C, &["a", "c"], &[])]);
+        // `*` is no wildcard for EDS.
+        assert!(h.subscribe(E, &["*"]).responses.is_empty());
+    }
+
+    #[test]
+    fn nack_of_an_older_response_restores_only_what_later_ones_did_not_touch() {
+        let mut h = synced();
+        let first = h.publish(snapshot(
+            "rev2",
+            &[
+                (C, "a", 1),
+                (C, "b", 1),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        ));
+        let second = h.publish(snapshot(
+            "rev3",
+            &[
+                (C, "a", 2),
+                (C, "b", 1),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        ));
+        assert_eq!(summary(&second)[0], s(C, &["a"], &[]));
+        h.ack(&second.responses[0]);
+        // The client rejected the first CDS (a and b) but took the second (a): b is sent again.
+        let out = h.nack(&first.responses[0]);
+        assert!(matches!(&out.events[0], Event::Nack { rejected, .. } if rejected.len() == 2));
+        // b is a changed cluster for the client, so its endpoints follow (rule 11).
+        assert_eq!(summary(&out), [s(C, &["b"], &[]), s(E, &["b"], &[])]);
+    }
+}
+
+/// Property tests: a simulated client applies every response; after every step it holds exactly
+/// what it subscribes to in the current snapshot, except while a NACKed config is still current.
+#[cfg(test)]
+mod proptests {
+    use std::collections::{HashMap, HashSet};
+
+    use proptest::prelude::*;
+
+    use super::tests::{check_responses, request, type_of};
+    use super::*;
+    use crate::xds::stream::testing::{nack_detail, resource};
+
+    const NAMES: [&str; 3] = ["a", "b", "c"];
+
+    /// Per type, per name: absent or a content variant.
+    type Spec = [[Option<u32>; 3]; 4];
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// Names are indices into [`NAMES`]; 3 is `*`.
+        Subscribe {
+            t: usize,
+            names: Vec<usize>,
+            stale: bool,
+        },
+        Unsubscribe {
+            t: usize,
+            names: Vec<usize>,
+            stale: bool,
+        },
+        Ack {
+            t: usize,
+        },
+        Nack {
+            t: usize,
+        },
+        Publish(Spec),
+        Reconnect,
+    }
+
+    fn spec() -> impl Strategy<Value = Spec> {
+        proptest::array::uniform4(proptest::array::uniform3(proptest::option::of(0u32..3)))
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let names = || proptest::collection::vec(0usize..4, 0..3);
+        prop_oneof![
+            3 => (0usize..4, names(), any::<bool>())
+                .prop_map(|(t, names, stale)| Step::Subscribe { t, names, stale }),
+            1 => (0usize..4, names(), any::<bool>())
+                .prop_map(|(t, names, stale)| Step::Unsubscribe { t, names, stale }),
+            3 => (0usize..4).prop_map(|t| Step::Ack { t }),
+            1 => (0usize..4).prop_map(|t| Step::Nack { t }),
+            2 => spec().prop_map(Step::Publish),
+            1 => Just(Step::Reconnect),
+        ]
+    }
+
+    fn build(spec: &Spec, revision: u32) -> Snapshot {
+        let mut items = Vec::new();
+        for t in ResourceType::ALL {
+            for (name, variant) in NAMES.iter().zip(spec[t.index()]) {
+                if let Some(variant) = variant {
+                    items.push((t, resource(t, name, variant)));
+                }
+            }
+        }
+        Snapshot::new(format!("rev{revision}"), items)
+    }
+
+    /// The simulated client's view of one type.
+    #[derive(Clone, Debug, Default)]
+    struct ClientType {
+        requested: bool,
+        wildcard: bool,
+        names: BTreeSet<String>,
+        /// What it holds: name → resource version.
+        held: BTreeMap<String, String>,
+        before_latest: BTreeMap<String, String>,
+        latest_nonce: Option<String>,
+        previous_nonce: String,
+        pending: bool,
+        /// What it should hold when it NACKed; no check while that is still the case.
+        nack_hold: Option<BTreeMap<String, String>>,
+    }
+
+    impl ClientType {
+        fn covers(&self, name: &str) -> bool {
+            self.wildcard || self.names.contains(name)
+        }
+
+        /// Drops what it no longer subscribes to, as Envoy does.
+        fn forget_unsubscribed(&mut self) {
+            let (wildcard, names) = (self.wildcard, self.names.clone());
+            let keep = move |n: &String, _: &mut String| wildcard || names.contains(n);
+            self.held.retain(keep.clone());
+            self.before_latest.retain(keep);
+        }
+    }
+
+    struct Sim {
+        stream: DeltaStream,
+        snapshot: Snapshot,
+        revision: u32,
+        client: [ClientType; 4],
+        nonces: HashSet<String>,
+    }
+
+    impl Sim {
+        fn new() -> Self {
+            Sim {
+                stream: DeltaStream::new(),
+                snapshot: Snapshot::new("rev0", Vec::new()),
+                revision: 0,
+                client: Default::default(),
+                nonces: HashSet::new(),
+            }
+        }
+
+        fn send(&mut self, request: DeltaDiscoveryRequest) {
+            let out = self.stream.handle_request(&request, &self.snapshot);
+            self.deliver(out);
+        }
+
+        fn deliver(&mut self, out: Output<DeltaDiscoveryResponse>) {
+            check_responses(&self.stream, &out, &mut self.nonces);
+            for response in &out.responses {
+                let t = type_of(response);
+                let c = &mut self.client[t.index()];
+                c.before_latest = c.held.clone();
+                for resource in &response.resources {
+                    assert!(
+                        c.covers(&resource.name),
+                        "{t} {} not asked for",
+                        resource.name
+                    );
+                    c.held
+                        .insert(resource.name.clone(), resource.version.clone());
+                }
+                for name in &response.removed_resources {
+                    // Rule 22: only what the client holds is removed.
+                    assert!(
+                        c.held.remove(name).is_some(),
+                        "{t} {name} removed but not held"
+                    );
+                }
+                if let Some(nonce) = c.latest_nonce.replace(response.nonce.clone()) {
+                    c.previous_nonce = nonce;
+                }
+                c.pending = true;
+            }
+        }
+
+        /// The nonce of a subscription change: an older one when `stale`, else the latest one,
+        /// which ACKs a pending response as Envoy's requests do.
+        fn nonce_for_change(&mut self, t: ResourceType, stale: bool) -> String {
+            let c = &mut self.client[t.index()];
+            if stale {
+                return c.previous_nonce.clone();
+            }
+            c.pending = false;
+            c.latest_nonce.clone().unwrap_or_default()
+        }
+
+        fn run(&mut self, step: &Step) {
+            match step {
+                Step::Subscribe { t, names, stale } => {
+                    let t = ResourceType::ALL[*t];
+                    let nonce = self.nonce_for_change(t, *stale);
+                    let c = &mut self.client[t.index()];
+                    let subscribe: Vec<&str> = names
+                        .iter()
+                        .filter_map(|&i| match NAMES.get(i) {
+                            Some(name) => Some(*name),
+                            None if t.is_wildcard_type() => Some("*"),
+                            None => None,
+                        })
+                        .collect();
+                    if !c.requested && t.is_wildcard_type() && subscribe.is_empty() {
+                        c.wildcard = true;
+                    }
+                    for name in &subscribe {
+                        if *name == "*" {
+                            c.wildcard = true;
+                        } else {
+                            c.names.insert(name.to_string());
+                        }
+                    }
+                    c.requested = true;
+                    self.send(request(t, &subscribe, &[], &nonce));
+                }
+                Step::Unsubscribe { t, names, stale } => {
+                    let t = ResourceType::ALL[*t];
+                    if !self.client[t.index()].requested {
+                        return;
+                    }
+                    let nonce = self.nonce_for_change(t, *stale);
+                    let c = &mut self.client[t.index()];
+                    let unsubscribe: Vec<&str> = names
+                        .iter()
+                        .filter_map(|&i| match NAMES.get(i) {
+                            Some(name) => Some(*name),
+                            None if t.is_wildcard_type() => Some("*"),
+                            None => None,
+                        })
+                        .collect();
+                    for name in &unsubscribe {
+                        if *name == "*" {
+                            c.wildcard = false;
+                        } else {
+                            c.names.remove(*name);
+                        }
+                    }
+                    c.forget_unsubscribed();
+                    self.send(request(t, &[], &unsubscribe, &nonce));
+                }
+                Step::Ack { t } => {
+                    let t = ResourceType::ALL[*t];
+                    let c = &mut self.client[t.index()];
+                    if !c.pending {
+                        return;
+                    }
+                    c.pending = false;
+                    let nonce = c.latest_nonce.clone().unwrap_or_default();
+                    self.send(request(t, &[], &[], &nonce));
+                }
+                Step::Nack { t } => {
+                    let t = ResourceType::ALL[*t];
+                    let expected = self.expected(t);
+                    let c = &mut self.client[t.index()];
+                    if !c.pending {
+                        return;
+                    }
+                    c.pending = false;
+                    c.held = c.before_latest.clone();
+                    c.nack_hold = Some(expected);
+                    let mut nack =
+                        request(t, &[], &[], &c.latest_nonce.clone().unwrap_or_default());
+                    nack.error_detail = nack_detail("rejected by the simulated client");
+                    self.send(nack);
+                }
+                Step::Publish(spec) => {
+                    self.revision += 1;
+                    self.snapshot = build(spec, self.revision);
+                    let out = self.stream.handle_snapshot(&self.snapshot);
+                    self.deliver(out);
+                }
+                Step::Reconnect => {
+                    self.stream = DeltaStream::new();
+                    self.nonces.clear();
+                    for t in ResourceType::ALL {
+                        let c = &mut self.client[t.index()];
+                        c.latest_nonce = None;
+                        c.previous_nonce.clear();
+                        c.pending = false;
+                        c.nack_hold = None;
+                        c.requested &= c.wildcard || !c.names.is_empty();
+                        if !c.requested {
+                            continue;
+                        }
+                        // Envoy's first request on a new stream: its subscriptions (the legacy
+                        // empty list for wildcard alone) and the versions it holds.
+                        let mut subscribe: Vec<&str> = c.names.iter().map(String::as_str).collect();
+                        if c.wildcard && !subscribe.is_empty() {
+                            subscribe.push("*");
+                        }
+                        let mut first = request(t, &subscribe, &[], "");
+                        first.initial_resource_versions = c
+                            .held
+                            .iter()
+                            .map(|(n, v)| (n.clone(), v.clone()))
+                            .collect::<HashMap<_, _>>();
+                        self.send(first);
+                    }
+                }
+            }
+        }
+
+        fn expected(&self, t: ResourceType) -> BTreeMap<String, String> {
+            let c = &self.client[t.index()];
+            self.snapshot
+                .resources(t)
+                .iter()
+                .filter(|(name, _)| c.covers(name))
+                .map(|(name, r)| (name.clone(), r.version.clone()))
+                .collect()
+        }
+
+        fn check(&mut self) {
+            for t in ResourceType::ALL {
+                let expected = self.expected(t);
+                let c = &mut self.client[t.index()];
+                if let Some(hold) = &c.nack_hold {
+                    if *hold == expected {
+                        continue;
+                    }
+                    c.nack_hold = None;
+                }
+                if c.requested {
+                    assert_eq!(c.held, expected, "{t}");
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn client_converges_to_its_subscriptions(
+            first in spec(),
+            steps in proptest::collection::vec(step(), 1..40),
+        ) {
+            let mut sim = Sim::new();
+            sim.run(&Step::Publish(first));
+            for step in &steps {
+                sim.run(step);
+                sim.check();
+            }
+        }
+    }
+}

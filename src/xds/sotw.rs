@@ -1,1 +1,1487 @@
-//! State-of-the-world ADS: a pure state machine per stream (requests and snapshots in, responses out).
+//! State-of-the-world ADS: a pure state machine per stream (requests and snapshots in, responses
+//! out, no I/O).
+//!
+//! For each type the machine keeps what the client subscribes to and what it holds as far as the
+//! server knows. After every request and every new snapshot it computes, per type, what the
+//! client should hold; a type is sent when, and only when, that differs in content from what it
+//! holds (or the client is owed an answer). Responses go out in make-before-break order (CDS,
+//! EDS, LDS, RDS), with cluster removals in a final CDS response, so a route never names a
+//! cluster the sidecar does not have yet and no cluster disappears while a route still uses it.
+//!
+//! Rule numbers in comments refer to `XDS_CHECKLIST.md`.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use prost::Message;
+
+use super::resource::{Resource, ResourceType, Snapshot};
+use super::stream::{
+    content_hash, response_version, Event, NackRecord, NonceCounter, Output, TypeStatus,
+};
+
+/// How many responses per type are remembered, to name the version and resources of a NACK
+/// that answers an older response (the CDS of a make-before-break pair, say).
+const RECENT_RESPONSES: usize = 4;
+
+/// Resources by name, as the client holds them or should.
+type Held = BTreeMap<String, Arc<Resource>>;
+
+/// One SotW ADS stream.
+#[derive(Debug, Default)]
+pub struct SotwStream {
+    /// Source of a fresh nonce for every response (rule 1).
+    nonces: NonceCounter,
+    /// Per-type state, indexed by [`ResourceType::index`]; types never mix (rule 24 holds here
+    /// too).
+    types: [TypeState; 4],
+}
+
+/// The protocol state of one type on the stream.
+#[derive(Debug, Default)]
+struct TypeState {
+    /// What `/debug/syncz` shows.
+    status: TypeStatus,
+    /// A request for this type arrived; nothing of a type nobody asked for is sent (rule 8).
+    requested: bool,
+    /// Some request for this type named resources. Until then an empty name list means
+    /// wildcard for LDS/CDS (the protocol's legacy wildcard); after, it means "nothing".
+    ever_named: bool,
+    /// The client subscribes to every resource of the type (LDS/CDS only).
+    wildcard: bool,
+    /// Names the client asked for, without `*`.
+    names: BTreeSet<String>,
+    /// What the client holds as far as the server knows: the last response it did not reject;
+    /// for EDS/RDS narrowed to what it still subscribes to (a client drops what it unsubscribes
+    /// from, so a name requested again is sent again, rule 19).
+    held: Held,
+    /// Whether `held` is known. Before the first response of a stream the client may hold
+    /// anything (from an earlier stream); when it rejects that response it keeps that unknown
+    /// config, and the next change must be sent whatever it hashes to.
+    held_known: bool,
+    /// What the client held before the latest response (and whether that was known); restored
+    /// when that response is NACKed, since a client keeps its previous config.
+    held_before_latest: Option<(bool, Held)>,
+    /// The first request of a type on a stream is answered even when its version says the
+    /// client is current: Envoy waits for that answer before it finishes initialising.
+    must_answer: bool,
+    /// Send EDS although its content did not change: a cluster changed, and Envoy drops a
+    /// cluster's endpoints when it updates the cluster (rule 11, envoy issue 13009).
+    force: bool,
+    /// Content hash of the latest rejected response. While what the client should hold still
+    /// hashes to it, nothing is sent: the rejected config is not resent in a loop (rule 4).
+    rejected_hash: Option<String>,
+    /// The latest responses of this type, newest last.
+    recent: VecDeque<SentRecord>,
+    /// Nonce of the latest response already ACKed or NACKed, so a repeated request with that
+    /// nonce is not counted twice.
+    answered_nonce: Option<String>,
+}
+
+/// A response as remembered for ACK and NACK handling.
+#[derive(Debug)]
+struct SentRecord {
+    /// The response's nonce, which the client's ACK or NACK names.
+    nonce: String,
+    /// The response's version, reported as sent, ACKed or NACKed.
+    version: String,
+    /// Content hash of the response.
+    hash: String,
+    /// Names of the resources in it, for NACK reports.
+    names: Vec<String>,
+}
+
+impl SotwStream {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// One request from the client. `snapshot` is this node's current snapshot.
+    pub fn handle_request(
+        &mut self,
+        request: &DiscoveryRequest,
+        snapshot: &Snapshot,
+    ) -> Output<DiscoveryResponse> {
+        let Some(t) = ResourceType::from_type_url(&request.type_url) else {
+            // Rule 7: answer nothing, touch nothing; other types carry on.
+            return Output {
+                responses: Vec::new(),
+                events: vec![Event::UnknownType {
+                    type_url: request.type_url.clone(),
+                }],
+            };
+        };
+        let mut events = Vec::new();
+        let state = &mut self.types[t.index()];
+        state.handle_ack_or_nack(t, request, &mut events);
+        state.update_subscription(t, &request.resource_names);
+        // A request may arrive with a snapshot newer than the last one handed to
+        // `handle_snapshot` (rule 12): syncing every type here keeps make-before-break order.
+        let mut out = self.sync(snapshot);
+        events.append(&mut out.events);
+        out.events = events;
+        out
+    }
+
+    /// A new snapshot was published for this node.
+    pub fn handle_snapshot(&mut self, snapshot: &Snapshot) -> Output<DiscoveryResponse> {
+        self.sync(snapshot)
+    }
+
+    pub fn status(&self, t: ResourceType) -> &TypeStatus {
+        &self.types[t.index()].status
+    }
+
+    /// Every type's status, in make-before-break order.
+    pub fn statuses(&self) -> impl Iterator<Item = (ResourceType, &TypeStatus)> {
+        ResourceType::ALL
+            .into_iter()
+            .map(|t| (t, &self.types[t.index()].status))
+    }
+
+    /// Decides, per type, what to send, and emits it in make-before-break order (rule 9).
+    fn sync(&mut self, snapshot: &Snapshot) -> Output<DiscoveryResponse> {
+        let mut plans: [Option<Held>; 4] = Default::default();
+        for t in ResourceType::ALL {
+            plans[t.index()] = self.plan(t, snapshot);
+            if t == ResourceType::Cluster {
+                if let Some(clusters) = &plans[t.index()] {
+                    self.force_endpoints_of_changed_clusters(clusters, snapshot);
+                }
+            }
+        }
+
+        let cluster = ResourceType::Cluster.index();
+        let others_sent = plans.iter().skip(1).any(Option::is_some);
+        let mut out = Output::default();
+        let mut final_clusters = None;
+        if let Some(clusters) = plans[cluster].take() {
+            let state = &self.types[cluster];
+            let held = &state.held;
+            // Clusters being removed that the client still asks for (those it stopped asking
+            // for it wants gone at once).
+            let removed: Vec<(&String, &Arc<Resource>)> = held
+                .iter()
+                .filter(|(name, _)| !clusters.contains_key(*name) && state.covers(name))
+                .collect();
+            if !removed.is_empty() && others_sent {
+                // Keep them, at the content the client has, until the other types have moved
+                // off them; the final CDS then drops them.
+                let mut union = clusters.clone();
+                for (name, resource) in removed {
+                    union.insert(name.clone(), resource.clone());
+                }
+                if hash_of(&union) != hash_of(held) {
+                    self.emit(ResourceType::Cluster, union, snapshot, &mut out);
+                }
+                final_clusters = Some(clusters);
+            } else {
+                self.emit(ResourceType::Cluster, clusters, snapshot, &mut out);
+            }
+        }
+        for t in &ResourceType::ALL[1..] {
+            if let Some(content) = plans[t.index()].take() {
+                self.emit(*t, content, snapshot, &mut out);
+            }
+        }
+        if let Some(clusters) = final_clusters {
+            self.emit(ResourceType::Cluster, clusters, snapshot, &mut out);
+        }
+        out
+    }
+
+    /// What to send for `t` now, if anything.
+    fn plan(&mut self, t: ResourceType, snapshot: &Snapshot) -> Option<Held> {
+        let state = &mut self.types[t.index()];
+        if !state.requested || !state.subscribed() {
+            // Rule 18: EDS/RDS with no names is an unsubscription; nothing is sent.
+            return None;
+        }
+        let desired = state.desired(t, snapshot);
+        let hash = hash_of(&desired);
+        if state.rejected_hash.as_ref().is_some_and(|h| *h != hash) {
+            // The config moved on from what was rejected: the next change is sent (rule 4).
+            state.rejected_hash = None;
+        }
+        let changed = !state.held_known || hash != hash_of(&state.held);
+        let wanted = state.must_answer || state.force || (changed && state.rejected_hash.is_none());
+        // SotW cannot delete EDS/RDS resources, so an empty response tells the client nothing;
+        // names requested before they exist are sent once they appear (rule 19). An empty LDS
+        // or CDS is a real answer: it deletes everything, and the snapshot truly has none.
+        if !wanted || (desired.is_empty() && !t.is_wildcard_type()) {
+            return None;
+        }
+        Some(desired)
+    }
+
+    /// Rule 11: a cluster whose content changes gets its endpoints again in the EDS response
+    /// that follows the CDS, even when they did not change.
+    fn force_endpoints_of_changed_clusters(&mut self, clusters: &Held, snapshot: &Snapshot) {
+        let held = &self.types[ResourceType::Cluster.index()].held;
+        let endpoints = &self.types[ResourceType::Endpoint.index()];
+        let any = endpoints.requested
+            && clusters.iter().any(|(name, resource)| {
+                held.get(name)
+                    .is_some_and(|old| old.version != resource.version)
+                    && endpoints.covers(name)
+                    && snapshot.get(ResourceType::Endpoint, name).is_some()
+            });
+        if any {
+            self.types[ResourceType::Endpoint.index()].force = true;
+        }
+    }
+
+    /// Builds, records and queues one response holding exactly `content`.
+    fn emit(
+        &mut self,
+        t: ResourceType,
+        content: Held,
+        snapshot: &Snapshot,
+        out: &mut Output<DiscoveryResponse>,
+    ) {
+        let nonce = self.nonces.next();
+        let state = &mut self.types[t.index()];
+        let hash = hash_of(&content);
+        let version = response_version(&snapshot.revision, &hash);
+        // Only LDS/CDS delete by absence; for EDS/RDS a missing name deletes nothing.
+        let removed = if t.is_wildcard_type() {
+            state
+                .held
+                .keys()
+                .filter(|name| !content.contains_key(*name))
+                .count()
+        } else {
+            0
+        };
+        let response = DiscoveryResponse {
+            version_info: version.clone(),
+            resources: content.values().map(|r| r.body.clone()).collect(),
+            type_url: t.type_url().to_string(),
+            nonce: nonce.clone(),
+            ..Default::default()
+        };
+        out.events.push(Event::Sent {
+            resource_type: t,
+            version: version.clone(),
+            resources: content.len(),
+            removed,
+            bytes: response.encoded_len(),
+        });
+        out.responses.push(response);
+
+        let names = content.keys().cloned().collect();
+        let before = std::mem::replace(&mut state.held, content);
+        state.held_before_latest = Some((state.held_known, before));
+        state.held_known = true;
+        state.must_answer = false;
+        state.force = false;
+        state.status.sent_version = Some(version.clone());
+        if state.recent.len() == RECENT_RESPONSES {
+            state.recent.pop_front();
+        }
+        state.recent.push_back(SentRecord {
+            nonce,
+            version,
+            hash,
+            names,
+        });
+    }
+}
+
+impl TypeState {
+    fn subscribed(&self) -> bool {
+        self.wildcard || !self.names.is_empty()
+    }
+
+    fn covers(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    /// What the client should hold: every resource in wildcard mode, else the requested names
+    /// that exist. Always from the current snapshot, even for names requested against an older
+    /// one (rule 12).
+    fn desired(&self, t: ResourceType, snapshot: &Snapshot) -> Held {
+        if self.wildcard {
+            return snapshot.resources(t).clone();
+        }
+        self.names
+            .iter()
+            .filter_map(|name| {
+                snapshot
+                    .get(t, name)
+                    .map(|resource| (name.clone(), resource.clone()))
+            })
+            .collect()
+    }
+
+    /// ACK and NACK are told apart by `error_detail` alone (rule 3). Only an answer to the
+    /// latest response moves the state: an older one was superseded by a full state sent since.
+    fn handle_ack_or_nack(
+        &mut self,
+        t: ResourceType,
+        request: &DiscoveryRequest,
+        events: &mut Vec<Event>,
+    ) {
+        let nonce = request.response_nonce.as_str();
+        if nonce.is_empty() || self.answered_nonce.as_deref() == Some(nonce) {
+            return;
+        }
+        let is_latest = self.recent.back().is_some_and(|r| r.nonce == nonce);
+        if let Some(detail) = &request.error_detail {
+            let record = self.recent.iter().find(|r| r.nonce == nonce);
+            let version = record.map(|r| r.version.clone()).unwrap_or_default();
+            let rejected = record.map(|r| r.names.clone()).unwrap_or_default();
+            if let (true, Some(record)) = (is_latest, record) {
+                self.rejected_hash = Some(record.hash.clone());
+                if let Some((known, before)) = self.held_before_latest.take() {
+                    self.held_known = known;
+                    self.held = before;
+                }
+                self.answered_nonce = Some(nonce.to_string());
+            }
+            self.status.last_nack = Some(NackRecord::now(version.clone(), detail.message.clone()));
+            events.push(Event::Nack {
+                resource_type: t,
+                version,
+                message: detail.message.clone(),
+                rejected,
+            });
+        } else if let (true, Some(latest)) = (is_latest, self.recent.back()) {
+            // Rule 17: an ACK of an older nonce is ignored; a newer response is on its way.
+            self.status.acked_version = Some(latest.version.clone());
+            self.held_before_latest = None;
+            self.answered_nonce = Some(nonce.to_string());
+            events.push(Event::Ack {
+                resource_type: t,
+                version: latest.version.clone(),
+            });
+        }
+    }
+
+    /// Takes the request's names as the new subscription, whatever its nonce (rule 17).
+    fn update_subscription(&mut self, t: ResourceType, resource_names: &[String]) {
+        if !self.requested {
+            self.requested = true;
+            self.must_answer = true;
+        }
+        let mut names: BTreeSet<String> = resource_names.iter().cloned().collect();
+        if t.is_wildcard_type() {
+            // Rule 25, the protocol's wildcard rules: `*` subscribes to everything; an empty
+            // list does too, until some request of the stream named a resource.
+            if !names.is_empty() {
+                self.ever_named = true;
+            }
+            self.wildcard = names.remove("*") || !self.ever_named;
+        }
+        self.names = names;
+        if !t.is_wildcard_type() {
+            // An EDS/RDS client forgets what it no longer asks for, so a name asked for again
+            // must be sent again (rule 19). LDS/CDS need no such care: they are full sets, the
+            // client deletes what a response lacks, so a changed subscription changes what it
+            // should hold and the next response is sent.
+            let names = &self.names;
+            self.held.retain(|name, _| names.contains(name));
+            if let Some((_, before)) = &mut self.held_before_latest {
+                before.retain(|name, _| names.contains(name));
+            }
+        }
+        if !self.subscribed() {
+            // Nothing asked for: the client holds nothing of the type any more, and a later
+            // subscription starts afresh, even for content it once rejected.
+            self.held.clear();
+            self.held_known = true;
+            self.held_before_latest = None;
+            self.rejected_hash = None;
+        }
+        self.status.subscribed = self.subscribed();
+    }
+}
+
+fn hash_of(resources: &Held) -> String {
+    content_hash(
+        resources
+            .iter()
+            .map(|(name, resource)| (name.as_str(), resource.version.as_str())),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::xds::stream::testing::{any_name, nack_detail, snapshot};
+    use crate::xds::stream::SyncState;
+    use ResourceType::{Cluster as C, Endpoint as E, Listener as L, Route as R};
+
+    /// A stream with the checks every response of every test must pass: a fresh nonce (rule 1),
+    /// only subscribed types, no name twice, every `Any` of the response's type (rule 8), and
+    /// one `Sent` event per response.
+    struct Harness {
+        stream: SotwStream,
+        snapshot: Snapshot,
+        nonces: HashSet<String>,
+    }
+
+    impl Harness {
+        fn new(snapshot: Snapshot) -> Self {
+            Harness {
+                stream: SotwStream::new(),
+                snapshot,
+                nonces: HashSet::new(),
+            }
+        }
+
+        fn request(&mut self, request: DiscoveryRequest) -> Output<DiscoveryResponse> {
+            let out = self.stream.handle_request(&request, &self.snapshot);
+            self.check(out)
+        }
+
+        fn publish(&mut self, snapshot: Snapshot) -> Output<DiscoveryResponse> {
+            self.snapshot = snapshot;
+            let out = self.stream.handle_snapshot(&self.snapshot);
+            self.check(out)
+        }
+
+        fn subscribe(&mut self, t: ResourceType, names: &[&str]) -> Output<DiscoveryResponse> {
+            self.request(request(t, names, "", ""))
+        }
+
+        fn ack(
+            &mut self,
+            response: &DiscoveryResponse,
+            names: &[&str],
+        ) -> Output<DiscoveryResponse> {
+            let t = type_of(response);
+            self.request(request(t, names, &response.version_info, &response.nonce))
+        }
+
+        fn nack(
+            &mut self,
+            response: &DiscoveryResponse,
+            names: &[&str],
+        ) -> Output<DiscoveryResponse> {
+            let t = type_of(response);
+            let mut nack = request(t, names, "", &response.nonce);
+            nack.error_detail = nack_detail("rejected by test");
+            self.request(nack)
+        }
+
+        fn check(&mut self, out: Output<DiscoveryResponse>) -> Output<DiscoveryResponse> {
+            check_responses(&self.stream, &out, &mut self.nonces);
+            out
+        }
+    }
+
+    pub(super) fn check_responses(
+        stream: &SotwStream,
+        out: &Output<DiscoveryResponse>,
+        nonces: &mut HashSet<String>,
+    ) {
+        let sent: Vec<&Event> = out
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::Sent { .. }))
+            .collect();
+        assert_eq!(
+            sent.len(),
+            out.responses.len(),
+            "one Sent event per response"
+        );
+        for (response, event) in out.responses.iter().zip(sent) {
+            let t = type_of(response);
+            assert!(
+                stream.status(t).subscribed,
+                "sent {t}, which nobody subscribed to"
+            );
+            assert!(nonces.insert(response.nonce.clone()), "nonce reused");
+            let names = names_of(response);
+            let unique: BTreeSet<&String> = names.iter().collect();
+            assert_eq!(unique.len(), names.len(), "a name twice in {t}: {names:?}");
+            let Event::Sent {
+                resource_type,
+                version,
+                resources,
+                bytes,
+                ..
+            } = event
+            else {
+                unreachable!()
+            };
+            assert_eq!(*resource_type, t);
+            assert_eq!(*version, response.version_info);
+            assert_eq!(*resources, response.resources.len());
+            assert_eq!(*bytes, response.encoded_len());
+        }
+    }
+
+    pub(super) fn request(
+        t: ResourceType,
+        names: &[&str],
+        version: &str,
+        nonce: &str,
+    ) -> DiscoveryRequest {
+        DiscoveryRequest {
+            version_info: version.into(),
+            resource_names: names.iter().map(|n| n.to_string()).collect(),
+            type_url: t.type_url().into(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    pub(super) fn type_of(response: &DiscoveryResponse) -> ResourceType {
+        ResourceType::from_type_url(&response.type_url).expect("response of a known type")
+    }
+
+    pub(super) fn names_of(response: &DiscoveryResponse) -> Vec<String> {
+        let t = type_of(response);
+        response.resources.iter().map(|a| any_name(t, a)).collect()
+    }
+
+    /// `(type, names)` of each response, for order assertions.
+    fn summary(out: &Output<DiscoveryResponse>) -> Vec<(ResourceType, Vec<String>)> {
+        out.responses
+            .iter()
+            .map(|r| (type_of(r), names_of(r)))
+            .collect()
+    }
+
+    fn s(t: ResourceType, names: &[&str]) -> (ResourceType, Vec<String>) {
+        (t, names.iter().map(|n| n.to_string()).collect())
+    }
+
+    /// Clusters a and b with their endpoints, listener l and route r.
+    fn base(revision: &str) -> Snapshot {
+        snapshot(
+            revision,
+            &[
+                (C, "a", 0),
+                (C, "b", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        )
+    }
+
+    /// A harness subscribed to every type of [`base`], every response ACKed.
+    fn synced() -> Harness {
+        let mut h = Harness::new(base("rev1"));
+        for (t, names) in [
+            (C, &[][..]),
+            (E, &["a", "b"][..]),
+            (L, &[][..]),
+            (R, &["r"][..]),
+        ] {
+            let out = h.subscribe(t, names);
+            assert_eq!(out.responses.len(), 1, "first {t} request answered");
+            assert!(h.ack(&out.responses[0], names).responses.is_empty());
+        }
+        h
+    }
+
+    #[test]
+    fn rule_01_every_response_has_a_fresh_nonce() {
+        let mut h = Harness::new(base("rev1"));
+        let first = h.subscribe(C, &[]);
+        let second = h.publish(snapshot("rev2", &[(C, "a", 1)]));
+        assert_ne!(first.responses[0].nonce, second.responses[0].nonce);
+    }
+
+    #[test]
+    fn rule_02_type_version_moves_only_with_its_resources() {
+        let mut h = synced();
+        let cds_before = h.stream.status(C).sent_version.clone();
+        let lds_before = h.stream.status(L).sent_version.clone();
+        let out = h.publish(snapshot(
+            "rev2",
+            &[
+                (C, "a", 7),
+                (C, "b", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        ));
+        // CDS, and EDS again for the changed cluster (rule 11); no LDS.
+        assert_eq!(summary(&out), [s(C, &["a", "b"]), s(E, &["a", "b"])]);
+        assert_ne!(h.stream.status(C).sent_version, cds_before);
+        assert_eq!(h.stream.status(L).sent_version, lds_before);
+        // The version carries the revision and the content hash.
+        let version = &out.responses[0].version_info;
+        assert!(version.starts_with("rev2-"), "{version}");
+    }
+
+    #[test]
+    fn rule_03_error_detail_with_same_version_and_nonce_is_a_nack() {
+        let mut h = Harness::new(base("rev1"));
+        let out = h.subscribe(C, &[]);
+        let response = &out.responses[0];
+        let mut nack = request(C, &[], &response.version_info, &response.nonce);
+        nack.error_detail = nack_detail("cluster a: bad");
+        let out = h.request(nack);
+        assert!(out.responses.is_empty());
+        assert_eq!(
+            out.events,
+            [Event::Nack {
+                resource_type: C,
+                version: response.version_info.clone(),
+                message: "cluster a: bad".into(),
+                rejected: vec!["a".into(), "b".into()],
+            }]
+        );
+        assert_eq!(h.stream.status(C).state(), SyncState::Nacked);
+        let nack = h.stream.status(C).last_nack.clone().expect("nack recorded");
+        assert_eq!(nack.version, response.version_info);
+        assert_eq!(nack.message, "cluster a: bad");
+    }
+
+    #[test]
+    fn rule_04_nack_is_not_resent() {
+        let mut h = synced();
+        let bad = h.publish(snapshot(
+            "rev2",
+            &[
+                (C, "a", 9),
+                (C, "b", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        ));
+        assert_eq!(summary(&bad), [s(C, &["a", "b"]), s(E, &["a", "b"])]);
+        let cds = bad.responses[0].clone();
+        let eds = bad.responses[1].clone();
+        assert!(h.ack(&eds, &["a", "b"]).responses.is_empty());
+        let out = h.nack(&cds, &[]);
+        assert!(out.responses.is_empty(), "rejected config resent");
+        // The same content republished under a new revision, and another request: silence.
+        let same = snapshot(
+            "rev3",
+            &[
+                (C, "a", 9),
+                (C, "b", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        );
+        assert!(h.publish(same).responses.is_empty());
+        assert!(h.subscribe(C, &[]).responses.is_empty());
+        assert_eq!(h.stream.status(C).state(), SyncState::Nacked);
+        // The next real change is sent, once.
+        let fixed = snapshot(
+            "rev4",
+            &[
+                (C, "a", 3),
+                (C, "b", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        );
+        let out = h.publish(fixed.clone());
+        assert_eq!(summary(&out), [s(C, &["a", "b"]), s(E, &["a", "b"])]);
+        assert!(h.publish(fixed).responses.is_empty());
+        h.ack(&out.responses[0], &[]);
+        assert_eq!(h.stream.status(C).state(), SyncState::Synced);
+    }
+
+    #[test]
+    fn rule_05_ack_and_identical_snapshot_send_nothing() {
+        let mut h = synced();
+        assert!(h.publish(base("rev1")).responses.is_empty());
+        assert!(
+            h.publish(base("rev2")).responses.is_empty(),
+            "a new revision alone sends nothing"
+        );
+        for t in [C, E, L, R] {
+            assert_eq!(h.stream.status(t).state(), SyncState::Synced, "{t}");
+        }
+    }
+
+    #[test]
+    fn rule_06_node_is_only_needed_on_the_first_request() {
+        let mut h = Harness::new(base("rev1"));
+        let mut first = request(C, &[], "", "");
+        first.node = Some(Default::default());
+        let out = h.request(first);
+        // Later requests carry no node and still work.
+        assert!(h
+            .ack(&out.responses[0], &[])
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Ack { .. })));
+        assert_eq!(h.subscribe(E, &["a"]).responses.len(), 1);
+    }
+
+    #[test]
+    fn rule_07_unknown_type_leaves_other_types_alone() {
+        let mut h = synced();
+        for url in ["type.googleapis.com/foo.Bar", ""] {
+            let out = h.request(DiscoveryRequest {
+                type_url: url.into(),
+                resource_names: vec!["x".into()],
+                ..Default::default()
+            });
+            assert_eq!(out.responses, []);
+            assert_eq!(
+                out.events,
+                [Event::UnknownType {
+                    type_url: url.into()
+                }]
+            );
+        }
+        let out = h.publish(snapshot(
+            "rev2",
+            &[
+                (C, "a", 0),
+                (C, "b", 0),
+                (C, "c", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        ));
+        assert_eq!(summary(&out), [s(C, &["a", "b", "c"])]);
+    }
+
+    #[test]
+    fn rule_08_types_nobody_asked_for_are_never_sent() {
+        let mut h = Harness::new(base("rev1"));
+        h.subscribe(C, &[]);
+        let out = h.publish(snapshot(
+            "rev2",
+            &[(C, "a", 0), (E, "a", 1), (L, "l", 1), (R, "r", 1)],
+        ));
+        assert_eq!(summary(&out), [s(C, &["a"])]);
+    }
+
+    #[test]
+    fn rule_09_make_before_break_adds_clusters_first_and_removes_them_last() {
+        // Add cluster y, move the route from x to y, drop x.
+        let mut h = Harness::new(snapshot(
+            "rev1",
+            &[(C, "x", 0), (E, "x", 0), (L, "l", 0), (R, "r", 0)],
+        ));
+        for (t, names) in [
+            (C, &[][..]),
+            (E, &["x", "y"][..]),
+            (L, &[][..]),
+            (R, &["r"][..]),
+        ] {
+            let out = h.subscribe(t, names);
+            h.ack(&out.responses[0], names);
+        }
+        let out = h.publish(snapshot(
+            "rev2",
+            &[(C, "y", 0), (E, "y", 0), (L, "l", 0), (R, "r", 1)],
+        ));
+        assert_eq!(
+            summary(&out),
+            [s(C, &["x", "y"]), s(E, &["y"]), s(R, &["r"]), s(C, &["y"])]
+        );
+        // x is kept at exactly the content the client has.
+        assert_eq!(out.responses[0].resources[0], h_cluster("x", 0));
+        // Only the last CDS counts for ACK.
+        let first_cds = out.responses[0].clone();
+        let last_cds = out.responses[3].clone();
+        assert!(h.ack(&first_cds, &[]).events.is_empty());
+        assert_eq!(h.stream.status(C).state(), SyncState::Stale);
+        h.ack(&last_cds, &[]);
+        assert_eq!(h.stream.status(C).state(), SyncState::Synced);
+    }
+
+    fn h_cluster(name: &str, variant: u32) -> envoy_types::pb::google::protobuf::Any {
+        crate::xds::stream::testing::resource(C, name, variant).body
+    }
+
+    #[test]
+    fn rule_09_listeners_come_before_routes_and_a_lone_removal_is_one_response() {
+        let mut h = synced();
+        let out = h.publish(snapshot(
+            "rev2",
+            &[
+                (C, "a", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 1),
+                (R, "r", 1),
+            ],
+        ));
+        // The client holds a and b: the first CDS of the pair would change nothing, so only
+        // the final one goes, after the routes.
+        assert_eq!(summary(&out), [s(L, &["l"]), s(R, &["r"]), s(C, &["a"])]);
+        let mut h = synced();
+        let out = h.publish(snapshot(
+            "rev2",
+            &[
+                (C, "a", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        ));
+        assert_eq!(summary(&out), [s(C, &["a"])]);
+    }
+
+    #[test]
+    fn rule_10_children_do_not_wait_for_the_parent_ack() {
+        let mut h = Harness::new(base("rev1"));
+        let cds = h.subscribe(C, &[]);
+        assert_eq!(cds.responses.len(), 1);
+        // CDS not ACKed (Envoy ACKs it only once the endpoints arrived): EDS still goes out.
+        let out = h.subscribe(E, &["a", "b"]);
+        assert_eq!(summary(&out), [s(E, &["a", "b"])]);
+    }
+
+    #[test]
+    fn rule_11_cluster_change_resends_its_endpoints() {
+        let mut h = synced();
+        let out = h.publish(snapshot(
+            "rev2",
+            &[
+                (C, "a", 1),
+                (C, "b", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        ));
+        assert_eq!(summary(&out), [s(C, &["a", "b"]), s(E, &["a", "b"])]);
+        // Same content, so the same content hash; a new snapshot revision.
+        assert!(out.responses[1].version_info.starts_with("rev2-"));
+        // A new cluster alone does not: Envoy asks for its endpoints.
+        let mut h = synced();
+        let out = h.publish(snapshot(
+            "rev2",
+            &[
+                (C, "a", 0),
+                (C, "b", 0),
+                (C, "c", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (E, "c", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        ));
+        assert_eq!(summary(&out), [s(C, &["a", "b", "c"])]);
+    }
+
+    #[test]
+    fn rule_12_a_request_is_answered_from_the_current_snapshot() {
+        let mut h = synced();
+        // The snapshot changed (cluster c added) and the request for c's endpoints arrives
+        // before the stream saw the new snapshot.
+        h.snapshot = snapshot(
+            "rev2",
+            &[
+                (C, "a", 0),
+                (C, "b", 0),
+                (C, "c", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (E, "c", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        );
+        let out = h.subscribe(E, &["a", "b", "c"]);
+        assert_eq!(
+            summary(&out),
+            [s(C, &["a", "b", "c"]), s(E, &["a", "b", "c"])]
+        );
+        assert!(h
+            .stream
+            .handle_snapshot(&h.snapshot.clone())
+            .responses
+            .is_empty());
+    }
+
+    #[test]
+    fn rule_13_first_responses_after_reconnect_are_complete() {
+        let mut h = synced();
+        let version = h.stream.status(C).sent_version.clone().unwrap_or_default();
+        // A new stream: the client says it has the current version; it is answered in full.
+        let mut h2 = Harness::new(h.snapshot.clone());
+        let out = h2.request(request(C, &[], &version, ""));
+        assert_eq!(summary(&out), [s(C, &["a", "b"])]);
+        assert_eq!(
+            out.responses[0].version_info, version,
+            "versions survive a reconnect"
+        );
+        // A snapshot with no clusters at all: the first request still gets its (empty) answer.
+        let mut empty = Harness::new(snapshot("rev1", &[(L, "l", 0)]));
+        assert_eq!(summary(&empty.subscribe(C, &[])), [s(C, &[])]);
+        assert!(empty
+            .publish(snapshot("rev2", &[(L, "l", 0)]))
+            .responses
+            .is_empty());
+        h.publish(base("rev2"));
+    }
+
+    #[test]
+    fn rule_16_lds_and_cds_are_full_sets() {
+        let mut h = Harness::new(snapshot("rev1", &[(C, "a", 0), (C, "b", 0), (C, "c", 0)]));
+        let out = h.subscribe(C, &[]);
+        h.ack(&out.responses[0], &[]);
+        let out = h.publish(snapshot("rev2", &[(C, "a", 0), (C, "c", 0)]));
+        assert_eq!(summary(&out), [s(C, &["a", "c"])]);
+        let out = h.publish(snapshot("rev3", &[]));
+        assert_eq!(
+            summary(&out),
+            [s(C, &[])],
+            "an empty set deletes everything"
+        );
+    }
+
+    #[test]
+    fn rule_17_a_stale_nonce_is_no_ack_but_its_names_count() {
+        let mut h = synced();
+        let eds = h.stream.types[E.index()]
+            .recent
+            .back()
+            .map(|r| r.nonce.clone())
+            .unwrap_or_default();
+        let out = h.publish(snapshot(
+            "rev2",
+            &[
+                (C, "a", 0),
+                (C, "b", 0),
+                (E, "a", 1),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        ));
+        let pushed = out.responses[0].clone();
+        // The client, not yet seeing the push, drops b with the older nonce.
+        let out = h.request(request(E, &["a"], "", &eds));
+        assert!(!out.events.iter().any(|e| matches!(e, Event::Ack { .. })));
+        assert_eq!(h.stream.status(E).state(), SyncState::Stale);
+        assert!(out.responses.is_empty(), "{:?}", summary(&out));
+        // And adds b back, still with the stale nonce: b is sent again.
+        let out = h.request(request(E, &["a", "b"], "", &eds));
+        assert_eq!(summary(&out), [s(E, &["a", "b"])]);
+        assert!(h.ack(&pushed, &["a", "b"]).events.is_empty(), "superseded");
+    }
+
+    #[test]
+    fn rule_18_empty_eds_names_unsubscribe() {
+        let mut h = synced();
+        let out = h.subscribe(E, &[]);
+        assert!(out.responses.is_empty());
+        assert!(!h.stream.status(E).subscribed);
+        let out = h.publish(snapshot(
+            "rev2",
+            &[
+                (C, "a", 0),
+                (C, "b", 0),
+                (E, "a", 1),
+                (E, "b", 1),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        ));
+        assert!(out.responses.is_empty(), "{:?}", summary(&out));
+        let out = h.subscribe(R, &[]);
+        assert!(out.responses.is_empty());
+    }
+
+    #[test]
+    fn rule_19_names_requested_again_are_sent_again() {
+        let mut h = Harness::new(base("rev1"));
+        let mut sent = Vec::new();
+        for names in [&["a"][..], &["a", "b"], &["a"], &["a", "b"]] {
+            sent.push(summary(&h.subscribe(E, names)));
+        }
+        assert_eq!(
+            sent,
+            [
+                vec![s(E, &["a"])],
+                vec![s(E, &["a", "b"])],
+                vec![],
+                vec![s(E, &["a", "b"])],
+            ]
+        );
+        // Unsubscribed entirely, then asked again: sent again.
+        assert!(h.subscribe(E, &[]).responses.is_empty());
+        assert_eq!(summary(&h.subscribe(E, &["a"])), [s(E, &["a"])]);
+    }
+
+    #[test]
+    fn rule_19_names_requested_before_they_exist_are_sent_when_they_appear() {
+        let mut h = Harness::new(base("rev1"));
+        let out = h.subscribe(E, &["x"]);
+        assert!(out.responses.is_empty(), "no empty EDS response");
+        let out = h.publish(snapshot("rev2", &[(E, "x", 0)]));
+        assert_eq!(summary(&out), [s(E, &["x"])]);
+        let out = h.subscribe(R, &["nope"]);
+        assert!(out.responses.is_empty());
+    }
+
+    #[test]
+    fn rule_24_types_have_separate_state() {
+        let mut h = synced();
+        let out = h.publish(snapshot(
+            "rev2",
+            &[
+                (C, "a", 1),
+                (C, "b", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 1),
+            ],
+        ));
+        for response in &out.responses {
+            let t = type_of(response);
+            let names: Vec<String> = names_of(response);
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let names = if t.is_wildcard_type() { vec![] } else { names };
+            if t == R {
+                h.nack(response, &names);
+            } else {
+                h.ack(response, &names);
+            }
+        }
+        assert_eq!(h.stream.status(R).state(), SyncState::Nacked);
+        for t in [C, E, L] {
+            assert_eq!(h.stream.status(t).state(), SyncState::Synced, "{t}");
+        }
+    }
+
+    #[test]
+    fn rule_25_wildcard_follows_the_protocol_examples() {
+        let all = snapshot("rev1", &[(C, "a", 0), (C, "b", 0), (C, "c", 0)]);
+        // Unset names: a subscription to `*`.
+        let mut h = Harness::new(all.clone());
+        assert_eq!(summary(&h.subscribe(C, &[])), [s(C, &["a", "b", "c"])]);
+        // `*` and A: continuing `*`, adding A: nothing new to send.
+        assert!(h.subscribe(C, &["*", "a"]).responses.is_empty());
+        // A alone: `*` is dropped; the full set is now A.
+        assert_eq!(summary(&h.subscribe(C, &["a"])), [s(C, &["a"])]);
+        // Unset again: no longer wildcard, but an unsubscription from everything.
+        assert!(h.subscribe(C, &[]).responses.is_empty());
+        assert!(!h.stream.status(C).subscribed);
+        assert!(h
+            .publish(snapshot("rev2", &[(C, "a", 1), (C, "d", 0)]))
+            .responses
+            .is_empty());
+
+        // `*` on the first request is wildcard too; explicit names alone are not.
+        let mut h = Harness::new(all.clone());
+        assert_eq!(
+            summary(&h.subscribe(L, &["*"])),
+            [s(L, &[])],
+            "no listeners: an empty answer"
+        );
+        assert_eq!(summary(&h.subscribe(C, &["*"])), [s(C, &["a", "b", "c"])]);
+        let mut h = Harness::new(all);
+        assert_eq!(summary(&h.subscribe(C, &["b", "x"])), [s(C, &["b"])]);
+        // `*` is no wildcard for EDS.
+        assert!(h.subscribe(E, &["*"]).responses.is_empty());
+    }
+
+    #[test]
+    fn nack_of_the_first_response_on_a_new_stream_sends_the_next_change() {
+        // The client rejected the first response of a new stream and kept whatever it had from
+        // the old one, which this stream never saw: the next change must go out.
+        let mut h = Harness::new(snapshot("rev1", &[(C, "c", 0)]));
+        let out = h.subscribe(C, &["c"]);
+        h.nack(&out.responses[0], &["c"]);
+        let out = h.publish(snapshot("rev2", &[]));
+        assert_eq!(summary(&out), [s(C, &[])]);
+    }
+
+    #[test]
+    fn make_before_break_keeps_only_clusters_still_asked_for() {
+        let mut h = Harness::new(snapshot("rev1", &[(C, "c", 0)]));
+        let out = h.subscribe(C, &[]);
+        h.ack(&out.responses[0], &[]);
+        h.subscribe(L, &[]);
+        // The client rejects the deletion of c and keeps it...
+        let out = h.publish(snapshot("rev2", &[]));
+        h.nack(&out.responses[0], &[]);
+        // ...then asks for b alone: c is no longer wanted.
+        assert!(h.subscribe(C, &["*", "b"]).responses.is_empty());
+        assert!(h.subscribe(C, &["b"]).responses.is_empty());
+        let out = h.publish(snapshot("rev3", &[(C, "b", 0), (L, "b", 0)]));
+        assert_eq!(summary(&out), [s(C, &["b"]), s(L, &["b"])]);
+    }
+
+    #[test]
+    fn nack_of_an_older_response_is_reported_without_touching_state() {
+        let mut h = synced();
+        let first = h.publish(snapshot(
+            "rev2",
+            &[
+                (C, "a", 1),
+                (C, "b", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        ));
+        h.publish(snapshot(
+            "rev3",
+            &[
+                (C, "a", 2),
+                (C, "b", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        ));
+        let out = h.nack(&first.responses[0], &[]);
+        assert!(out.responses.is_empty());
+        assert!(matches!(&out.events[..], [Event::Nack { rejected, .. }] if rejected.len() == 2));
+        assert_eq!(h.stream.status(C).state(), SyncState::Stale);
+    }
+}
+
+/// Property tests: a simulated client applies every response; after every step it holds what it
+/// subscribes to in the current snapshot, except while a NACKed config is still current.
+#[cfg(test)]
+mod proptests {
+    use std::collections::HashSet;
+
+    use proptest::prelude::*;
+
+    use super::tests::{check_responses, names_of, request, type_of};
+    use super::*;
+    use crate::xds::resource::content_version;
+    use crate::xds::stream::testing::{any_name, nack_detail, resource};
+
+    const NAMES: [&str; 3] = ["a", "b", "c"];
+
+    /// Per type, per name: absent or a content variant.
+    type Spec = [[Option<u32>; 3]; 4];
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// Names are indices into [`NAMES`]; 3 is `*`.
+        Subscribe {
+            t: usize,
+            names: Vec<usize>,
+            stale: bool,
+        },
+        Unsubscribe {
+            t: usize,
+            names: Vec<usize>,
+            stale: bool,
+        },
+        Ack {
+            t: usize,
+        },
+        Nack {
+            t: usize,
+        },
+        Publish(Spec),
+        Reconnect,
+    }
+
+    fn spec() -> impl Strategy<Value = Spec> {
+        proptest::array::uniform4(proptest::array::uniform3(proptest::option::of(0u32..3)))
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let names = || proptest::collection::vec(0usize..4, 0..3);
+        prop_oneof![
+            3 => (0usize..4, names(), any::<bool>())
+                .prop_map(|(t, names, stale)| Step::Subscribe { t, names, stale }),
+            1 => (0usize..4, names(), any::<bool>())
+                .prop_map(|(t, names, stale)| Step::Unsubscribe { t, names, stale }),
+            3 => (0usize..4).prop_map(|t| Step::Ack { t }),
+            1 => (0usize..4).prop_map(|t| Step::Nack { t }),
+            2 => spec().prop_map(Step::Publish),
+            1 => Just(Step::Reconnect),
+        ]
+    }
+
+    fn build(spec: &Spec, revision: u32) -> Snapshot {
+        let mut items = Vec::new();
+        for t in ResourceType::ALL {
+            for (name, variant) in NAMES.iter().zip(spec[t.index()]) {
+                if let Some(variant) = variant {
+                    items.push((t, resource(t, name, variant)));
+                }
+            }
+        }
+        Snapshot::new(format!("rev{revision}"), items)
+    }
+
+    /// The simulated client's view of one type.
+    #[derive(Clone, Debug, Default)]
+    struct ClientType {
+        requested: bool,
+        /// The names it sends, `*` included.
+        list: BTreeSet<String>,
+        ever_named: bool,
+        wildcard: bool,
+        names: BTreeSet<String>,
+        /// What it holds: name → resource version.
+        held: BTreeMap<String, String>,
+        before_latest: BTreeMap<String, String>,
+        /// Nonce and version of the latest response.
+        latest: Option<(String, String)>,
+        previous_nonce: String,
+        pending: bool,
+        acked_version: String,
+        /// What it should hold when it NACKed; no check while that is still the case.
+        nack_hold: Option<BTreeMap<String, String>>,
+    }
+
+    impl ClientType {
+        /// The protocol's rules, applied to the list the client sends.
+        fn set_list(&mut self, t: ResourceType, list: BTreeSet<String>) {
+            if !list.is_empty() {
+                self.ever_named = true;
+            }
+            self.wildcard = t.is_wildcard_type() && (list.contains("*") || !self.ever_named);
+            self.names = list.iter().filter(|n| *n != "*").cloned().collect();
+            self.list = list;
+            if !self.wildcard && self.names.is_empty() {
+                self.held.clear();
+                self.before_latest.clear();
+            } else if !t.is_wildcard_type() {
+                let names = &self.names;
+                self.held.retain(|n, _| names.contains(n));
+                self.before_latest.retain(|n, _| names.contains(n));
+            }
+        }
+
+        fn subscribed(&self) -> bool {
+            self.wildcard || !self.names.is_empty()
+        }
+    }
+
+    struct Sim {
+        stream: SotwStream,
+        snapshot: Snapshot,
+        revision: u32,
+        client: [ClientType; 4],
+        nonces: HashSet<String>,
+    }
+
+    impl Sim {
+        fn new() -> Self {
+            Sim {
+                stream: SotwStream::new(),
+                snapshot: Snapshot::new("rev0", Vec::new()),
+                revision: 0,
+                client: Default::default(),
+                nonces: HashSet::new(),
+            }
+        }
+
+        fn send(&mut self, t: ResourceType, version: String, nonce: String, nack: bool) {
+            let c = &self.client[t.index()];
+            let list: Vec<&str> = c.list.iter().map(String::as_str).collect();
+            let mut req = request(t, &list, &version, &nonce);
+            if nack {
+                req.error_detail = nack_detail("rejected by the simulated client");
+            }
+            let out = self.stream.handle_request(&req, &self.snapshot);
+            self.deliver(out);
+        }
+
+        fn deliver(&mut self, out: Output<DiscoveryResponse>) {
+            check_responses(&self.stream, &out, &mut self.nonces);
+            for response in &out.responses {
+                let t = type_of(response);
+                let c = &mut self.client[t.index()];
+                let mut got = BTreeMap::new();
+                for (any, name) in response.resources.iter().zip(names_of(response)) {
+                    assert!(
+                        c.wildcard || c.names.contains(&name),
+                        "{t} {name} not asked for"
+                    );
+                    assert_eq!(any_name(t, any), name);
+                    got.insert(name, content_version(&any.value));
+                }
+                c.before_latest = c.held.clone();
+                if t.is_wildcard_type() {
+                    c.held = got;
+                } else {
+                    c.held.extend(got);
+                }
+                if let Some((nonce, _)) = c.latest.take() {
+                    c.previous_nonce = nonce;
+                }
+                c.latest = Some((response.nonce.clone(), response.version_info.clone()));
+                c.pending = true;
+            }
+        }
+
+        /// A request changing the list; `stale` sends an older nonce, else it also ACKs.
+        fn change_list(&mut self, t: ResourceType, list: BTreeSet<String>, stale: bool) {
+            let c = &mut self.client[t.index()];
+            let (version, nonce) = if !c.requested {
+                (String::new(), String::new())
+            } else if stale {
+                (c.acked_version.clone(), c.previous_nonce.clone())
+            } else {
+                let (nonce, version) = c.latest.clone().unwrap_or_default();
+                if c.pending {
+                    c.pending = false;
+                    c.acked_version = version;
+                }
+                (c.acked_version.clone(), nonce)
+            };
+            c.requested = true;
+            c.set_list(t, list);
+            self.send(t, version, nonce, false);
+        }
+
+        fn run(&mut self, step: &Step) {
+            match step {
+                Step::Subscribe { t, names, stale } => {
+                    let t = ResourceType::ALL[*t];
+                    let c = &self.client[t.index()];
+                    let mut list = c.list.clone();
+                    for &i in names {
+                        match NAMES.get(i) {
+                            Some(name) => list.insert(name.to_string()),
+                            None if t.is_wildcard_type() => list.insert("*".into()),
+                            None => false,
+                        };
+                    }
+                    // Like Envoy, keep a wildcard subscription when naming more resources.
+                    if c.wildcard && !list.is_empty() {
+                        list.insert("*".into());
+                    }
+                    self.change_list(t, list, *stale);
+                }
+                Step::Unsubscribe { t, names, stale } => {
+                    let t = ResourceType::ALL[*t];
+                    let c = &self.client[t.index()];
+                    if !c.requested {
+                        return;
+                    }
+                    let mut list = c.list.clone();
+                    for &i in names {
+                        list.remove(NAMES.get(i).copied().unwrap_or("*"));
+                    }
+                    self.change_list(t, list, *stale);
+                }
+                Step::Ack { t } => {
+                    let t = ResourceType::ALL[*t];
+                    let c = &mut self.client[t.index()];
+                    if !c.pending {
+                        return;
+                    }
+                    let (nonce, version) = c.latest.clone().unwrap_or_default();
+                    c.pending = false;
+                    c.acked_version = version.clone();
+                    self.send(t, version, nonce, false);
+                }
+                Step::Nack { t } => {
+                    let t = ResourceType::ALL[*t];
+                    let expected = self.expected(t);
+                    let c = &mut self.client[t.index()];
+                    if !c.pending {
+                        return;
+                    }
+                    let (nonce, _) = c.latest.clone().unwrap_or_default();
+                    c.pending = false;
+                    c.held = c.before_latest.clone();
+                    c.nack_hold = Some(expected);
+                    let version = c.acked_version.clone();
+                    self.send(t, version, nonce, true);
+                }
+                Step::Publish(spec) => {
+                    self.revision += 1;
+                    self.snapshot = build(spec, self.revision);
+                    let out = self.stream.handle_snapshot(&self.snapshot);
+                    self.deliver(out);
+                }
+                Step::Reconnect => {
+                    self.stream = SotwStream::new();
+                    self.nonces.clear();
+                    for t in ResourceType::ALL {
+                        let c = &mut self.client[t.index()];
+                        let was_requested = c.requested && c.subscribed();
+                        c.latest = None;
+                        c.previous_nonce.clear();
+                        c.pending = false;
+                        c.nack_hold = None;
+                        c.ever_named = false;
+                        c.requested = was_requested;
+                        if was_requested {
+                            let list = c.list.clone();
+                            c.set_list(t, list);
+                            let version = c.acked_version.clone();
+                            self.send(t, version, String::new(), false);
+                        }
+                    }
+                }
+            }
+        }
+
+        fn expected(&self, t: ResourceType) -> BTreeMap<String, String> {
+            let c = &self.client[t.index()];
+            self.snapshot
+                .resources(t)
+                .iter()
+                .filter(|(name, _)| c.wildcard || c.names.contains(*name))
+                .map(|(name, r)| (name.clone(), r.version.clone()))
+                .collect()
+        }
+
+        fn check(&mut self) {
+            for t in ResourceType::ALL {
+                let expected = self.expected(t);
+                let c = &mut self.client[t.index()];
+                if !c.requested {
+                    continue;
+                }
+                if let Some(hold) = &c.nack_hold {
+                    if *hold == expected {
+                        continue;
+                    }
+                    c.nack_hold = None;
+                }
+                if t.is_wildcard_type() {
+                    assert_eq!(c.held, expected, "{t}");
+                } else {
+                    // SotW cannot delete EDS/RDS resources; only what exists is checked.
+                    for (name, version) in &expected {
+                        assert_eq!(c.held.get(name), Some(version), "{t} {name}");
+                    }
+                    assert!(c.held.keys().all(|n| c.names.contains(n)), "{t}");
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn client_converges_to_its_subscriptions(
+            first in spec(),
+            steps in proptest::collection::vec(step(), 1..40),
+        ) {
+            let mut sim = Sim::new();
+            sim.run(&Step::Publish(first));
+            for step in &steps {
+                sim.run(step);
+                sim.check();
+            }
+        }
+    }
+}

@@ -1,1 +1,395 @@
 //! What the SotW and delta state machines share: their outputs, events and per-type status.
+//!
+//! Both machines are pure: the gRPC server feeds them requests and snapshots and writes out the
+//! responses they return. The [`Event`]s are for logs and metrics, the [`TypeStatus`] of each
+//! type is what `/debug/syncz` shows.
+//!
+//! # Versions and nonces
+//! - A response's version (`version_info` in SotW, `system_version_info` in delta) is
+//!   `{revision, first 12 chars}-{content hash}`, see [`response_version`]. The content hash is
+//!   taken over the sorted `(name, version)` pairs the client holds once it applies the response,
+//!   so equal content gives an equal hash on every stream, replica and restart. Whether a type is
+//!   sent is decided by comparing content hashes, never revisions: a new commit that leaves a
+//!   type untouched sends nothing for it.
+//!   In delta that is the client's whole state of the type, not only the response's changes,
+//!   so SotW and delta clients of the same config report the same versions.
+//! - Nonces come from a per-stream counter, so every response of a stream has a fresh one and a
+//!   request answering an older response is recognised as stale.
+//!
+//! # NACKs
+//! A NACK is a request with `error_detail`, nothing else. The machine then takes the client to
+//! hold what it held before the rejected response and sends nothing more of that type while the
+//! config the client should hold is unchanged. Once it changes (a new snapshot or a new
+//! subscription), the client is brought to the whole current state, once.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use super::resource::{content_version, ResourceType};
+
+/// What one call into a state machine produced: responses to write, in order, and events to
+/// log or count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Output<R> {
+    /// Responses to write to the stream, in this order (make-before-break).
+    pub responses: Vec<R>,
+    /// What happened, for logs and metrics.
+    pub events: Vec<Event>,
+}
+
+impl<R> Default for Output<R> {
+    fn default() -> Self {
+        Output {
+            responses: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+}
+
+impl<R> Output<R> {
+    /// Nothing to send and nothing to report.
+    pub fn is_empty(&self) -> bool {
+        self.responses.is_empty() && self.events.is_empty()
+    }
+}
+
+/// Something worth a log line or a metric.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The client applied the latest response of this type.
+    Ack {
+        resource_type: ResourceType,
+        version: String,
+    },
+    /// The client rejected a response. `version` is the rejected response's version (empty when
+    /// the nonce names no response of this stream), `rejected` the names of the resources it
+    /// held (in delta, its removed names too), so the NACK can be traced to manifests.
+    Nack {
+        resource_type: ResourceType,
+        version: String,
+        message: String,
+        rejected: Vec<String>,
+    },
+    /// A request for a type this server does not serve; other types are unaffected.
+    UnknownType { type_url: String },
+    /// A response was produced.
+    Sent {
+        resource_type: ResourceType,
+        version: String,
+        resources: usize,
+        removed: usize,
+        /// Encoded size of the response.
+        bytes: usize,
+    },
+}
+
+/// The last NACK of a type, as `/debug/syncz` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NackRecord {
+    /// Version of the rejected response.
+    pub version: String,
+    /// Envoy's `error_detail.message`.
+    pub message: String,
+    /// When the NACK arrived, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+}
+
+impl NackRecord {
+    pub(crate) fn now(version: String, message: String) -> NackRecord {
+        let at_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        NackRecord {
+            version,
+            message,
+            at_unix_ms,
+        }
+    }
+}
+
+/// The protocol state of one resource type on one stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TypeStatus {
+    /// The client currently asks for something of this type.
+    pub subscribed: bool,
+    /// Version of the latest response of this type on this stream.
+    pub sent_version: Option<String>,
+    /// Version of the latest response the client ACKed.
+    pub acked_version: Option<String>,
+    /// The latest NACK, kept after later ACKs so an operator can still read it.
+    pub last_nack: Option<NackRecord>,
+}
+
+/// A type's sync state as `/debug/syncz` names it (`SYNCED`, `STALE`, `NACKED`, `NOT_SENT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SyncState {
+    /// The client ACKed the latest response.
+    Synced,
+    /// The latest response is neither ACKed nor NACKed yet.
+    Stale,
+    /// The client rejected the latest response.
+    Nacked,
+    /// Nothing of this type was sent on this stream.
+    NotSent,
+}
+
+impl TypeStatus {
+    pub fn state(&self) -> SyncState {
+        let Some(sent) = &self.sent_version else {
+            return SyncState::NotSent;
+        };
+        if self.acked_version.as_ref() == Some(sent) {
+            SyncState::Synced
+        } else if self.last_nack.as_ref().is_some_and(|n| &n.version == sent) {
+            SyncState::Nacked
+        } else {
+            SyncState::Stale
+        }
+    }
+}
+
+/// The version string of a response: the snapshot's revision, shortened to 12 characters, and
+/// the content hash of what the client holds once it applies the response.
+pub fn response_version(revision: &str, content_hash: &str) -> String {
+    let short: String = revision.chars().take(12).collect();
+    if short.is_empty() {
+        content_hash.to_string()
+    } else {
+        format!("{short}-{content_hash}")
+    }
+}
+
+/// Hash over `(name, version)` pairs, which must come sorted by name. Encoded as the snapshot
+/// encodes its type versions, so a full set hashes to [`super::resource::Snapshot::type_version`].
+pub fn content_hash<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut buf = Vec::new();
+    for (name, version) in pairs {
+        buf.extend_from_slice(name.as_bytes());
+        buf.push(0);
+        buf.extend_from_slice(version.as_bytes());
+        buf.push(0);
+    }
+    content_version(&buf)
+}
+
+/// Per-stream nonce source: a counter, so every response gets a fresh nonce.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct NonceCounter {
+    /// The last nonce handed out; 0 before the first response.
+    last: u64,
+}
+
+impl NonceCounter {
+    pub(crate) fn next(&mut self) -> String {
+        self.last += 1;
+        self.last.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::resource::{Resource, Snapshot};
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+
+    fn status(sent: Option<&str>, acked: Option<&str>, nack: Option<&str>) -> TypeStatus {
+        TypeStatus {
+            subscribed: true,
+            sent_version: sent.map(str::to_string),
+            acked_version: acked.map(str::to_string),
+            last_nack: nack.map(|v| NackRecord::now(v.to_string(), "bad".into())),
+        }
+    }
+
+    #[test]
+    fn sync_state_follows_sent_acked_and_nacked_versions() {
+        assert_eq!(status(None, None, None).state(), SyncState::NotSent);
+        assert_eq!(
+            status(Some("a"), Some("a"), None).state(),
+            SyncState::Synced
+        );
+        assert_eq!(status(Some("b"), Some("a"), None).state(), SyncState::Stale);
+        assert_eq!(
+            status(Some("b"), Some("a"), Some("b")).state(),
+            SyncState::Nacked
+        );
+        // An old NACK does not make a newer, unanswered response NACKED.
+        assert_eq!(
+            status(Some("c"), Some("a"), Some("b")).state(),
+            SyncState::Stale
+        );
+        // ACKed after an older NACK: SYNCED, the NACK is kept for the operator.
+        assert_eq!(
+            status(Some("c"), Some("c"), Some("b")).state(),
+            SyncState::Synced
+        );
+    }
+
+    #[test]
+    fn sync_state_serializes_as_syncz_names_it() {
+        let names: Vec<String> = [
+            SyncState::Synced,
+            SyncState::Stale,
+            SyncState::Nacked,
+            SyncState::NotSent,
+        ]
+        .iter()
+        .map(|s| serde_json::to_string(s).unwrap_or_default())
+        .collect();
+        assert_eq!(
+            names,
+            ["\"SYNCED\"", "\"STALE\"", "\"NACKED\"", "\"NOT_SENT\""]
+        );
+    }
+
+    #[test]
+    fn response_version_joins_short_revision_and_hash() {
+        assert_eq!(
+            response_version("0123456789abcdef0123", "ffff"),
+            "0123456789ab-ffff"
+        );
+        assert_eq!(response_version("", "ffff"), "ffff");
+    }
+
+    #[test]
+    fn content_hash_of_a_full_set_is_the_snapshot_type_version() {
+        let snapshot = Snapshot::new(
+            "r1",
+            ["a", "b"]
+                .into_iter()
+                .map(|n| {
+                    let c = Cluster {
+                        name: n.into(),
+                        ..Default::default()
+                    };
+                    (
+                        ResourceType::Cluster,
+                        Resource::new(ResourceType::Cluster, n, &c),
+                    )
+                })
+                .collect(),
+        );
+        let hash = content_hash(
+            snapshot
+                .resources(ResourceType::Cluster)
+                .iter()
+                .map(|(n, r)| (n.as_str(), r.version.as_str())),
+        );
+        assert_eq!(hash, snapshot.type_version(ResourceType::Cluster));
+    }
+
+    #[test]
+    fn nonces_are_fresh() {
+        let mut nonces = NonceCounter::default();
+        let a = nonces.next();
+        let b = nonces.next();
+        assert_ne!(a, b);
+    }
+}
+
+/// Builders and checks shared by the SotW and delta tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::endpoint::v3::{
+        ClusterLoadAssignment, LocalityLbEndpoints,
+    };
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+    use envoy_types::pb::google::protobuf::{Any, Duration};
+    use envoy_types::pb::google::rpc::Status;
+    use prost::Message;
+
+    use crate::xds::resource::{Resource, ResourceType, Snapshot};
+
+    /// A resource of type `t` named `name`; `variant` changes its content (and so its version).
+    pub fn resource(t: ResourceType, name: &str, variant: u32) -> Resource {
+        match t {
+            ResourceType::Cluster => Resource::new(
+                t,
+                name,
+                &Cluster {
+                    name: name.into(),
+                    connect_timeout: Some(Duration {
+                        seconds: i64::from(variant) + 1,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                },
+            ),
+            ResourceType::Endpoint => Resource::new(
+                t,
+                name,
+                &ClusterLoadAssignment {
+                    cluster_name: name.into(),
+                    endpoints: vec![LocalityLbEndpoints {
+                        priority: variant,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            ),
+            ResourceType::Listener => Resource::new(
+                t,
+                name,
+                &Listener {
+                    name: name.into(),
+                    stat_prefix: format!("v{variant}"),
+                    ..Default::default()
+                },
+            ),
+            ResourceType::Route => Resource::new(
+                t,
+                name,
+                &RouteConfiguration {
+                    name: name.into(),
+                    virtual_hosts: vec![VirtualHost {
+                        name: format!("v{variant}"),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            ),
+        }
+    }
+
+    /// A snapshot from `(type, name, variant)` triples.
+    pub fn snapshot(revision: &str, items: &[(ResourceType, &str, u32)]) -> Snapshot {
+        Snapshot::new(
+            revision,
+            items
+                .iter()
+                .map(|&(t, name, variant)| (t, resource(t, name, variant)))
+                .collect(),
+        )
+    }
+
+    /// The resource name inside an `Any` of type `t`; panics when the body is not a `t`, which
+    /// is what rule 8 checks.
+    pub fn any_name(t: ResourceType, any: &Any) -> String {
+        assert_eq!(
+            any.type_url,
+            t.type_url(),
+            "Any of the wrong type in a {t} response"
+        );
+        let bytes = any.value.as_slice();
+        match t {
+            ResourceType::Cluster => Cluster::decode(bytes).map(|m| m.name),
+            ResourceType::Endpoint => ClusterLoadAssignment::decode(bytes).map(|m| m.cluster_name),
+            ResourceType::Listener => Listener::decode(bytes).map(|m| m.name),
+            ResourceType::Route => RouteConfiguration::decode(bytes).map(|m| m.name),
+        }
+        .unwrap_or_else(|e| panic!("undecodable {t} resource: {e}"))
+    }
+
+    pub fn nack_detail(message: &str) -> Option<Status> {
+        Some(Status {
+            code: 3,
+            message: message.into(),
+            details: Vec::new(),
+        })
+    }
+}
