@@ -72,8 +72,14 @@ fn envoy_types_dir() -> PathBuf {
     let start = text.find(marker).expect("envoy-types is a dependency");
     let rest = &text[start..];
     let key = "\"manifest_path\":\"";
-    let at = rest.find(key).expect("cargo metadata lists a manifest path") + key.len();
+    let at = rest
+        .find(key)
+        .expect("cargo metadata lists a manifest path")
+        + key.len();
     let end = rest[at..].find('"').expect("manifest path ends");
     let manifest = PathBuf::from(&rest[at..at + end]);
-    manifest.parent().expect("manifest has a folder").to_path_buf()
+    manifest
+        .parent()
+        .expect("manifest has a folder")
+        .to_path_buf()
 }

@@ -24,3 +24,229 @@ pub struct Workload {
 pub struct Workloads {
     pub by_node: BTreeMap<String, Workload>,
 }
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::node::NodeInfo;
+use crate::xds::server::ConnectionObserver;
+
+/// A connection change, as the protocol server reports it.
+#[derive(Debug)]
+enum Change {
+    Connected { stream_id: u64, node: NodeInfo },
+    Disconnected { stream_id: u64 },
+}
+
+/// The registry's inbox; handed to the xDS server as its [`ConnectionObserver`].
+#[derive(Clone, Debug)]
+pub struct RegistryHandle {
+    tx: mpsc::UnboundedSender<Change>,
+}
+
+impl ConnectionObserver for RegistryHandle {
+    fn connected(&self, stream_id: u64, node: &NodeInfo) {
+        // Send fails only once the registry task has ended, at shutdown.
+        let _ = self.tx.send(Change::Connected {
+            stream_id,
+            node: node.clone(),
+        });
+    }
+
+    fn disconnected(&self, stream_id: u64) {
+        let _ = self.tx.send(Change::Disconnected { stream_id });
+    }
+}
+
+/// The registry task: the one owner of the connected-workload set. It publishes an immutable
+/// [`Workloads`] whenever the set of endpoints really changes.
+#[derive(Debug)]
+pub struct Registry {
+    rx: mpsc::UnboundedReceiver<Change>,
+    publish: watch::Sender<Arc<Workloads>>,
+    grace: Duration,
+    /// Open streams by id, with the workload each contributes (none without an address).
+    streams: HashMap<u64, Option<Workload>>,
+    /// Workloads whose last stream closed, with when their endpoints go.
+    lingering: HashMap<String, (Workload, Instant)>,
+}
+
+impl Registry {
+    pub fn new(grace: Duration) -> (Registry, RegistryHandle, watch::Receiver<Arc<Workloads>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (publish, workloads) = watch::channel(Arc::new(Workloads::default()));
+        let registry = Registry {
+            rx,
+            publish,
+            grace,
+            streams: HashMap::new(),
+            lingering: HashMap::new(),
+        };
+        (registry, RegistryHandle { tx }, workloads)
+    }
+
+    /// Runs until every handle is dropped.
+    pub async fn run(mut self) {
+        loop {
+            let next_expiry = self.lingering.values().map(|(_, at)| *at).min();
+            tokio::select! {
+                change = self.rx.recv() => match change {
+                    Some(change) => self.apply(change),
+                    None => return,
+                },
+                _ = sleep_until_opt(next_expiry) => self.expire(Instant::now()),
+            }
+            self.publish_if_changed();
+        }
+    }
+
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Connected { stream_id, node } => {
+                let workload = node.address.map(|address| Workload {
+                    node_id: node.id.clone(),
+                    namespace: node.namespace.clone(),
+                    labels: node.labels.clone(),
+                    address,
+                    zone: node.zone.clone(),
+                    region: node.region.clone(),
+                });
+                self.lingering.remove(&node.id);
+                self.streams.insert(stream_id, workload);
+            }
+            Change::Disconnected { stream_id } => {
+                let Some(Some(workload)) = self.streams.remove(&stream_id) else {
+                    return;
+                };
+                let still_connected = self
+                    .streams
+                    .values()
+                    .flatten()
+                    .any(|w| w.node_id == workload.node_id);
+                if !still_connected {
+                    debug!(node = %workload.node_id, grace = ?self.grace, "keeping endpoints of a disconnected sidecar for the grace period");
+                    let until = Instant::now() + self.grace;
+                    self.lingering
+                        .insert(workload.node_id.clone(), (workload, until));
+                }
+            }
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        self.lingering.retain(|node_id, (_, until)| {
+            let keep = *until > now;
+            if !keep {
+                debug!(node = %node_id, "grace period over: endpoints removed");
+            }
+            keep
+        });
+    }
+
+    fn current(&self) -> Workloads {
+        let mut by_node = std::collections::BTreeMap::new();
+        for (workload, _) in self.lingering.values() {
+            by_node.insert(workload.node_id.clone(), workload.clone());
+        }
+        // A connected stream wins over a lingering entry of the same node; of two open streams of
+        // one node, the newest (highest id) wins.
+        let mut open: Vec<(&u64, &Workload)> = self
+            .streams
+            .iter()
+            .filter_map(|(id, w)| w.as_ref().map(|w| (id, w)))
+            .collect();
+        open.sort_by_key(|(id, _)| **id);
+        for (_, workload) in open {
+            by_node.insert(workload.node_id.clone(), workload.clone());
+        }
+        Workloads { by_node }
+    }
+
+    fn publish_if_changed(&self) {
+        let next = self.current();
+        self.publish.send_if_modified(|published| {
+            if **published == next {
+                false
+            } else {
+                *published = Arc::new(next);
+                true
+            }
+        });
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, ip: [u8; 4]) -> NodeInfo {
+        let mut node = NodeInfo::new(id);
+        node.address = Some(std::net::IpAddr::from(ip));
+        node.labels.insert("app".into(), "echo".into());
+        node
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn endpoints_stay_for_the_grace_period_after_a_disconnect() {
+        let (registry, handle, mut workloads) = Registry::new(Duration::from_secs(10));
+        tokio::spawn(registry.run());
+
+        handle.connected(1, &node("a", [127, 0, 10, 1]));
+        workloads.changed().await.expect("registry publishes");
+        assert!(workloads.borrow_and_update().by_node.contains_key("a"));
+
+        handle.disconnected(1);
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(
+            workloads.borrow().by_node.contains_key("a"),
+            "gone before the grace period ended"
+        );
+
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        workloads
+            .changed()
+            .await
+            .expect("registry publishes the removal");
+        assert!(workloads.borrow().by_node.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reconnect_within_the_grace_period_changes_nothing() {
+        let (registry, handle, mut workloads) = Registry::new(Duration::from_secs(10));
+        tokio::spawn(registry.run());
+        handle.connected(1, &node("a", [127, 0, 10, 1]));
+        workloads.changed().await.expect("registry publishes");
+        workloads.borrow_and_update();
+
+        handle.disconnected(1);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        handle.connected(2, &node("a", [127, 0, 10, 1]));
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(
+            !workloads.has_changed().expect("registry alive"),
+            "a no-op was published"
+        );
+        assert!(workloads.borrow().by_node.contains_key("a"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sidecars_without_an_address_contribute_no_endpoint() {
+        let (registry, handle, workloads) = Registry::new(Duration::from_secs(10));
+        tokio::spawn(registry.run());
+        handle.connected(1, &NodeInfo::new("client"));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(workloads.borrow().by_node.is_empty());
+    }
+}

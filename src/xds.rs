@@ -2,7 +2,8 @@
 //! gRPC server. It knows nothing of manifests; the only thing it receives is a
 //! [`resource::SnapshotView`].
 
-pub mod resource;
 pub mod delta;
+pub mod resource;
+pub mod server;
 pub mod sotw;
 pub mod stream;

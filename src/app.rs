@@ -1,0 +1,144 @@
+//! Wiring only: builds the pieces of `sluice serve`, connects their channels, runs them, and
+//! drains them on SIGTERM or Ctrl-C.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::cli::ServeArgs;
+use crate::debug::{self, DebugState};
+use crate::manifest::LoadOptions;
+use crate::metrics::Metrics;
+use crate::publisher::{Publisher, SourceStatus};
+use crate::registry::Registry;
+use crate::shutdown::drained;
+use crate::source::dir::DirSource;
+use crate::xds::server::{AdsServer, Shared, Streams};
+
+/// How long a drain waits for streams and listeners to close before the process exits anyway.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let Some(dir) = args.dir.clone() else {
+        bail!("--repo is not available yet; serve a folder with --dir (a git-sync sidecar can keep it current)");
+    };
+    let options = LoadOptions {
+        allow_empty: args.allow_empty,
+        ..LoadOptions::default()
+    };
+    let metrics = Arc::new(Metrics::default());
+    let streams = Arc::new(Streams::default());
+    let (shutdown_tx, shutdown) = watch::channel(false);
+
+    let (candidates_tx, candidates) = watch::channel(None);
+    let (view_tx, view) = watch::channel(None);
+    let (status_tx, status) = watch::channel(SourceStatus {
+        repo: Some(dir.display().to_string()),
+        ..SourceStatus::default()
+    });
+    let (registry, registry_handle, workloads) = Registry::new(args.endpoint_grace);
+
+    let xds_listener = TcpListener::bind(args.xds_listen)
+        .await
+        .with_context(|| format!("binding the xDS listener on {}", args.xds_listen))?;
+    let debug_listener = TcpListener::bind(args.debug_listen)
+        .await
+        .with_context(|| format!("binding the debug listener on {}", args.debug_listen))?;
+    info!(xds = %xds_listener.local_addr()?, debug = %debug_listener.local_addr()?, dir = %dir.display(), "sluice serving");
+
+    let source = DirSource::new(dir, options, candidates_tx, metrics.clone());
+    let publisher = Publisher {
+        candidates,
+        workloads,
+        view: view_tx,
+        status: status_tx,
+        metrics: metrics.clone(),
+        streams: streams.clone(),
+    };
+    let shared = Arc::new(Shared::new(
+        view.clone(),
+        streams.clone(),
+        metrics.clone(),
+        Arc::new(registry_handle),
+        shutdown.clone(),
+    ));
+    let debug_state = DebugState {
+        status,
+        streams,
+        view,
+        metrics,
+    };
+
+    let registry_task = tokio::spawn(registry.run());
+    let source_task = tokio::spawn(source.run(shutdown.clone()));
+    let publisher_task = tokio::spawn(publisher.run(shutdown.clone()));
+    let xds_task = tokio::spawn(run_xds(xds_listener, shared, shutdown.clone()));
+    let debug_task = tokio::spawn(run_debug(debug_listener, debug_state, shutdown.clone()));
+
+    wait_for_signal().await;
+    info!("draining: closing every stream so sidecars reconnect elsewhere");
+    let _ = shutdown_tx.send(true);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let _ = xds_task.await;
+        let _ = debug_task.await;
+        let _ = source_task.await;
+        let _ = publisher_task.await;
+    })
+    .await;
+    if drained.is_err() {
+        info!("drain timed out; exiting");
+    }
+    registry_task.abort();
+    Ok(())
+}
+
+async fn run_xds(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let result = tonic::transport::Server::builder()
+        // Keepalives notice half-open streams of sidecars that vanished without a FIN.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .max_concurrent_streams(Some(64))
+        .add_service(AdsServer::new(shared).into_service())
+        .serve_with_incoming_shutdown(incoming, async move { drained(&mut shutdown).await })
+        .await;
+    if let Err(err) = result {
+        tracing::error!(error = %err, "xDS server failed");
+    }
+}
+
+async fn run_debug(listener: TcpListener, state: DebugState, mut shutdown: watch::Receiver<bool>) {
+    let result = axum::serve(listener, debug::router(state))
+        .with_graceful_shutdown(async move { drained(&mut shutdown).await })
+        .await;
+    if let Err(err) = result {
+        tracing::error!(error = %err, "debug server failed");
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,204 @@
+//! The publisher task: the one owner of the served configuration. It compiles the newest
+//! candidate revision with the current sidecar workloads, and publishes the result only when it
+//! compiled: a revision that fails to load or compile is reported and the last good one stays.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::compile::{self, Mesh};
+use crate::manifest::{Diagnostic, Revision};
+use crate::metrics::Metrics;
+use crate::registry::Workloads;
+use crate::source::{Candidate, CandidateReceiver};
+use crate::xds::resource::SnapshotView;
+use crate::xds::server::Streams;
+
+/// What `/debug/source` shows.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SourceStatus {
+    pub repo: Option<String>,
+    pub branch: Option<String>,
+    /// The revision being served; `None` before the first one compiled.
+    pub revision: Option<String>,
+    /// When the served revision was published (RFC 3339).
+    pub synced_at: Option<String>,
+    /// The newest refused revision, while no newer good one replaced it.
+    pub last_error: Option<RevisionError>,
+    /// Findings that did not refuse the served revision.
+    pub warnings: Vec<Finding>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RevisionError {
+    pub revision: String,
+    pub seen_at: String,
+    pub errors: Vec<Finding>,
+}
+
+/// One diagnostic in JSON form.
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub severity: crate::manifest::Severity,
+    pub message: String,
+}
+
+impl From<&Diagnostic> for Finding {
+    fn from(d: &Diagnostic) -> Finding {
+        Finding {
+            file: d.pos.file.to_string(),
+            line: d.pos.line,
+            column: d.pos.column,
+            severity: d.severity,
+            message: d.message.clone(),
+        }
+    }
+}
+
+pub fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+pub type ViewSender = watch::Sender<Option<Arc<dyn SnapshotView>>>;
+
+pub struct Publisher {
+    pub candidates: CandidateReceiver,
+    pub workloads: watch::Receiver<Arc<Workloads>>,
+    pub view: ViewSender,
+    pub status: watch::Sender<SourceStatus>,
+    pub metrics: Arc<Metrics>,
+    pub streams: Arc<Streams>,
+}
+
+impl Publisher {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        // The last revision that compiled, with its id, and the mesh built from it.
+        let mut good: Option<(String, Arc<Revision>)> = None;
+        let mut served: Option<Arc<Mesh>> = None;
+        loop {
+            tokio::select! {
+                _ = crate::shutdown::drained(&mut shutdown) => return,
+                changed = self.candidates.changed() => {
+                    if changed.is_err() { return; }
+                    let candidate = self.candidates.borrow_and_update().clone();
+                    if let Some(candidate) = candidate {
+                        self.handle_candidate(&candidate, &mut good, &mut served).await;
+                    }
+                }
+                changed = self.workloads.changed() => {
+                    if changed.is_err() { return; }
+                    if let Some((id, revision)) = good.clone() {
+                        match self.compile(&id, &revision).await {
+                            Ok(mesh) => self.publish(mesh, &mut served),
+                            // The revision compiled before; only a bug makes the workloads
+                            // break it. Keep serving what works.
+                            Err(errors) => error!(revision = %id, errors = ?errors, "recompiling with new endpoints failed"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle_candidate(
+        &mut self,
+        candidate: &Candidate,
+        good: &mut Option<(String, Arc<Revision>)>,
+        served: &mut Option<Arc<Mesh>>,
+    ) {
+        let result = match &candidate.loaded {
+            Ok(revision) => self
+                .compile(&candidate.revision_id, revision)
+                .await
+                .map(|mesh| (revision.clone(), mesh)),
+            Err(errors) => Err(errors.clone()),
+        };
+        match result {
+            Ok((revision, mesh)) => {
+                info!(revision = %candidate.revision_id, services = revision.services.len(), "serving revision");
+                let warnings = revision.warnings.iter().map(Finding::from).collect();
+                *good = Some((candidate.revision_id.clone(), revision));
+                self.metrics.revisions_applied.fetch_add(1, Relaxed);
+                self.publish(mesh, served);
+                self.status.send_modify(|status| {
+                    status.revision = Some(candidate.revision_id.clone());
+                    status.synced_at = Some(rfc3339(SystemTime::now()));
+                    status.last_error = None;
+                    status.warnings = warnings;
+                });
+            }
+            Err(errors) => {
+                self.metrics.revisions_refused.fetch_add(1, Relaxed);
+                let first = errors.first().map(ToString::to_string).unwrap_or_default();
+                warn!(revision = %candidate.revision_id, errors = errors.len(), first = %first, "revision refused; the last good revision stays");
+                for error in &errors {
+                    warn!(revision = %candidate.revision_id, file = %error.pos.file, line = error.pos.line, column = error.pos.column, message = %error.message, "revision error");
+                }
+                self.status.send_modify(|status| {
+                    status.last_error = Some(RevisionError {
+                        revision: candidate.revision_id.clone(),
+                        seen_at: rfc3339(candidate.seen_at),
+                        errors: errors.iter().map(Finding::from).collect(),
+                    });
+                });
+            }
+        }
+    }
+
+    /// Compiles off the async threads and records how long it took.
+    async fn compile(
+        &self,
+        id: &str,
+        revision: &Arc<Revision>,
+    ) -> Result<Arc<Mesh>, Vec<Diagnostic>> {
+        let workloads = self.workloads.borrow().clone();
+        let id = id.to_string();
+        let revision = revision.clone();
+        let started = Instant::now();
+        let result =
+            tokio::task::spawn_blocking(move || compile::compile_mesh(&id, &revision, &workloads))
+                .await
+                .unwrap_or_else(|err| {
+                    Err(vec![Diagnostic::error(
+                        Default::default(),
+                        format!("compiling the revision failed: {err}"),
+                    )])
+                });
+        self.metrics
+            .record_compile(started.elapsed().as_micros() as u64);
+        result.map(Arc::new)
+    }
+
+    fn publish(&self, mesh: Arc<Mesh>, served: &mut Option<Arc<Mesh>>) {
+        let published_at = Instant::now();
+        *served = Some(mesh.clone());
+        self.view
+            .send_replace(Some(mesh.clone() as Arc<dyn SnapshotView>));
+        // Convergence: from publishing to every open stream having ACKed what it was sent.
+        let streams = self.streams.clone();
+        let metrics = self.metrics.clone();
+        let view = self.view.subscribe();
+        tokio::spawn(async move {
+            let mut view = view;
+            view.borrow_and_update();
+            let deadline = published_at + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if view.has_changed().unwrap_or(true) {
+                    return; // superseded: the next publish measures its own convergence
+                }
+                if streams.all_synced(mesh.as_ref()) {
+                    metrics.record_convergence(published_at.elapsed().as_micros() as u64);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+    }
+}

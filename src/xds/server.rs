@@ -1,0 +1,489 @@
+//! The ADS gRPC server: one task per stream, feeding the SotW or delta state machine with the
+//! client's requests and with every snapshot published for its node.
+//!
+//! A stream task `select!`s on drain, the next request and a change of snapshot. Snapshots reach
+//! it through a `watch` channel, which keeps only the newest value: a sidecar that stops reading
+//! blocks only its own task, and when it reads again it is sent the newest configuration, never
+//! a backlog.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use dashmap::DashMap;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use futures::Stream;
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use super::delta::DeltaStream;
+use super::resource::{ResourceType, Snapshot, SnapshotView};
+use super::sotw::SotwStream;
+use super::stream::{Event, Output, TypeStatus};
+use crate::metrics::Metrics;
+use crate::node::NodeInfo;
+
+/// The newest published configuration, or `None` before the first revision is ready. Streams
+/// that connect before then wait: an empty answer would delete the sidecar's whole config.
+pub type ViewReceiver = watch::Receiver<Option<Arc<dyn SnapshotView>>>;
+
+/// Told when sidecars connect and disconnect (the endpoint registry listens).
+pub trait ConnectionObserver: Send + Sync + 'static {
+    fn connected(&self, stream_id: u64, node: &NodeInfo);
+    fn disconnected(&self, stream_id: u64);
+}
+
+/// Which ADS flavour a stream speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Sotw,
+    Delta,
+}
+
+/// What the debug API shows about one open stream.
+#[derive(Clone, Debug)]
+pub struct StreamEntry {
+    pub node: NodeInfo,
+    pub protocol: Protocol,
+    pub connected_at: SystemTime,
+    /// Per resource type, indexed by [`ResourceType::index`].
+    pub types: [TypeStatus; 4],
+    /// When the client last ACKed each type.
+    pub acked_at: [Option<SystemTime>; 4],
+    /// Manifest origins of the resources in the last rejected response, per type.
+    pub nack_origins: [Vec<String>; 4],
+    /// The snapshot the stream is serving.
+    pub snapshot: Option<Arc<Snapshot>>,
+}
+
+/// Every open stream, by stream id. Each stream task writes only its own entry.
+#[derive(Debug, Default)]
+pub struct Streams {
+    entries: DashMap<u64, StreamEntry>,
+}
+
+impl Streams {
+    /// A copy of every entry, sorted by node id then connection time.
+    pub fn list(&self) -> Vec<StreamEntry> {
+        let mut entries: Vec<StreamEntry> =
+            self.entries.iter().map(|e| e.value().clone()).collect();
+        entries.sort_by(|a, b| {
+            (a.node.id.as_str(), a.connected_at).cmp(&(b.node.id.as_str(), b.connected_at))
+        });
+        entries
+    }
+
+    /// The newest stream of a node.
+    pub fn by_node(&self, node_id: &str) -> Option<StreamEntry> {
+        self.entries
+            .iter()
+            .filter(|e| e.node.id == node_id)
+            .max_by_key(|e| e.connected_at)
+            .map(|e| e.value().clone())
+    }
+
+    /// True when every open stream serves `view`'s snapshot for its node and has ACKed every
+    /// type it was sent.
+    pub fn all_synced(&self, view: &dyn SnapshotView) -> bool {
+        self.entries.iter().all(|e| {
+            let current = view.snapshot_for(&e.node);
+            e.snapshot
+                .as_ref()
+                .is_some_and(|s| Arc::ptr_eq(s, &current))
+                && e.types.iter().all(|t| {
+                    !t.subscribed || t.sent_version.is_none() || t.sent_version == t.acked_version
+                })
+        })
+    }
+}
+
+/// Everything stream tasks share.
+pub struct Shared {
+    pub view: ViewReceiver,
+    pub streams: Arc<Streams>,
+    pub metrics: Arc<Metrics>,
+    pub observer: Arc<dyn ConnectionObserver>,
+    /// Flips to true when the server drains: every stream ends so sidecars reconnect elsewhere.
+    pub shutdown: watch::Receiver<bool>,
+    next_stream_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(
+        view: ViewReceiver,
+        streams: Arc<Streams>,
+        metrics: Arc<Metrics>,
+        observer: Arc<dyn ConnectionObserver>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Shared {
+        Shared {
+            view,
+            streams,
+            metrics,
+            observer,
+            shutdown,
+            next_stream_id: AtomicU64::new(1),
+        }
+    }
+}
+
+/// The ADS service; cheap to clone.
+#[derive(Clone)]
+pub struct AdsServer {
+    shared: Arc<Shared>,
+}
+
+/// How many responses may wait for a slow client before its stream task stops producing more.
+const RESPONSE_BUFFER: usize = 4;
+/// How many requests may arrive before the first revision is ready; more is a misbehaving client.
+const MAX_PENDING_REQUESTS: usize = 256;
+
+impl AdsServer {
+    pub fn new(shared: Arc<Shared>) -> AdsServer {
+        AdsServer { shared }
+    }
+
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<AdsServer> {
+        AggregatedDiscoveryServiceServer::new(self)
+            .max_decoding_message_size(4 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024)
+    }
+
+    fn start<M: StateMachine>(
+        &self,
+        machine: M,
+        requests: Streaming<M::Request>,
+    ) -> ResponseStream<M::Response> {
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        let shared = self.shared.clone();
+        let stream_id = shared.next_stream_id.fetch_add(1, Relaxed);
+        tokio::spawn(run_stream(machine, requests, tx, shared, stream_id));
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+}
+
+type ResponseStream<R> = Pin<Box<dyn Stream<Item = Result<R, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        Ok(Response::new(
+            self.start(SotwStream::new(), request.into_inner()),
+        ))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Ok(Response::new(
+            self.start(DeltaStream::new(), request.into_inner()),
+        ))
+    }
+}
+
+/// The two state machines seen through one interface, so one stream loop drives both.
+trait StateMachine: Send + 'static {
+    type Request: Send + 'static;
+    type Response: prost::Message + Send + 'static;
+    const PROTOCOL: Protocol;
+    fn node(request: &Self::Request) -> Option<&Node>;
+    fn handle_request(
+        &mut self,
+        request: &Self::Request,
+        snapshot: &Snapshot,
+    ) -> Output<Self::Response>;
+    fn handle_snapshot(&mut self, snapshot: &Snapshot) -> Output<Self::Response>;
+    fn status(&self, resource_type: ResourceType) -> &TypeStatus;
+}
+
+impl StateMachine for SotwStream {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const PROTOCOL: Protocol = Protocol::Sotw;
+
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn handle_request(
+        &mut self,
+        request: &DiscoveryRequest,
+        snapshot: &Snapshot,
+    ) -> Output<DiscoveryResponse> {
+        SotwStream::handle_request(self, request, snapshot)
+    }
+
+    fn handle_snapshot(&mut self, snapshot: &Snapshot) -> Output<DiscoveryResponse> {
+        SotwStream::handle_snapshot(self, snapshot)
+    }
+
+    fn status(&self, resource_type: ResourceType) -> &TypeStatus {
+        SotwStream::status(self, resource_type)
+    }
+}
+
+impl StateMachine for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const PROTOCOL: Protocol = Protocol::Delta;
+
+    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn handle_request(
+        &mut self,
+        request: &DeltaDiscoveryRequest,
+        snapshot: &Snapshot,
+    ) -> Output<DeltaDiscoveryResponse> {
+        DeltaStream::handle_request(self, request, snapshot)
+    }
+
+    fn handle_snapshot(&mut self, snapshot: &Snapshot) -> Output<DeltaDiscoveryResponse> {
+        DeltaStream::handle_snapshot(self, snapshot)
+    }
+
+    fn status(&self, resource_type: ResourceType) -> &TypeStatus {
+        DeltaStream::status(self, resource_type)
+    }
+}
+
+/// Why a stream loop stopped.
+enum End {
+    /// The client closed its side or the connection broke: routine.
+    ClientGone,
+    /// The server is draining.
+    Shutdown,
+}
+
+async fn run_stream<M: StateMachine>(
+    machine: M,
+    mut requests: Streaming<M::Request>,
+    tx: mpsc::Sender<Result<M::Response, Status>>,
+    shared: Arc<Shared>,
+    stream_id: u64,
+) {
+    let mut shutdown = shared.shutdown.clone();
+    let first = tokio::select! {
+        message = requests.message() => match message {
+            Ok(Some(request)) => request,
+            Ok(None) | Err(_) => return,
+        },
+        _ = crate::shutdown::drained(&mut shutdown) => return,
+    };
+    let node = match M::node(&first).map(crate::bootstrap::node_info_from_proto) {
+        Some(Ok(node)) => node,
+        Some(Err(message)) => {
+            warn!(stream_id, error = %message, "refused stream: invalid node metadata");
+            let _ = tx.send(Err(Status::invalid_argument(message))).await;
+            return;
+        }
+        None => {
+            let _ = tx
+                .send(Err(Status::invalid_argument(
+                    "the first request of a stream must carry the node",
+                )))
+                .await;
+            return;
+        }
+    };
+    info!(stream_id, node = %node.id, namespace = %node.namespace, protocol = ?M::PROTOCOL, "sidecar connected");
+    shared.metrics.connected_streams.fetch_add(1, Relaxed);
+    shared.streams.entries.insert(
+        stream_id,
+        StreamEntry {
+            node: node.clone(),
+            protocol: M::PROTOCOL,
+            connected_at: SystemTime::now(),
+            types: Default::default(),
+            acked_at: Default::default(),
+            nack_origins: Default::default(),
+            snapshot: None,
+        },
+    );
+    shared.observer.connected(stream_id, &node);
+
+    let mut task = StreamTask {
+        machine,
+        tx,
+        shared: shared.clone(),
+        stream_id,
+        node,
+        snapshot: None,
+        shutdown,
+    };
+    let end = task.run(first, requests).await;
+    match end {
+        End::ClientGone => info!(stream_id, node = %task.node.id, "sidecar disconnected"),
+        End::Shutdown => info!(stream_id, node = %task.node.id, "stream closed for shutdown"),
+    }
+    shared.streams.entries.remove(&stream_id);
+    shared.metrics.connected_streams.fetch_sub(1, Relaxed);
+    shared.observer.disconnected(stream_id);
+}
+
+struct StreamTask<M: StateMachine> {
+    machine: M,
+    tx: mpsc::Sender<Result<M::Response, Status>>,
+    shared: Arc<Shared>,
+    stream_id: u64,
+    node: NodeInfo,
+    /// The snapshot last handed to the state machine.
+    snapshot: Option<Arc<Snapshot>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl<M: StateMachine> StreamTask<M> {
+    async fn run(&mut self, first: M::Request, mut requests: Streaming<M::Request>) -> End {
+        let mut shutdown = self.shutdown.clone();
+        let mut view = self.shared.view.clone();
+        let mut pending = vec![first];
+        loop {
+            // Requests wait until a first revision is served; after that they are handled at once.
+            if self.snapshot.is_none() {
+                let current = view.borrow_and_update().clone();
+                if let Some(current) = current {
+                    self.snapshot = Some(current.snapshot_for(&self.node));
+                }
+            }
+            if let Some(snapshot) = self.snapshot.clone() {
+                for request in pending.drain(..) {
+                    let output = self.machine.handle_request(&request, &snapshot);
+                    if let Some(end) = self.emit(output, &snapshot).await {
+                        return end;
+                    }
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = crate::shutdown::drained(&mut shutdown) => return End::Shutdown,
+                changed = view.changed() => {
+                    if changed.is_err() {
+                        return End::Shutdown;
+                    }
+                    let current = view.borrow_and_update().clone();
+                    let Some(current) = current else { continue };
+                    let next = current.snapshot_for(&self.node);
+                    let previous = self.snapshot.replace(next.clone());
+                    if let Some(previous) = previous {
+                        if !Arc::ptr_eq(&previous, &next) {
+                            let output = self.machine.handle_snapshot(&next);
+                            if let Some(end) = self.emit(output, &next).await {
+                                return end;
+                            }
+                        }
+                    }
+                }
+                message = requests.message() => match message {
+                    Ok(Some(request)) => {
+                        if pending.len() >= MAX_PENDING_REQUESTS {
+                            warn!(stream_id = self.stream_id, node = %self.node.id, "closing stream: too many requests before the first revision");
+                            let _ = self.tx.send(Err(Status::resource_exhausted("too many requests before the first revision"))).await;
+                            return End::ClientGone;
+                        }
+                        pending.push(request);
+                    }
+                    Ok(None) => return End::ClientGone,
+                    Err(status) => {
+                        debug!(stream_id = self.stream_id, node = %self.node.id, code = ?status.code(), message = status.message(), "stream ended by the transport");
+                        return End::ClientGone;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Records the state machine's events, updates the debug entry, and sends the responses in
+    /// order. Returns why the stream must end, if it must.
+    async fn emit(&mut self, output: Output<M::Response>, snapshot: &Arc<Snapshot>) -> Option<End> {
+        let metrics = &self.shared.metrics;
+        let mut nack_origins: [Option<Vec<String>>; 4] = Default::default();
+        let mut acked_at: [Option<SystemTime>; 4] = Default::default();
+        for event in &output.events {
+            match event {
+                Event::Sent {
+                    resource_type,
+                    version,
+                    resources,
+                    removed,
+                    bytes,
+                } => {
+                    let i = resource_type.index();
+                    metrics.pushes[i].fetch_add(1, Relaxed);
+                    metrics.resources_sent[i].fetch_add(*resources as u64, Relaxed);
+                    metrics.bytes_sent[i].fetch_add(*bytes as u64, Relaxed);
+                    debug!(node = %self.node.id, r#type = %resource_type, %version, resources, removed, bytes, "sent");
+                }
+                Event::Ack {
+                    resource_type,
+                    version,
+                } => {
+                    acked_at[resource_type.index()] = Some(SystemTime::now());
+                    debug!(node = %self.node.id, r#type = %resource_type, %version, "acked");
+                }
+                Event::Nack {
+                    resource_type,
+                    version,
+                    message,
+                    rejected,
+                } => {
+                    metrics.nacks[resource_type.index()].fetch_add(1, Relaxed);
+                    let origins: Vec<String> = rejected
+                        .iter()
+                        .filter_map(|name| snapshot.get(*resource_type, name))
+                        .flat_map(|r| r.origins.iter().cloned())
+                        .collect();
+                    warn!(node = %self.node.id, r#type = %resource_type, %version, error = %message, resources = ?rejected, origins = ?origins, "sidecar rejected configuration");
+                    nack_origins[resource_type.index()] = Some(origins);
+                }
+                Event::UnknownType { type_url } => {
+                    metrics.unknown_type_requests.fetch_add(1, Relaxed);
+                    debug!(node = %self.node.id, %type_url, "request for a type Sluice does not serve");
+                }
+            }
+        }
+        if let Some(mut entry) = self.shared.streams.entries.get_mut(&self.stream_id) {
+            for resource_type in ResourceType::ALL {
+                entry.types[resource_type.index()] = self.machine.status(resource_type).clone();
+            }
+            for (slot, at) in entry.acked_at.iter_mut().zip(acked_at) {
+                if at.is_some() {
+                    *slot = at;
+                }
+            }
+            for (slot, origins) in entry.nack_origins.iter_mut().zip(nack_origins) {
+                if let Some(origins) = origins {
+                    *slot = origins;
+                }
+            }
+            entry.snapshot = Some(snapshot.clone());
+        }
+        for response in output.responses {
+            tokio::select! {
+                sent = self.tx.send(Ok(response)) => {
+                    if sent.is_err() {
+                        return Some(End::ClientGone);
+                    }
+                }
+                _ = crate::shutdown::drained(&mut self.shutdown) => return Some(End::Shutdown),
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,450 @@
+//! The ADS server driven by a plain gRPC client: the protocol as a sidecar speaks it, checked
+//! through Sluice's own debug API and metrics. Runs against the real `sluice serve` binary.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as PbValue};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use prost::Message;
+use support::{ManifestDir, Sluice};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+
+const SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: default}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: 8080, appProtocol: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-v1, namespace: default}
+spec:
+  selector: {app: echo, version: v1}
+  ports: [{name: http, port: 80, targetPort: 8080, appProtocol: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-v2, namespace: default}
+spec:
+  selector: {app: echo, version: v2}
+  ports: [{name: http, port: 80, targetPort: 8080, appProtocol: http}]
+"#;
+
+fn route(v1: u32, v2: u32) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: echo-split, namespace: default}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: echo, port: 80}}]
+  rules:
+  - backendRefs:
+    - {{name: echo-v1, port: 80, weight: {v1}}}
+    - {{name: echo-v2, port: 80, weight: {v2}}}
+"#
+    )
+}
+
+fn string(s: &str) -> PbValue {
+    PbValue {
+        kind: Some(Kind::StringValue(s.to_string())),
+    }
+}
+
+fn node(id: &str) -> Node {
+    let mut fields = BTreeMap::new();
+    fields.insert("namespace".to_string(), string("default"));
+    fields.insert("address".to_string(), string("127.0.0.1"));
+    Node {
+        id: id.to_string(),
+        cluster: "test".to_string(),
+        metadata: Some(Struct {
+            fields: fields.into_iter().collect(),
+        }),
+        ..Default::default()
+    }
+}
+
+async fn mesh() -> (ManifestDir, Sluice) {
+    let dir = ManifestDir::new();
+    dir.write("services.yaml", SERVICES);
+    dir.write("route.yaml", &route(90, 10));
+    let sluice = Sluice::start(dir.path()).await;
+    sluice.wait_ready().await;
+    (dir, sluice)
+}
+
+async fn client(sluice: &Sluice) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
+    AggregatedDiscoveryServiceClient::connect(format!("http://{}", sluice.xds_addr()))
+        .await
+        .expect("connect to the xDS listener")
+}
+
+async fn next<T>(stream: &mut Streaming<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a response within 10 s")
+        .expect("the stream stays up")
+        .expect("the stream is not closed")
+}
+
+async fn silent<T: std::fmt::Debug>(stream: &mut Streaming<T>, for_: Duration) {
+    if let Ok(message) = tokio::time::timeout(for_, stream.message()).await {
+        panic!("expected no response, got {message:?}");
+    }
+}
+
+async fn metric(sluice: &Sluice, name: &str) -> f64 {
+    let url = format!("http://{}/metrics", sluice.debug_addr());
+    let text = reqwest::get(url)
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("metric {name} missing from:\n{text}"))
+}
+
+struct Delta {
+    tx: mpsc::Sender<DeltaDiscoveryRequest>,
+    rx: Streaming<DeltaDiscoveryResponse>,
+}
+
+impl Delta {
+    async fn open(sluice: &Sluice) -> Delta {
+        let (tx, requests) = mpsc::channel(16);
+        let rx = client(sluice)
+            .await
+            .delta_aggregated_resources(ReceiverStream::new(requests))
+            .await
+            .expect("delta stream opens")
+            .into_inner();
+        Delta { tx, rx }
+    }
+
+    async fn send(&self, request: DeltaDiscoveryRequest) {
+        self.tx.send(request).await.expect("request sent");
+    }
+
+    /// Subscribes to a type and returns the response.
+    async fn subscribe(
+        &mut self,
+        type_url: &str,
+        names: &[&str],
+        node: Option<Node>,
+    ) -> DeltaDiscoveryResponse {
+        self.send(DeltaDiscoveryRequest {
+            node,
+            type_url: type_url.to_string(),
+            resource_names_subscribe: names.iter().map(|n| n.to_string()).collect(),
+            ..Default::default()
+        })
+        .await;
+        let response = next(&mut self.rx).await;
+        assert_eq!(response.type_url, type_url);
+        response
+    }
+
+    async fn ack(&self, response: &DeltaDiscoveryResponse) {
+        self.send(DeltaDiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        })
+        .await;
+    }
+}
+
+/// Subscribes to everything a sidecar of the mesh needs, the way Envoy does, and ACKs it all.
+async fn delta_sync(delta: &mut Delta, id: &str) -> DeltaDiscoveryResponse {
+    let cds = delta.subscribe(CDS, &[], Some(node(id))).await;
+    assert!(
+        !cds.resources.is_empty(),
+        "the first CDS response is complete"
+    );
+    delta.ack(&cds).await;
+    let clusters: Vec<String> = cds.resources.iter().map(|r| r.name.clone()).collect();
+    let names: Vec<&str> = clusters.iter().map(String::as_str).collect();
+    let eds = delta.subscribe(EDS, &names, None).await;
+    assert_eq!(
+        eds.resources.len(),
+        names.len(),
+        "every cluster has its endpoints"
+    );
+    delta.ack(&eds).await;
+    let lds = delta.subscribe(LDS, &[], None).await;
+    assert_eq!(lds.resources.len(), 1);
+    delta.ack(&lds).await;
+    let rds = delta.subscribe(RDS, &["sluice_outbound"], None).await;
+    assert_eq!(rds.resources.len(), 1);
+    delta.ack(&rds).await;
+    rds
+}
+
+fn weights(route: &DeltaDiscoveryResponse) -> Vec<u32> {
+    let any = route.resources[0].resource.as_ref().expect("resource body");
+    let config = RouteConfiguration::decode(any.value.as_slice()).expect("a RouteConfiguration");
+    let vhost = config
+        .virtual_hosts
+        .iter()
+        .find(|v| v.domains.iter().any(|d| d == "echo"))
+        .expect("a virtual host for echo");
+    use envoy_types::pb::envoy::config::route::v3::{
+        route::Action, route_action::ClusterSpecifier,
+    };
+    let Some(Action::Route(action)) = vhost.routes[0].action.as_ref() else {
+        panic!("a route action");
+    };
+    let Some(ClusterSpecifier::WeightedClusters(weighted)) = action.cluster_specifier.as_ref()
+    else {
+        panic!("weighted clusters");
+    };
+    weighted
+        .clusters
+        .iter()
+        .map(|c| c.weight.as_ref().map_or(0, |w| w.value))
+        .collect()
+}
+
+#[tokio::test]
+async fn delta_stream_syncs_and_shows_synced_in_syncz() {
+    let (_dir, sluice) = mesh().await;
+    let mut delta = Delta::open(&sluice).await;
+    let rds = delta_sync(&mut delta, "grpc-delta").await;
+    assert_eq!(weights(&rds), vec![90, 10]);
+
+    let node = sluice.wait_synced("grpc-delta").await;
+    for t in ["cds", "eds", "lds", "rds"] {
+        assert_eq!(node["types"][t]["status"], "SYNCED", "{t}: {node}");
+    }
+    assert_eq!(node["protocol"], "delta");
+    // An ACK sends nothing back.
+    silent(&mut delta.rx, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn delta_nack_is_recorded_traced_to_the_manifest_and_not_resent() {
+    let (dir, sluice) = mesh().await;
+    let mut delta = Delta::open(&sluice).await;
+    delta_sync(&mut delta, "grpc-nack").await;
+
+    dir.write("route.yaml", &route(50, 50));
+    let update = next(&mut delta.rx).await;
+    assert_eq!(
+        update.type_url, RDS,
+        "a weight change sends only the route configuration"
+    );
+    assert_eq!(weights(&update), vec![50, 50]);
+    delta
+        .send(DeltaDiscoveryRequest {
+            type_url: RDS.to_string(),
+            response_nonce: update.nonce.clone(),
+            error_detail: Some(RpcStatus {
+                code: 3,
+                message: "route rejected by test".to_string(),
+                details: vec![],
+            }),
+            ..Default::default()
+        })
+        .await;
+    // No resend loop: the rejected version is not sent again.
+    silent(&mut delta.rx, Duration::from_secs(2)).await;
+
+    let synced = support::wait_for(Duration::from_secs(10), "NACK in syncz", || async {
+        let node = sluice.syncz_node("grpc-nack").await.ok().flatten()?;
+        (node["types"]["rds"]["status"] == "NACKED").then_some(node)
+    })
+    .await;
+    let rds = &synced["types"]["rds"];
+    assert_eq!(
+        rds["last_nack"]["message"], "route rejected by test",
+        "{rds}"
+    );
+    let origins = rds["nack_origins"].to_string();
+    assert!(
+        origins.contains("route.yaml"),
+        "the NACK names the manifest: {rds}"
+    );
+    assert_eq!(
+        synced["types"]["cds"]["status"], "SYNCED",
+        "a route NACK leaves clusters alone"
+    );
+    assert_eq!(
+        metric(&sluice, "sluice_xds_nacks_total{type=\"rds\"}").await,
+        1.0
+    );
+
+    // The next real change is sent normally.
+    dir.write("route.yaml", &route(70, 30));
+    let update = next(&mut delta.rx).await;
+    assert_eq!(weights(&update), vec![70, 30]);
+}
+
+#[tokio::test]
+async fn delta_reconnect_with_initial_versions_sends_only_what_changed() {
+    let (dir, sluice) = mesh().await;
+    let mut delta = Delta::open(&sluice).await;
+    let cds = delta
+        .subscribe(CDS, &[], Some(node("grpc-reconnect")))
+        .await;
+    delta.ack(&cds).await;
+    let versions: std::collections::HashMap<String, String> = cds
+        .resources
+        .iter()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect();
+    drop(delta);
+
+    // One cluster changes while the sidecar is away: echo-v2 gets a second port.
+    dir.write(
+        "services.yaml",
+        &SERVICES.replace(
+            "selector: {app: echo, version: v2}\n  ports: [{name: http, port: 80, targetPort: 8080, appProtocol: http}]",
+            "selector: {app: echo, version: v2}\n  ports: [{name: http, port: 80, targetPort: 8080, appProtocol: http}, {name: grpc, port: 9090, targetPort: 9090, appProtocol: grpc}]",
+        ),
+    );
+    support::wait_until(
+        Duration::from_secs(10),
+        "the new revision is served",
+        || async { metric(&sluice, "sluice_revisions_applied_total").await >= 2.0 },
+    )
+    .await;
+
+    let mut delta = Delta::open(&sluice).await;
+    delta
+        .send(DeltaDiscoveryRequest {
+            node: Some(node("grpc-reconnect")),
+            type_url: CDS.to_string(),
+            initial_resource_versions: versions.clone().into_iter().collect(),
+            ..Default::default()
+        })
+        .await;
+    let response = next(&mut delta.rx).await;
+    let sent: Vec<&str> = response.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        sent,
+        vec!["outbound|9090||echo-v2.default.svc.cluster.local"],
+        "only the new cluster"
+    );
+    assert!(response.removed_resources.is_empty());
+}
+
+#[tokio::test]
+async fn sotw_stream_syncs_and_a_nack_is_not_resent() {
+    let (dir, sluice) = mesh().await;
+    let (tx, requests) = mpsc::channel(16);
+    let mut rx = client(&sluice)
+        .await
+        .stream_aggregated_resources(ReceiverStream::new(requests))
+        .await
+        .expect("sotw stream opens")
+        .into_inner();
+    let request = |type_url: &str, names: &[&str], version: &str, nonce: &str| DiscoveryRequest {
+        type_url: type_url.to_string(),
+        resource_names: names.iter().map(|n| n.to_string()).collect(),
+        version_info: version.to_string(),
+        response_nonce: nonce.to_string(),
+        ..Default::default()
+    };
+    let mut first = request(CDS, &[], "", "");
+    first.node = Some(node("grpc-sotw"));
+    tx.send(first).await.expect("send");
+    let cds: DiscoveryResponse = next(&mut rx).await;
+    assert_eq!(cds.type_url, CDS);
+    assert_eq!(cds.resources.len(), 3, "one cluster per Service port");
+    assert!(!cds.version_info.is_empty());
+    tx.send(request(CDS, &[], &cds.version_info, &cds.nonce))
+        .await
+        .expect("ack");
+
+    tx.send(request(LDS, &[], "", "")).await.expect("send");
+    let lds = next(&mut rx).await;
+    assert_eq!(lds.type_url, LDS);
+    tx.send(request(LDS, &[], &lds.version_info, &lds.nonce))
+        .await
+        .expect("ack");
+    tx.send(request(RDS, &["sluice_outbound"], "", ""))
+        .await
+        .expect("send");
+    let rds = next(&mut rx).await;
+    assert_eq!(rds.type_url, RDS);
+    tx.send(request(
+        RDS,
+        &["sluice_outbound"],
+        &rds.version_info,
+        &rds.nonce,
+    ))
+    .await
+    .expect("ack");
+    silent(&mut rx, Duration::from_millis(300)).await;
+
+    dir.write("route.yaml", &route(50, 50));
+    let update = next(&mut rx).await;
+    assert_eq!(update.type_url, RDS);
+    assert_ne!(update.version_info, rds.version_info);
+    assert_ne!(update.nonce, rds.nonce, "every response has a fresh nonce");
+    let mut nack = request(RDS, &["sluice_outbound"], &rds.version_info, &update.nonce);
+    nack.error_detail = Some(RpcStatus {
+        code: 3,
+        message: "rejected".to_string(),
+        details: vec![],
+    });
+    tx.send(nack).await.expect("nack");
+    silent(&mut rx, Duration::from_secs(2)).await;
+    let node = support::wait_for(Duration::from_secs(10), "NACK in syncz", || async {
+        let node = sluice.syncz_node("grpc-sotw").await.ok().flatten()?;
+        (node["types"]["rds"]["status"] == "NACKED").then_some(node)
+    })
+    .await;
+    assert_eq!(node["protocol"], "sotw");
+    assert_eq!(node["types"]["lds"]["status"], "SYNCED");
+}
+
+#[tokio::test]
+async fn a_first_request_without_node_is_refused_with_a_clear_status() {
+    let (_dir, sluice) = mesh().await;
+    let (tx, requests) = mpsc::channel(4);
+    let mut rx = client(&sluice)
+        .await
+        .stream_aggregated_resources(ReceiverStream::new(requests))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    tx.send(DiscoveryRequest {
+        type_url: CDS.to_string(),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let status = tokio::time::timeout(Duration::from_secs(10), rx.message())
+        .await
+        .expect("an answer")
+        .expect_err("the stream fails");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("node"), "{}", status.message());
+    // The server is still fine.
+    let healthz = reqwest::get(format!("http://{}/healthz", sluice.debug_addr()))
+        .await
+        .expect("healthz answers");
+    assert_eq!(healthz.status(), 200);
+}
