@@ -26,6 +26,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let Some(dir) = args.dir.clone() else {
         bail!("--repo is not available yet; serve a folder with --dir (a git-sync sidecar can keep it current)");
     };
+    if args.webhook_listen.is_some() {
+        bail!("--webhook-listen triggers fetches of --repo, which is not available yet; a folder given with --dir is watched without it");
+    }
     let options = LoadOptions {
         allow_empty: args.allow_empty,
         ..LoadOptions::default()
