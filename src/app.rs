@@ -17,18 +17,86 @@ use crate::publisher::{Publisher, SourceStatus};
 use crate::registry::Registry;
 use crate::shutdown::drained;
 use crate::source::dir::DirSource;
+use crate::source::git::{self, Credentials, GitOptions, GitSource, Repo, Ssh};
+use crate::source::{CandidateSender, FetchStatus};
 use crate::xds::server::{AdsServer, Shared, Streams};
 
 /// How long a drain waits for streams and listeners to close before the process exits anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let Some(dir) = args.dir.clone() else {
-        bail!("--repo is not available yet; serve a folder with --dir (a git-sync sidecar can keep it current)");
-    };
-    if args.webhook_listen.is_some() {
-        bail!("--webhook-listen triggers fetches of --repo, which is not available yet; a folder given with --dir is watched without it");
+/// The source task, built from `--dir` or `--repo`.
+enum Source {
+    Dir(DirSource),
+    Git(GitSource),
+}
+
+impl Source {
+    async fn run(self, shutdown: watch::Receiver<bool>) {
+        match self {
+            Source::Dir(source) => source.run(shutdown).await,
+            Source::Git(source) => source.run(shutdown).await,
+        }
     }
+}
+
+/// Builds the source and what `/debug/source` starts with.
+fn build_source(
+    args: &ServeArgs,
+    options: LoadOptions,
+    candidates: CandidateSender,
+    fetch_status: watch::Sender<FetchStatus>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<(Source, SourceStatus)> {
+    if let Some(dir) = &args.dir {
+        if args.webhook_listen.is_some() {
+            bail!("--webhook-listen triggers fetches of --repo; a folder given with --dir is watched without it");
+        }
+        let status = SourceStatus {
+            repo: Some(dir.display().to_string()),
+            ..SourceStatus::default()
+        };
+        let source = DirSource::new(dir.clone(), options, candidates, metrics);
+        return Ok((Source::Dir(source), status));
+    }
+    let Some(repo) = &args.repo else {
+        bail!("give --repo URL|PATH or --dir PATH");
+    };
+    let repo = Repo::parse(repo)?;
+    git::remote::check_branch(&args.branch)?;
+    let path = match &args.path {
+        Some(path) => git::split_path(path).map_err(anyhow::Error::msg)?,
+        None => Vec::new(),
+    };
+    if args.poll_interval.is_zero() {
+        bail!("--poll-interval must be above zero");
+    }
+    let status = SourceStatus {
+        repo: Some(repo.display.clone()),
+        branch: Some(args.branch.clone()),
+        ..SourceStatus::default()
+    };
+    let credentials = Credentials::from_sources(args.git_credentials_file.clone(), |name| {
+        std::env::var(name).ok()
+    });
+    let git_options = GitOptions {
+        repo,
+        branch: args.branch.clone(),
+        path,
+        poll_interval: args.poll_interval,
+        cache_dir: args.cache_dir.clone(),
+        credentials,
+        ssh: Ssh {
+            key_file: args.ssh_key_file.clone(),
+            known_hosts: args.ssh_known_hosts.clone(),
+        },
+        load: options,
+    };
+    let source = GitSource::new(git_options, candidates, fetch_status, metrics)
+        .context("creating the git cache folder")?;
+    Ok((Source::Git(source), status))
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let options = LoadOptions {
         allow_empty: args.allow_empty,
         ..LoadOptions::default()
@@ -39,10 +107,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let (candidates_tx, candidates) = watch::channel(None);
     let (view_tx, view) = watch::channel(None);
-    let (status_tx, status) = watch::channel(SourceStatus {
-        repo: Some(dir.display().to_string()),
-        ..SourceStatus::default()
-    });
+    let (fetch_tx, fetch) = watch::channel(FetchStatus::default());
+    let (source, initial_status) =
+        build_source(&args, options, candidates_tx, fetch_tx, metrics.clone())?;
+    if let (Source::Git(_), Some(_)) = (&source, args.webhook_listen) {
+        bail!("--webhook-listen is not wired yet in this build; fetches follow --poll-interval");
+    }
+    let fetch = matches!(source, Source::Git(_)).then_some(fetch);
+    let (status_tx, status) = watch::channel(initial_status);
     let (registry, registry_handle, workloads) = Registry::new(args.endpoint_grace);
 
     let xds_listener = TcpListener::bind(args.xds_listen)
@@ -51,9 +123,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let debug_listener = TcpListener::bind(args.debug_listen)
         .await
         .with_context(|| format!("binding the debug listener on {}", args.debug_listen))?;
-    info!(xds = %xds_listener.local_addr()?, debug = %debug_listener.local_addr()?, dir = %dir.display(), "sluice serving");
+    info!(xds = %xds_listener.local_addr()?, debug = %debug_listener.local_addr()?, source = status.borrow().repo.as_deref().unwrap_or_default(), "sluice serving");
 
-    let source = DirSource::new(dir, options, candidates_tx, metrics.clone());
     let publisher = Publisher {
         candidates,
         workloads,
@@ -71,6 +142,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     ));
     let debug_state = DebugState {
         status,
+        fetch,
         streams,
         view,
         metrics,

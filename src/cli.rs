@@ -34,7 +34,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Git repository to sync (`file://`, `https://`, `ssh://`, `git://` or a local path).
+    /// Git repository to follow: `https://`, `ssh://` (or `user@host:path`), `git://`,
+    /// `file://` or a local path. Never put a password in it: see `--git-credentials-file`.
     #[arg(
         long,
         env = "SLUICE_REPO",
@@ -45,12 +46,28 @@ pub struct ServeArgs {
     /// Branch of `--repo` to follow.
     #[arg(long, env = "SLUICE_BRANCH", default_value = "main")]
     pub branch: String,
-    /// Only read manifests below this folder of the repository.
+    /// Only read manifests below this folder of the repository (default: the whole repository).
     #[arg(long, env = "SLUICE_PATH")]
     pub path: Option<PathBuf>,
     /// How often to fetch `--repo` (`500ms`, `5s`, `1m`).
     #[arg(long, env = "SLUICE_POLL_INTERVAL", default_value = "15s", value_parser = parse_duration)]
     pub poll_interval: Duration,
+    /// Where remotes are fetched to (a private bare repository per `--repo` and `--branch`,
+    /// kept across restarts). Default: a temporary folder, removed at exit.
+    #[arg(long, env = "SLUICE_CACHE_DIR", conflicts_with = "dir")]
+    pub cache_dir: Option<PathBuf>,
+    /// File holding HTTP(S) credentials for `--repo`: `username:password`, or a token alone,
+    /// on its first line; read at each fetch. Without it, `SLUICE_GIT_USERNAME` and
+    /// `SLUICE_GIT_PASSWORD` (or `SLUICE_GIT_TOKEN`) are used when set.
+    #[arg(long, env = "SLUICE_GIT_CREDENTIALS_FILE", conflicts_with = "dir")]
+    pub git_credentials_file: Option<PathBuf>,
+    /// Private key for `ssh://` remotes (`ssh -i KEY -o IdentitiesOnly=yes`).
+    #[arg(long, env = "SLUICE_SSH_KEY_FILE", conflicts_with = "dir")]
+    pub ssh_key_file: Option<PathBuf>,
+    /// known_hosts file for `ssh://` remotes; host keys are always checked
+    /// (`StrictHostKeyChecking=yes`). Default: ssh's own (`~/.ssh/known_hosts`).
+    #[arg(long, env = "SLUICE_SSH_KNOWN_HOSTS", conflicts_with = "dir")]
+    pub ssh_known_hosts: Option<PathBuf>,
     /// Serve a plain folder and watch it for changes (for a git-sync sidecar).
     #[arg(long, env = "SLUICE_DIR")]
     pub dir: Option<PathBuf>,
@@ -201,5 +218,12 @@ mod tests {
         assert!(Cli::try_parse_from(["sluice", "serve"]).is_err());
         assert!(Cli::try_parse_from(["sluice", "serve", "--dir", "a", "--repo", "b"]).is_err());
         assert!(Cli::try_parse_from(["sluice", "serve", "--dir", "a"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["sluice", "serve", "--repo", "https://example.com/m.git"]).is_ok()
+        );
+        assert!(
+            Cli::try_parse_from(["sluice", "serve", "--dir", "a", "--ssh-key-file", "k"]).is_err(),
+            "git flags make no sense with --dir"
+        );
     }
 }

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::publisher::{rfc3339, SourceStatus};
+use crate::source::FetchStatus;
 use crate::xds::resource::ResourceType;
 use crate::xds::server::{Protocol, StreamEntry, Streams, ViewReceiver};
 use crate::xds::stream::{SyncState, TypeStatus};
@@ -27,6 +28,8 @@ use crate::xds::stream::{SyncState, TypeStatus};
 #[derive(Clone)]
 pub struct DebugState {
     pub status: watch::Receiver<SourceStatus>,
+    /// How fetching `--repo` goes; `None` for a folder source.
+    pub fetch: Option<watch::Receiver<FetchStatus>>,
     pub streams: Arc<Streams>,
     pub view: ViewReceiver,
     pub metrics: Arc<Metrics>,
@@ -68,13 +71,19 @@ async fn readyz(State(state): State<DebugState>) -> Response {
         )
             .into_response(),
         None => {
-            let reason = match &status.last_error {
-                Some(last) => format!(
+            let fetch = state.fetch.as_ref().map(|f| f.borrow().clone());
+            let reason = match (&status.last_error, fetch) {
+                (Some(last), _) => format!(
                     "no revision served yet: revision {} was refused with {} error(s)",
                     last.revision,
                     last.errors.len()
                 ),
-                None => "no revision loaded yet".to_string(),
+                (None, Some(FetchStatus { last_error: Some(error), consecutive_failures, next_attempt_at, .. })) => format!(
+                    "no revision served yet: {consecutive_failures} fetch(es) failed, the last with: {error}; next attempt at {}",
+                    next_attempt_at.as_deref().unwrap_or("soon")
+                ),
+                (None, Some(_)) => "no revision served yet: the first fetch is under way".to_string(),
+                (None, None) => "no revision loaded yet".to_string(),
             };
             (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -85,8 +94,18 @@ async fn readyz(State(state): State<DebugState>) -> Response {
     }
 }
 
-async fn source(State(state): State<DebugState>) -> Json<SourceStatus> {
-    Json(state.status.borrow().clone())
+/// The source status, with `fetch` (how fetching `--repo` goes) for a Git source.
+async fn source(State(state): State<DebugState>) -> Json<Value> {
+    let status = state.status.borrow().clone();
+    let mut value = serde_json::to_value(status).unwrap_or_else(|_| json!({}));
+    if let (Some(fetch), Some(object)) = (&state.fetch, value.as_object_mut()) {
+        let fetch = fetch.borrow().clone();
+        object.insert(
+            "fetch".into(),
+            serde_json::to_value(fetch).unwrap_or(Value::Null),
+        );
+    }
+    Json(value)
 }
 
 #[derive(Serialize)]

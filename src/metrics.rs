@@ -35,6 +35,11 @@ pub struct Metrics {
     pub convergences: AtomicU64,
     /// Source fetch/read attempts that failed (unreadable folder, unreachable remote).
     pub source_errors: AtomicU64,
+    /// Git fetches that succeeded and that failed.
+    pub git_fetches_ok: AtomicU64,
+    pub git_fetches_error: AtomicU64,
+    /// When a git fetch last succeeded, in milliseconds since the Unix epoch (0: never).
+    pub git_last_success_millis: AtomicU64,
 }
 
 impl Metrics {
@@ -48,6 +53,13 @@ impl Metrics {
         self.last_convergence_micros.store(micros, Relaxed);
         self.convergence_micros_sum.fetch_add(micros, Relaxed);
         self.convergences.fetch_add(1, Relaxed);
+    }
+
+    pub fn record_git_success(&self, at: std::time::SystemTime) {
+        let millis = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.git_last_success_millis.store(millis, Relaxed);
     }
 
     /// Prometheus text exposition format.
@@ -106,6 +118,29 @@ impl Metrics {
             "sluice_source_errors_total",
             "Failed attempts to read or fetch the source.",
             self.source_errors.load(Relaxed),
+        );
+        header(
+            &mut out,
+            "sluice_git_fetches_total",
+            "Fetches of --repo, by result.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "sluice_git_fetches_total{{result=\"ok\"}} {}\nsluice_git_fetches_total{{result=\"error\"}} {}",
+            self.git_fetches_ok.load(Relaxed),
+            self.git_fetches_error.load(Relaxed)
+        );
+        header(
+            &mut out,
+            "sluice_git_last_success_timestamp_seconds",
+            "When a fetch of --repo last succeeded (Unix time; 0: never).",
+            "gauge",
+        );
+        let _ = writeln!(
+            out,
+            "sluice_git_last_success_timestamp_seconds {}",
+            self.git_last_success_millis.load(Relaxed) as f64 / 1e3
         );
         summary(
             &mut out,
@@ -189,6 +224,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sluice_compile_seconds_count 1"), "{text}");
+        metrics.git_fetches_error.fetch_add(2, Relaxed);
+        metrics.record_git_success(std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_500));
+        let text = metrics.render();
+        assert!(
+            text.contains("sluice_git_fetches_total{result=\"ok\"} 0\nsluice_git_fetches_total{result=\"error\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_git_last_success_timestamp_seconds 1.5\n"),
+            "{text}"
+        );
         assert!(
             text.contains("sluice_last_compile_seconds 0.0015"),
             "{text}"
