@@ -2,6 +2,7 @@
 //! gRPC server. It knows nothing of manifests; the only thing it receives is a
 //! [`resource::SnapshotView`].
 
+pub mod csds;
 pub mod delta;
 pub mod resource;
 pub mod server;
