@@ -21,8 +21,8 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 
 use support::{
-    loopback_ip, wait_for, wait_until, EchoServer, Envoy, ManifestDir, MeshClient, Protocol,
-    Sidecar, Sluice, STARTUP_TIMEOUT,
+    echo_split_route, loopback_ip, wait_for, wait_until, EchoServer, Envoy, ManifestDir,
+    MeshClient, Protocol, Sidecar, Sluice, ECHO_SERVICES, STARTUP_TIMEOUT,
 };
 
 /// The port every echo server listens on: the Services' `targetPort`.
@@ -35,74 +35,7 @@ const FOLLOW_DEADLINE: Duration = Duration::from_secs(2);
 /// what is shown, not on how fast.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(30);
 
-const SERVICES: &str = r#"apiVersion: v1
-kind: Service
-metadata:
-  name: echo
-spec:
-  selector:
-    app: echo
-  ports:
-  - name: http
-    port: 80
-    targetPort: 8080
-    appProtocol: http
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: echo-v1
-spec:
-  selector:
-    app: echo
-    version: v1
-  ports:
-  - name: http
-    port: 80
-    targetPort: 8080
-    appProtocol: http
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: echo-v2
-spec:
-  selector:
-    app: echo
-    version: v2
-  ports:
-  - name: http
-    port: 80
-    targetPort: 8080
-    appProtocol: http
-"#;
-
 const ROUTE_FILE: &str = "routes/echo.yaml";
-
-/// The HTTPRoute on Service `echo` that splits between `echo-v1` and `echo-v2`.
-fn split_route(v1_weight: u32, v2_weight: u32) -> String {
-    format!(
-        r#"apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata:
-  name: echo-split
-spec:
-  parentRefs:
-  - group: ""
-    kind: Service
-    name: echo
-    port: 80
-  rules:
-  - backendRefs:
-    - name: echo-v1
-      port: 80
-      weight: {v1_weight}
-    - name: echo-v2
-      port: 80
-      weight: {v2_weight}
-"#
-    )
-}
 
 /// A route on Service `echo-v1` that sends all of its traffic to `backend`.
 fn redirect_route(backend: &str) -> String {
@@ -178,8 +111,8 @@ impl Mesh {
     /// reach both versions.
     async fn start(protocol: Protocol) -> Mesh {
         let manifests = ManifestDir::new();
-        manifests.write("services.yaml", SERVICES);
-        manifests.write(ROUTE_FILE, &split_route(90, 10));
+        manifests.write("services.yaml", ECHO_SERVICES);
+        manifests.write(ROUTE_FILE, &echo_split_route(90, 10));
         let sluice = Sluice::start(manifests.path()).await;
         sluice.wait_ready().await;
         let v1 = Workload::start("echo-v1", "app=echo,version=v1", &sluice, protocol).await;
@@ -410,7 +343,7 @@ async fn live_weight_change(protocol: Protocol) -> anyhow::Result<()> {
     )
     .await;
 
-    mesh.manifests.write(ROUTE_FILE, &split_route(50, 50));
+    mesh.manifests.write(ROUTE_FILE, &echo_split_route(50, 50));
     let changed_at = Instant::now();
     wait_until(
         Duration::from_secs(60),

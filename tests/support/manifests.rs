@@ -45,3 +45,72 @@ impl Default for ManifestDir {
         ManifestDir::new()
     }
 }
+
+/// Services `echo` (app=echo), `echo-v1` (app=echo, version=v1) and `echo-v2` (app=echo,
+/// version=v2), all port 80 → targetPort 8080.
+pub const ECHO_SERVICES: &str = r#"apiVersion: v1
+kind: Service
+metadata:
+  name: echo
+spec:
+  selector:
+    app: echo
+  ports:
+  - name: http
+    port: 80
+    targetPort: 8080
+    appProtocol: http
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: echo-v1
+spec:
+  selector:
+    app: echo
+    version: v1
+  ports:
+  - name: http
+    port: 80
+    targetPort: 8080
+    appProtocol: http
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: echo-v2
+spec:
+  selector:
+    app: echo
+    version: v2
+  ports:
+  - name: http
+    port: 80
+    targetPort: 8080
+    appProtocol: http
+"#;
+
+/// The HTTPRoute on Service `echo` that splits between `echo-v1` and `echo-v2`.
+pub fn echo_split_route(v1_weight: u32, v2_weight: u32) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: echo-split
+spec:
+  parentRefs:
+  - group: ""
+    kind: Service
+    name: echo
+    port: 80
+  rules:
+  - backendRefs:
+    - name: echo-v1
+      port: 80
+      weight: {v1_weight}
+    - name: echo-v2
+      port: 80
+      weight: {v2_weight}
+"#
+    )
+}

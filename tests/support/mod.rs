@@ -15,6 +15,7 @@
 pub mod client;
 pub mod echo;
 pub mod envoy;
+pub mod git;
 pub mod manifests;
 pub mod sluice;
 
@@ -27,7 +28,8 @@ use std::time::{Duration, Instant};
 pub use client::{send, MeshClient};
 pub use echo::EchoServer;
 pub use envoy::{Envoy, Protocol, Sidecar};
-pub use manifests::ManifestDir;
+pub use git::{GitDaemon, GitRemote};
+pub use manifests::{echo_split_route, ManifestDir, ECHO_SERVICES};
 pub use sluice::Sluice;
 
 /// How long a process may take to start on a loaded 2-core machine. Generous on purpose: start-up

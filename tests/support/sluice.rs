@@ -1,4 +1,4 @@
-//! A real `sluice serve --dir` process, on its own loopback address.
+//! A real `sluice serve` process (`--dir` or `--repo`), on its own loopback address.
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -33,6 +33,15 @@ impl Sluice {
 
     /// Like [`Sluice::start`], with more `serve` flags (`--endpoint-grace 2s`, ...).
     pub async fn start_with(dir: &Path, extra_args: &[&str]) -> Sluice {
+        let dir = dir.to_str().expect("UTF-8 manifest path");
+        let mut args = vec!["--dir", dir];
+        args.extend_from_slice(extra_args);
+        Sluice::start_args(&args, &[]).await
+    }
+
+    /// Starts `sluice serve ARGS` (which name the source, e.g. `--repo URL --poll-interval
+    /// 500ms`) with more environment variables, and waits until `/healthz` answers.
+    pub async fn start_args(args: &[&str], envs: &[(&str, &str)]) -> Sluice {
         let ip = loopback_ip();
         let xds = free_addr_on(ip);
         let debug = free_addr_on(ip);
@@ -44,12 +53,11 @@ impl Sluice {
         let stderr = File::create(&log).expect("create sluice log");
         let child = Command::new(sluice_path())
             .arg("serve")
-            .arg("--dir")
-            .arg(dir)
+            .args(args)
             .args(["--xds-listen", &xds.to_string()])
             .args(["--debug-listen", &debug.to_string()])
-            .args(extra_args)
             .env("RUST_LOG", "info")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(stderr.try_clone().expect("clone log file"))
             .stderr(stderr)
@@ -111,6 +119,11 @@ impl Sluice {
     /// Whether the process is still running (it has not exited or been replaced).
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Everything the process logged so far.
+    pub fn full_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// What the process logged so far (its last lines).

@@ -322,9 +322,20 @@ impl Fetcher {
     }
 
     fn fetch_error(&self, error: &dyn std::error::Error) -> FetchError {
+        let mut message = error_chain(error);
+        // gitoxide asks for credentials when the server refuses access, and says only that
+        // none came; say what the operator can do instead.
+        if message.contains("No credentials were returned") {
+            let ssh = matches!(&self.repo.location, Location::Remote(url) if url.scheme == gix::url::Scheme::Ssh);
+            message = if ssh {
+                "authentication failed: the SSH server refused the key (check --ssh-key-file, and that its public key may read the repository)".into()
+            } else {
+                "authentication required: give credentials with --git-credentials-file, or SLUICE_GIT_USERNAME and SLUICE_GIT_PASSWORD (or SLUICE_GIT_TOKEN)".into()
+            };
+        }
         FetchError::Fetch {
             repo: self.repo.display.clone(),
-            message: self.credentials.scrub(error_chain(error)),
+            message: self.credentials.scrub(message),
         }
     }
 
@@ -362,7 +373,11 @@ impl Fetcher {
         }
         let options = || {
             gix::open::Options::isolated()
-                .config_overrides([format!("core.sshCommand={}", self.ssh.command())])
+                // The variant is named so gitoxide does not probe the program with `ssh -G`.
+                .config_overrides([
+                    format!("core.sshCommand={}", self.ssh.command()),
+                    "ssh.variant=ssh".to_string(),
+                ])
         };
         if self.cache.join("HEAD").is_file() {
             match gix::open_opts(&self.cache, options()) {
