@@ -3,6 +3,7 @@
 
 pub mod dir;
 pub mod git;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::SystemTime;
