@@ -475,7 +475,7 @@ impl Walker<'_> {
         }
         match resolved {
             Resolved::Tree(tree) => {
-                if chain.iter().any(|ancestor| *ancestor == canonical) {
+                if chain.contains(&canonical) {
                     self.errors.push(Diagnostic::error(
                         file_pos(rel),
                         format!(
