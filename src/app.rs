@@ -18,6 +18,7 @@ use crate::registry::Registry;
 use crate::shutdown::drained;
 use crate::source::dir::DirSource;
 use crate::source::git::{self, Credentials, GitOptions, GitSource, Repo, Ssh};
+use crate::source::webhook::{self, Secret, WebhookConfig, WebhookMetrics};
 use crate::source::{CandidateSender, FetchStatus};
 use crate::xds::server::{AdsServer, Shared, Streams};
 
@@ -110,9 +111,25 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (fetch_tx, fetch) = watch::channel(FetchStatus::default());
     let (source, initial_status) =
         build_source(&args, options, candidates_tx, fetch_tx, metrics.clone())?;
-    if let (Source::Git(_), Some(_)) = (&source, args.webhook_listen) {
-        bail!("--webhook-listen is not wired yet in this build; fetches follow --poll-interval");
-    }
+    let webhook = match (&source, args.webhook_listen) {
+        (Source::Git(git), Some(addr)) => {
+            let Some(secret_file) = &args.webhook_secret_file else {
+                bail!("--webhook-listen needs --webhook-secret-file: hooks are only taken signed with its secret");
+            };
+            let config = Arc::new(WebhookConfig {
+                secret: Secret::from_file(secret_file)?,
+                branch: args.branch.clone(),
+            });
+            let metrics = Arc::new(WebhookMetrics::default());
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the webhook listener on {addr}"))?;
+            info!(webhook = %listener.local_addr()?, "taking Git push webhooks");
+            let router = webhook::router(config, git.trigger(), metrics.clone());
+            Some((listener, router, metrics))
+        }
+        _ => None,
+    };
     let fetch = matches!(source, Source::Git(_)).then_some(fetch);
     let (status_tx, status) = watch::channel(initial_status);
     let (registry, registry_handle, workloads) = Registry::new(args.endpoint_grace);
@@ -143,6 +160,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let debug_state = DebugState {
         status,
         fetch,
+        webhook: webhook.as_ref().map(|(_, _, metrics)| metrics.clone()),
         streams,
         view,
         metrics,
@@ -153,6 +171,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let publisher_task = tokio::spawn(publisher.run(shutdown.clone()));
     let xds_task = tokio::spawn(run_xds(xds_listener, shared, shutdown.clone()));
     let debug_task = tokio::spawn(run_debug(debug_listener, debug_state, shutdown.clone()));
+    let webhook_task = webhook.map(|(listener, router, _)| {
+        tokio::spawn(webhook::run(listener, router, shutdown.clone()))
+    });
 
     wait_for_signal().await;
     info!("draining: closing every stream so sidecars reconnect elsewhere");
@@ -160,6 +181,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         let _ = xds_task.await;
         let _ = debug_task.await;
+        if let Some(task) = webhook_task {
+            let _ = task.await;
+        }
         let _ = source_task.await;
         let _ = publisher_task.await;
     })

@@ -77,10 +77,12 @@ pub struct ServeArgs {
     /// Address of the debug HTTP listener.
     #[arg(long, env = "SLUICE_DEBUG_LISTEN", default_value = "127.0.0.1:19000")]
     pub debug_listen: SocketAddr,
-    /// Address of the Git push webhook listener (off unless given).
+    /// Address of the Git push webhook listener (off unless given): a push to `--branch`
+    /// signed by GitHub (`X-Hub-Signature-256`) or carrying GitLab's token (`X-Gitlab-Token`)
+    /// fetches at once. Needs `--webhook-secret-file`.
     #[arg(long, env = "SLUICE_WEBHOOK_LISTEN")]
     pub webhook_listen: Option<SocketAddr>,
-    /// File holding the webhook secret.
+    /// File holding the webhook secret (the one the Git host signs hooks with).
     #[arg(long, env = "SLUICE_WEBHOOK_SECRET_FILE")]
     pub webhook_secret_file: Option<PathBuf>,
     /// How long a disconnected sidecar's endpoints stay.

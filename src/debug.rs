@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::publisher::{rfc3339, SourceStatus};
+use crate::source::webhook::WebhookMetrics;
 use crate::source::FetchStatus;
 use crate::xds::resource::ResourceType;
 use crate::xds::server::{Protocol, StreamEntry, Streams, ViewReceiver};
@@ -30,6 +31,8 @@ pub struct DebugState {
     pub status: watch::Receiver<SourceStatus>,
     /// How fetching `--repo` goes; `None` for a folder source.
     pub fetch: Option<watch::Receiver<FetchStatus>>,
+    /// Webhook request counters, with `--webhook-listen`.
+    pub webhook: Option<Arc<WebhookMetrics>>,
     pub streams: Arc<Streams>,
     pub view: ViewReceiver,
     pub metrics: Arc<Metrics>,
@@ -199,11 +202,11 @@ async fn config_dump_handler(
 }
 
 async fn metrics(State(state): State<DebugState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
+    let mut text = state.metrics.render();
+    if let Some(webhook) = &state.webhook {
+        webhook.render(&mut text);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// The versions the sidecar ACKed, per type, as the config dump shows them.

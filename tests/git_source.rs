@@ -515,3 +515,111 @@ async fn ssh_runs_ssh_with_the_key_and_known_hosts_given() {
     );
     assert!(args.contains(&"git@127.0.0.1"), "{args:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A push webhook fetches at once, even with a one-hour poll interval.
+
+/// `sha256=HEX` of the body, as GitHub signs a hook.
+fn github_signature(secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_webhook_applies_a_commit_at_once_and_a_wrongly_signed_one_is_refused() {
+    const SECRET: &str = "the secret the Git host signs with";
+    let remote = GitRemote::new();
+    let daemon = GitDaemon::start(remote.base());
+    let first = seed(&remote);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret_file = dir.path().join("webhook-secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).expect("write secret");
+    let webhook = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let url = daemon.url("origin.git");
+    let sluice = Sluice::start_args(
+        &[
+            "--repo",
+            &url,
+            "--path",
+            "mesh",
+            "--poll-interval",
+            "1h",
+            "--webhook-listen",
+            &webhook.to_string(),
+            "--webhook-secret-file",
+            secret_file.to_str().expect("UTF-8"),
+        ],
+        &[],
+    )
+    .await;
+    wait_served(&sluice, &first, "the first commit").await;
+
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client");
+    let push = |secret: &'static str| {
+        let http = http.clone();
+        async move {
+            let body = serde_json::to_vec(&serde_json::json!({
+                "ref": "refs/heads/main",
+                "after": "0000000000000000000000000000000000000000",
+                "commits": [],
+            }))
+            .expect("JSON");
+            let response = http
+                .post(format!("http://{webhook}/hooks/github"))
+                .header("content-type", "application/json")
+                .header("x-github-event", "push")
+                .header("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")
+                .header("x-hub-signature-256", github_signature(secret, &body))
+                .body(body)
+                .send()
+                .await
+                .expect("POST the hook");
+            response.status().as_u16()
+        }
+    };
+
+    let second = remote.commit_file(ROUTE_FILE, &echo_split_route(50, 50), "50/50");
+    assert_eq!(push("not the secret").await, 401);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        source(&sluice).await["revision"],
+        first.as_str(),
+        "a wrongly signed hook fetched"
+    );
+
+    let signed_at = std::time::Instant::now();
+    let status = push(SECRET).await;
+    assert!(
+        (200..300).contains(&status),
+        "signed hook answered {status}"
+    );
+    wait_served(&sluice, &second, "the commit announced by the hook").await;
+    let took = signed_at.elapsed();
+    eprintln!("webhook to served: {took:?}");
+    assert!(
+        took <= Duration::from_secs(2),
+        "the hooked commit took {took:?} to be served (poll interval 1h)"
+    );
+    assert!(
+        metric(
+            &sluice,
+            "sluice_webhook_requests_total{result=\"accepted\"}"
+        )
+        .await
+            >= 1.0
+    );
+    assert!(
+        metric(
+            &sluice,
+            "sluice_webhook_requests_total{result=\"rejected\"}"
+        )
+        .await
+            >= 1.0
+    );
+}
