@@ -1,9 +1,11 @@
-//! Builds the protobuf descriptor set that `/debug/config_dump` uses to print Envoy resources in
-//! Envoy's own proto-JSON shape.
+//! Two protobuf steps, both with `protox` (a protobuf compiler in Rust, so no `protoc` is needed):
 //!
-//! The `.proto` sources are the ones the `envoy-types` crate ships next to its generated code, so
-//! the descriptors always describe exactly the Rust types Sluice encodes. Nothing is copied into
-//! this repository.
+//! 1. The descriptor set that `/debug/config_dump` uses to print Envoy resources in Envoy's own
+//!    proto-JSON shape. The `.proto` sources are the ones the `envoy-types` crate ships next to its
+//!    generated code, so the descriptors always describe exactly the Rust types Sluice encodes.
+//!    Nothing is copied into this repository.
+//! 2. Sluice's own `proto/echo.proto`, the gRPC echo service of the test suite's upstreams, as
+//!    Rust code (messages, client and server) in `OUT_DIR/proto.rs`. Only the tests include it.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -36,9 +38,32 @@ const INCLUDES: &[&str] = &[
     "client_model",
 ];
 
+/// Sluice's own protos, compiled to Rust for the tests.
+const OWN_PROTOS: &[&str] = &["proto/echo.proto"];
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=Cargo.lock");
+    envoy_descriptors();
+    own_protos();
+}
+
+/// The gRPC echo service the end-to-end and conformance tests serve and call.
+fn own_protos() {
+    for proto in OWN_PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(OWN_PROTOS, ["proto"])
+        .unwrap_or_else(|err| panic!("compiling {OWN_PROTOS:?}: {err}"));
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)
+        .unwrap_or_else(|err| panic!("generating Rust code for {OWN_PROTOS:?}: {err}"));
+}
+
+/// The Envoy descriptor set for `/debug/config_dump`.
+fn envoy_descriptors() {
     let root = envoy_types_dir().join("proto");
     let includes: Vec<PathBuf> = INCLUDES.iter().map(|i| root.join(i)).collect();
     let descriptors = protox::compile(ROOTS, &includes)
