@@ -14,7 +14,9 @@
 //!   as Istio names them, so dashboards and habits carry over ([`cluster_name`]).
 //! - Listener: [`LISTENER_NAME`], with an HTTP connection manager that fetches the route
 //!   configuration [`ROUTE_CONFIG_NAME`] over ADS.
-//! - Virtual host: `NAME.NS:PORT`.
+//! - Virtual host: `NAME.NS:PORT`, and last the catch-all `passthrough`, which sends requests
+//!   addressed to an `IP:PORT` to that address through the `ORIGINAL_DST` cluster
+//!   [`PASSTHROUGH_CLUSTER`] (see the `passthrough` module).
 //! - Route: `NS/ROUTE/rule-I[/match-J]` (or the rule's `name` instead of `rule-I`).
 
 mod endpoints;
@@ -22,6 +24,7 @@ mod filters;
 mod findings;
 mod listener;
 mod matches;
+mod passthrough;
 mod routes;
 mod services;
 mod timeouts;
@@ -43,6 +46,7 @@ use crate::registry::Workloads;
 use crate::xds::resource::{Resource, ResourceType, Snapshot, SnapshotView};
 
 use findings::Findings;
+pub use passthrough::PASSTHROUGH_CLUSTER;
 use routes::RouteTables;
 use services::ServiceIndex;
 
@@ -60,7 +64,7 @@ pub fn cluster_name(name: &str, namespace: &str, port: u16) -> String {
 /// Immutable once built; snapshots are built on first use per [`ConfigKey`] and cached.
 pub struct Mesh {
     revision: String,
-    /// CDS and EDS resources, the same for every sidecar, sorted by name.
+    /// CDS and EDS resources, the same for every sidecar.
     shared: Vec<(ResourceType, Resource)>,
     /// Every HTTP/gRPC Service port, sorted by Service then port: one virtual host each.
     vhosts: Vec<listener::VhostSource>,
@@ -162,6 +166,14 @@ pub fn compile_mesh(
             ));
         }
     }
+    shared.push((
+        ResourceType::Cluster,
+        Resource::new(
+            ResourceType::Cluster,
+            PASSTHROUGH_CLUSTER,
+            &passthrough::to_passthrough_cluster(),
+        ),
+    ));
     for (name, (assignment, origins)) in &assignments {
         shared.push((
             ResourceType::Endpoint,
@@ -190,8 +202,9 @@ fn origin(pos: &Pos) -> String {
     format!("{}:{}", pos.file, pos.line)
 }
 
-/// Every cluster a route (or a mirror policy) names exists, and every cluster has a
-/// `ClusterLoadAssignment`. A failure here is a compiler bug, reported rather than served.
+/// Every cluster a route (or a mirror policy) names exists, and every EDS cluster (all but the
+/// passthrough) has a `ClusterLoadAssignment`. A failure here is a compiler bug, reported rather
+/// than served.
 fn check_consistency(
     shared: &[(ResourceType, Resource)],
     vhosts: &[listener::VhostSource],
@@ -209,7 +222,7 @@ fn check_consistency(
         .map(|(_, r)| r.name.as_str())
         .collect();
     for cluster in &clusters {
-        if !assignments.contains(cluster) {
+        if *cluster != PASSTHROUGH_CLUSTER && !assignments.contains(cluster) {
             findings.error(
                 &Pos::default(),
                 format!("internal error: cluster {cluster:?} has no ClusterLoadAssignment"),

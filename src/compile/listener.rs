@@ -6,7 +6,9 @@
 //! the bare `NAME` for Services in the sidecar's own namespace (what Kubernetes DNS resolves),
 //! each with `:PORT`, and also without a port when PORT is 80 (a Host without a port means 80).
 //! Service names and namespaces are DNS labels (checked when indexing Services), so these
-//! domains never collide, which Envoy requires.
+//! domains never collide, which Envoy requires. The last virtual host is the catch-all
+//! `passthrough` (see [`super::passthrough`]): a request addressed to an `IP:PORT` goes to that
+//! address, any other unknown host gets Envoy's 404.
 
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
@@ -27,6 +29,7 @@ use envoy_types::pb::google::protobuf::Duration;
 use envoy_types::util::pack_any;
 
 use super::endpoints::socket_address;
+use super::passthrough::to_passthrough_vhost;
 use super::routes::{grpc_deadlines, RouteTables};
 use super::services::{ads, Protocol, ServiceIndex};
 use super::{LISTENER_NAME, ROUTE_CONFIG_NAME};
@@ -136,7 +139,7 @@ pub(crate) fn to_route_configuration(
     tables: &RouteTables,
 ) -> Resource {
     let mut origins = Vec::new();
-    let virtual_hosts = vhosts
+    let mut virtual_hosts: Vec<VirtualHost> = vhosts
         .iter()
         .map(|source| {
             let routes = match tables.for_clients(namespace, &source.service, source.port) {
@@ -157,6 +160,7 @@ pub(crate) fn to_route_configuration(
             }
         })
         .collect();
+    virtual_hosts.push(to_passthrough_vhost());
     origins.sort();
     origins.dedup();
     let config = RouteConfiguration {

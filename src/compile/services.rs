@@ -29,7 +29,7 @@ use crate::manifest::{ObjectKey, Pos, Revision};
 
 /// How long an upstream connection may take to establish. Sidecars and on-premise hosts are
 /// reached over a network the operator controls; a second is plenty and fails over quickly.
-const CONNECT_TIMEOUT: Duration = Duration {
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration {
     seconds: 1,
     nanos: 0,
 };

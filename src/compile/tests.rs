@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy};
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, LbConfig, LbPolicy,
+};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::address;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
@@ -604,6 +606,7 @@ fn one_eds_cluster_per_http_port_with_http2_for_grpc_and_h2c() {
         "outbound|7070||echo-v2.mesh.svc.cluster.local",
         "outbound|9000||plain.mesh.svc.cluster.local",
         "outbound|9001||plain.mesh.svc.cluster.local",
+        PASSTHROUGH_CLUSTER,
     ];
     expected.sort();
     assert_eq!(
@@ -788,6 +791,166 @@ fn virtual_host_domains_depend_on_the_client_namespace() {
 }
 
 #[test]
+fn requests_addressed_to_an_ip_and_port_pass_through_unrouted() {
+    let mesh = Rev::default().echo_services().compile();
+    let snapshot = mesh.snapshot_for_key(&key("mesh"));
+    let config = route_config(&mesh, "mesh");
+    let last = config.virtual_hosts.last().expect("virtual hosts");
+    assert_eq!(last.name, "passthrough", "the catch-all comes last");
+    assert_eq!(last.domains, ["*"]);
+    assert_eq!(last.routes.len(), 1);
+    let route = &last.routes[0];
+    assert_eq!(cluster_of(route), PASSTHROUGH_CLUSTER);
+    assert_eq!(forward(route).timeout, Some(Duration::default()));
+    let matcher = route
+        .r#match
+        .as_ref()
+        .and_then(|m| m.headers.first())
+        .expect("an :authority matcher");
+    assert_eq!(matcher.name, ":authority");
+    let Some(HeaderMatchSpecifier::StringMatch(string)) = &matcher.header_match_specifier else {
+        panic!("not a string match: {matcher:?}");
+    };
+    let Some(MatchPattern::SafeRegex(pattern)) = &string.match_pattern else {
+        panic!("not a regex: {string:?}");
+    };
+    // Envoy's safe_regex matches the whole value.
+    for (authority, passes) in [
+        ("10.0.3.17:8080", true),
+        ("127.1.2.3:80", true),
+        ("[fd00::17]:7070", true),
+        ("[::1]:80", true),
+        ("10.0.3.17", false),
+        ("echo:8080", false),
+        ("echo", false),
+        ("example.org:443", false),
+        ("10.0.3.17:8080.evil", false),
+    ] {
+        assert_eq!(
+            simple_full_match(&pattern.regex, authority),
+            passes,
+            "{authority}"
+        );
+    }
+
+    let cluster: Cluster = decode(&snapshot, ResourceType::Cluster, PASSTHROUGH_CLUSTER);
+    assert_eq!(
+        cluster.cluster_discovery_type,
+        Some(ClusterDiscoveryType::Type(
+            DiscoveryType::OriginalDst as i32
+        ))
+    );
+    assert_eq!(cluster.lb_policy, LbPolicy::ClusterProvided as i32);
+    let Some(LbConfig::OriginalDstLbConfig(original)) = &cluster.lb_config else {
+        panic!("no original_dst_lb_config: {cluster:?}");
+    };
+    assert!(original.use_http_header);
+    assert_eq!(original.http_header_name, ":authority");
+    let options = cluster
+        .typed_extension_protocol_options
+        .get(services::HTTP_PROTOCOL_OPTIONS)
+        .expect("upstream HTTP options");
+    let options = HttpProtocolOptions::decode(options.value.as_slice()).expect("decodes");
+    let Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(downstream)) =
+        options.upstream_protocol_options
+    else {
+        panic!("the upstream does not follow the downstream protocol: {options:?}");
+    };
+    assert!(downstream.http_protocol_options.is_some());
+    assert!(
+        downstream.http2_protocol_options.is_some(),
+        "h2c (gRPC) passes through as HTTP/2"
+    );
+    assert!(
+        snapshot
+            .get(ResourceType::Endpoint, PASSTHROUGH_CLUSTER)
+            .is_none(),
+        "the passthrough cluster has no endpoints to discover"
+    );
+}
+
+/// Whether `text` matches the whole of `pattern`, for the small patterns of these tests:
+/// literal characters, classes `[...]`, groups `(?:...)` with `|`, and `{m,n}` / `{n}`
+/// repetitions. A backtracking matcher, so the test does not depend on a regex engine crate.
+fn simple_full_match(pattern: &str, text: &str) -> bool {
+    let hir = regex_syntax::Parser::new()
+        .parse(pattern)
+        .expect("valid pattern");
+    matches_hir(&hir, text.as_bytes())
+        .into_iter()
+        .any(|rest| rest.is_empty())
+}
+
+/// Every remainder of `text` after `hir` matched a prefix of it.
+fn matches_hir<'t>(hir: &regex_syntax::hir::Hir, text: &'t [u8]) -> Vec<&'t [u8]> {
+    use regex_syntax::hir::{Class, HirKind};
+    match hir.kind() {
+        HirKind::Empty => vec![text],
+        HirKind::Literal(literal) => {
+            if text.starts_with(&literal.0) {
+                vec![&text[literal.0.len()..]]
+            } else {
+                Vec::new()
+            }
+        }
+        HirKind::Class(class) => {
+            let Some((&first, rest)) = text.split_first() else {
+                return Vec::new();
+            };
+            let hit = match class {
+                Class::Unicode(c) => c
+                    .ranges()
+                    .iter()
+                    .any(|r| r.start() <= char::from(first) && char::from(first) <= r.end()),
+                Class::Bytes(c) => c
+                    .ranges()
+                    .iter()
+                    .any(|r| r.start() <= first && first <= r.end()),
+            };
+            if hit {
+                vec![rest]
+            } else {
+                Vec::new()
+            }
+        }
+        HirKind::Capture(capture) => matches_hir(&capture.sub, text),
+        HirKind::Concat(parts) => {
+            let mut states = vec![text];
+            for part in parts {
+                states = states
+                    .into_iter()
+                    .flat_map(|state| matches_hir(part, state))
+                    .collect();
+            }
+            states
+        }
+        HirKind::Alternation(choices) => choices
+            .iter()
+            .flat_map(|choice| matches_hir(choice, text))
+            .collect(),
+        HirKind::Repetition(repetition) => {
+            let max = repetition.max.unwrap_or(u32::MAX);
+            let mut out = Vec::new();
+            let mut states = vec![text];
+            for count in 0..=max {
+                if count >= repetition.min {
+                    out.extend(states.iter().copied());
+                }
+                if count == max || states.is_empty() {
+                    break;
+                }
+                states = states
+                    .into_iter()
+                    .flat_map(|state| matches_hir(&repetition.sub, state))
+                    .collect();
+            }
+            out
+        }
+        HirKind::Look(_) => vec![text],
+    }
+}
+
+#[test]
 fn without_routes_a_service_port_goes_to_its_own_cluster() {
     let mesh = Rev::default().echo_services().compile();
     let routes = routes_of(&mesh, "mesh", "echo.mesh:80");
@@ -819,10 +982,11 @@ fn a_namespace_without_objects_still_reaches_every_service() {
         .service("shop", "cart", &[], &[("http", 80, None, None)])
         .compile();
     let snapshot = mesh.snapshot_for_key(&key("empty"));
-    assert_eq!(snapshot.resources(ResourceType::Cluster).len(), 10);
+    // Ten Service ports, and the passthrough cluster and virtual host.
+    assert_eq!(snapshot.resources(ResourceType::Cluster).len(), 11);
     assert_eq!(snapshot.resources(ResourceType::Endpoint).len(), 10);
     let config = route_config(&mesh, "empty");
-    assert_eq!(config.virtual_hosts.len(), 10);
+    assert_eq!(config.virtual_hosts.len(), 11);
     assert!(vhost(&config, "cart.shop:80")
         .domains
         .contains(&"cart.shop".to_string()));
