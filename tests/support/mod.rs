@@ -16,6 +16,7 @@ pub mod client;
 pub mod echo;
 pub mod envoy;
 pub mod git;
+pub mod grpc_echo;
 pub mod manifests;
 pub mod sluice;
 
