@@ -13,6 +13,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+pub mod conformance;
 pub mod echo;
 pub mod envoy;
 pub mod git;
