@@ -623,3 +623,62 @@ async fn a_signed_webhook_applies_a_commit_at_once_and_a_wrongly_signed_one_is_r
             >= 1.0
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// --cache-dir: a shallow fetch, kept across restarts.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_serves_the_cached_commit_while_the_remote_is_away() {
+    let remote = GitRemote::new();
+    let mut daemon = GitDaemon::start(remote.base());
+    let first = seed(&remote);
+    let cache = tempfile::tempdir().expect("temp dir");
+    let url = daemon.url("origin.git");
+    let args = [
+        "--repo",
+        &url,
+        "--path",
+        "mesh",
+        "--poll-interval",
+        "500ms",
+        "--cache-dir",
+        cache.path().to_str().expect("UTF-8"),
+    ];
+    {
+        let sluice = Sluice::start_args(&args, &[]).await;
+        wait_served(&sluice, &first, "the first commit").await;
+        remote.commit_file(ROUTE_FILE, &echo_split_route(50, 50), "50/50");
+        let second = remote.head();
+        wait_served(&sluice, &second, "the second commit").await;
+        // Back to the first commit: nothing to download, but the cache must remember it.
+        remote.force_push(&first);
+        wait_served(&sluice, &first, "the force-push back").await;
+    }
+    let repos: Vec<_> = std::fs::read_dir(cache.path())
+        .expect("read the cache dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(repos.len(), 1, "one cached repository: {repos:?}");
+    assert!(
+        repos[0].join("shallow").is_file(),
+        "the fetch was not shallow: no {}",
+        repos[0].join("shallow").display()
+    );
+
+    daemon.stop();
+    let sluice = Sluice::start_args(&args, &[]).await;
+    sluice.wait_ready().await;
+    let shown = wait_served(
+        &sluice,
+        &first,
+        "the cached commit while the remote is away",
+    )
+    .await;
+    assert!(shown["fetch"]["last_error"].is_string(), "{shown:#}");
+
+    daemon.restart();
+    let next = remote.commit_file(ROUTE_FILE, &echo_split_route(20, 80), "20/80");
+    let shown = wait_served(&sluice, &next, "a commit once the remote is back").await;
+    assert!(shown["fetch"]["last_error"].is_null(), "{shown:#}");
+}

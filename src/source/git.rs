@@ -166,7 +166,17 @@ impl GitSource {
                     self.metrics.source_errors.fetch_add(1, Relaxed);
                     failures = failures.saturating_add(1);
                     let message = err.to_string();
-                    if last_error.as_deref() != Some(message.as_str()) {
+                    // The remote is away at start-up, but an earlier run left its commit in
+                    // --cache-dir: serve that rather than nothing, and keep trying.
+                    let cached = match last {
+                        None => self.read_cached().await,
+                        Some(_) => None,
+                    };
+                    if let Some((commit, candidate)) = cached {
+                        warn!(repo = %repo, branch = %branch, commit = %commit, error = %message, "git fetch failed at start-up; serving the commit an earlier run fetched, and retrying");
+                        last = Some(commit);
+                        self.publish.send_replace(Some(Arc::new(candidate)));
+                    } else if last_error.as_deref() != Some(message.as_str()) {
                         warn!(repo = %repo, branch = %branch, failures, error = %message, "git fetch failed; serving the last good revision and retrying");
                     } else {
                         debug!(repo = %repo, branch = %branch, failures, error = %message, "git fetch failed again");
@@ -194,6 +204,20 @@ impl GitSource {
                 _ = crate::shutdown::drained(&mut shutdown) => return,
             }
         }
+    }
+
+    /// The commit an earlier run fetched into `--cache-dir`, read and loaded.
+    async fn read_cached(&self) -> Option<(ObjectId, Candidate)> {
+        let fetcher = self.fetcher.clone();
+        let scope = self.scope.clone();
+        let load = self.load.clone();
+        tokio::task::spawn_blocking(move || {
+            let (commit, repo) = fetcher.cached()?;
+            Some((commit, read_commit(&repo, commit, &scope, &load)))
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// One fetch, off the async threads. `Ok(None)`: the branch did not move since `last`.
@@ -240,19 +264,26 @@ fn sync(
     if last == Some(commit) {
         return Ok(None);
     }
+    Ok(Some((commit, read_commit(&repo, commit, scope, load))))
+}
+
+/// Reads and loads one commit: the candidate revision it makes.
+fn read_commit(
+    repo: &gix::Repository,
+    commit: ObjectId,
+    scope: &[String],
+    load: &LoadOptions,
+) -> Candidate {
     let seen_at = SystemTime::now();
-    let loaded = tree::commit_tree(&repo, commit)
+    let loaded = tree::commit_tree(repo, commit)
         .map_err(|message| vec![Diagnostic::error(Pos::default(), message)])
-        .and_then(|root| tree::read_tree(&repo, root, scope, load))
+        .and_then(|root| tree::read_tree(repo, root, scope, load))
         .and_then(|files| manifest::load_files(&files, load));
-    Ok(Some((
-        commit,
-        Candidate {
-            revision_id: commit.to_string(),
-            loaded: loaded.map(Arc::new),
-            seen_at,
-        },
-    )))
+    Candidate {
+        revision_id: commit.to_string(),
+        loaded: loaded.map(Arc::new),
+        seen_at,
+    }
 }
 
 /// The wait before retry number `failures` (1-based).

@@ -453,7 +453,38 @@ impl Fetcher {
                 message: format!("the remote did not send commit {commit}"),
             });
         }
+        // Remember what the remote's branch is now, including a rewind that needed no pack, so
+        // a restart with the same --cache-dir starts from it.
+        if let Err(err) = repo.reference(
+            self.tracking_ref().as_str(),
+            commit,
+            gix::refs::transaction::PreviousValue::Any,
+            "sluice: fetch",
+        ) {
+            tracing::debug!(error = %error_chain(&err), "cannot record the fetched commit in the cache");
+        }
         Ok((commit, repo))
+    }
+
+    fn tracking_ref(&self) -> String {
+        format!("refs/remotes/origin/{}", self.branch)
+    }
+
+    /// The commit the cache last fetched for the branch, from an earlier run with the same
+    /// `--cache-dir`; `None` for a local repository or an empty cache.
+    pub fn cached(&self) -> Option<(ObjectId, gix::Repository)> {
+        if !matches!(self.repo.location, Location::Remote(_)) || !self.cache.join("HEAD").is_file()
+        {
+            return None;
+        }
+        let repo = gix::open_opts(&self.cache, gix::open::Options::isolated()).ok()?;
+        let commit = repo
+            .try_find_reference(self.tracking_ref().as_str())
+            .ok()??
+            .peel_to_id()
+            .ok()?
+            .detach();
+        repo.has_object(commit).then_some((commit, repo))
     }
 }
 
