@@ -13,7 +13,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use support::{
-    echo_split_route, free_port, wait_for, wait_until, GitDaemon, GitRemote, Sluice, ECHO_SERVICES,
+    echo_split_route, free_port, wait_for, wait_until, GitDaemon, GitHttpServer, GitRemote, Sluice,
+    ECHO_SERVICES,
 };
 
 /// How long a change may take to show. Generous: these tests check what is shown, not how
@@ -121,6 +122,32 @@ async fn follows_commits_reverts_and_force_pushes_over_git_daemon() {
 async fn follows_commits_reverts_and_force_pushes_over_file_url() {
     let remote = GitRemote::new();
     follows_the_branch(&remote, &remote.file_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_commits_reverts_and_force_pushes_over_smart_http() {
+    let remote = GitRemote::new();
+    let server = GitHttpServer::start(remote.base(), false).await;
+    follows_the_branch(&remote, &server.url("origin.git")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_http_repository_without_credentials_says_what_to_do() {
+    let remote = GitRemote::new();
+    seed(&remote);
+    let server = GitHttpServer::start(remote.base(), true).await;
+    let sluice = serve(&server.url("origin.git"), &[]).await;
+    let (status, body) = wait_for(TIMEOUT, "/readyz to explain the refusal", || async {
+        let (status, body) = sluice.get("/readyz").await.ok()?;
+        body["reason"]
+            .as_str()?
+            .contains("authentication required")
+            .then_some((status, body))
+    })
+    .await;
+    assert_eq!(status, 503, "{body}");
+    let reason = body["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("--git-credentials-file"), "{reason}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -284,3 +284,145 @@ impl Drop for GitDaemon {
         }
     }
 }
+
+/// Git's smart HTTP protocol on loopback: `git http-backend` run as a CGI program for every
+/// request, serving every repository below a folder at `http://127.0.0.1:PORT/NAME`. With
+/// `require_auth`, every request without an `Authorization` header gets 401, as a private
+/// repository answers. Stops on drop.
+pub struct GitHttpServer {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl GitHttpServer {
+    pub async fn start(base: &Path, require_auth: bool) -> GitHttpServer {
+        use axum::body::Bytes;
+        use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+        use axum::response::IntoResponse;
+
+        let backend = git_exec_path().join("git-http-backend");
+        let base = base.to_path_buf();
+        let app = axum::Router::new().fallback(
+            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let (backend, base) = (backend.clone(), base.clone());
+                async move {
+                    if require_auth && !headers.contains_key(header::AUTHORIZATION) {
+                        return (
+                            StatusCode::UNAUTHORIZED,
+                            [(header::WWW_AUTHENTICATE, "Basic realm=\"git\"")],
+                            "authentication required",
+                        )
+                            .into_response();
+                    }
+                    match run_cgi(&backend, &base, &method, &uri, &headers, &body).await {
+                        Ok(response) => response,
+                        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+                    }
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the git http server");
+        let addr = listener.local_addr().expect("local address");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        GitHttpServer { addr, task }
+    }
+
+    /// `http://127.0.0.1:PORT/NAME`
+    pub fn url(&self, name: &str) -> String {
+        format!("http://{}/{name}", self.addr)
+    }
+}
+
+impl Drop for GitHttpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One CGI request to `git http-backend`.
+async fn run_cgi(
+    backend: &Path,
+    base: &Path,
+    method: &axum::http::Method,
+    uri: &axum::http::Uri,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Result<axum::response::Response, String> {
+    use axum::http::StatusCode;
+    use tokio::io::AsyncWriteExt as _;
+
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mut child = tokio::process::Command::new(backend)
+        .env("GIT_PROJECT_ROOT", base)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("REQUEST_METHOD", method.as_str())
+        .env("PATH_INFO", uri.path())
+        .env("QUERY_STRING", uri.query().unwrap_or_default())
+        .env("CONTENT_TYPE", header("content-type"))
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
+        .env("GIT_PROTOCOL", header("git-protocol"))
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawn git http-backend: {e}"))?;
+    let mut stdin = child.stdin.take().ok_or("no stdin")?;
+    stdin
+        .write_all(body)
+        .await
+        .map_err(|e| format!("write the request body: {e}"))?;
+    drop(stdin);
+    let output = child
+        .wait_with_output()
+        .await
+        .map_err(|e| format!("run git http-backend: {e}"))?;
+    let out = output.stdout;
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, i + 4))
+        .or_else(|| {
+            out.windows(2)
+                .position(|w| w == b"\n\n")
+                .map(|i| (i, i + 2))
+        })
+        .ok_or("git http-backend printed no headers")?;
+    let head = String::from_utf8_lossy(&out[..split.0]).into_owned();
+    let mut response =
+        axum::response::Response::new(axum::body::Body::from(out[split.1..].to_vec()));
+    for line in head.lines() {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("status") {
+            let code: u16 = value
+                .split_whitespace()
+                .next()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(500);
+            *response.status_mut() =
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        } else if let (Ok(name), Ok(value)) = (
+            axum::http::HeaderName::from_bytes(name.trim().as_bytes()),
+            axum::http::HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    Ok(response)
+}

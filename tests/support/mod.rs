@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 pub use client::{send, MeshClient};
 pub use echo::EchoServer;
 pub use envoy::{Envoy, Protocol, Sidecar};
-pub use git::{GitDaemon, GitRemote};
+pub use git::{GitDaemon, GitHttpServer, GitRemote};
 pub use manifests::{echo_split_route, ManifestDir, ECHO_SERVICES};
 pub use sluice::Sluice;
 
