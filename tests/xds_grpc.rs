@@ -6,6 +6,8 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -183,7 +185,18 @@ async fn delta_sync(delta: &mut Delta, id: &str) -> DeltaDiscoveryResponse {
         "the first CDS response is complete"
     );
     delta.ack(&cds).await;
-    let clusters: Vec<String> = cds.resources.iter().map(|r| r.name.clone()).collect();
+    // Like Envoy, ask for the endpoints of EDS clusters only (not of the passthrough cluster).
+    let clusters: Vec<String> = cds
+        .resources
+        .iter()
+        .filter(|r| {
+            let cluster = Cluster::decode(r.resource.as_ref().expect("a body").value.as_slice())
+                .expect("a Cluster");
+            cluster.cluster_discovery_type
+                == Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32))
+        })
+        .map(|r| r.name.clone())
+        .collect();
     let names: Vec<&str> = clusters.iter().map(String::as_str).collect();
     let eds = delta.subscribe(EDS, &names, None).await;
     assert_eq!(
@@ -371,7 +384,11 @@ async fn sotw_stream_syncs_and_a_nack_is_not_resent() {
     tx.send(first).await.expect("send");
     let cds: DiscoveryResponse = next(&mut rx).await;
     assert_eq!(cds.type_url, CDS);
-    assert_eq!(cds.resources.len(), 3, "one cluster per Service port");
+    assert_eq!(
+        cds.resources.len(),
+        4,
+        "one cluster per Service port, and the passthrough"
+    );
     assert!(!cds.version_info.is_empty());
     tx.send(request(CDS, &[], &cds.version_info, &cds.nonce))
         .await
