@@ -676,6 +676,22 @@ mod tests {
     }
 
     #[test]
+    fn credential_requests_get_the_account_and_nothing_is_stored() {
+        use gix::credentials::helper::Action;
+        let account = Account {
+            username: "bot".into(),
+            password: "s3cret".into(),
+        };
+        let get = || Action::get_for_url("https://example.com/org/mesh.git");
+        let outcome = answer(Some(&account), get()).expect("an identity for Get");
+        assert_eq!(outcome.identity.username, "bot");
+        assert_eq!(outcome.identity.password, "s3cret");
+        assert!(answer(None, get()).is_none(), "no account, no identity");
+        let store = outcome.next.store();
+        assert!(answer(Some(&account), store).is_none());
+    }
+
+    #[test]
     fn ssh_command_checks_host_keys_and_uses_only_the_key_given() {
         let plain = Ssh::default().command();
         assert!(plain.contains("StrictHostKeyChecking=yes") && plain.contains("BatchMode=yes"));
