@@ -20,6 +20,7 @@ use crate::source::dir::DirSource;
 use crate::source::git::{self, Credentials, GitOptions, GitSource, Repo, Ssh};
 use crate::source::webhook::{self, Secret, WebhookConfig, WebhookMetrics};
 use crate::source::{CandidateSender, FetchStatus};
+use crate::xds::csds::CsdsServer;
 use crate::xds::server::{AdsServer, Shared, Streams};
 
 /// How long a drain waits for streams and listeners to close before the process exits anyway.
@@ -203,6 +204,7 @@ async fn run_xds(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .tcp_keepalive(Some(Duration::from_secs(60)))
         .max_concurrent_streams(Some(64))
+        .add_service(CsdsServer::new(shared.streams.clone()).into_service())
         .add_service(AdsServer::new(shared).into_service())
         .serve_with_incoming_shutdown(incoming, async move { drained(&mut shutdown).await })
         .await;

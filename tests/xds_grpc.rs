@@ -465,3 +465,109 @@ async fn a_first_request_without_node_is_refused_with_a_clear_status() {
         .expect("healthz answers");
     assert_eq!(healthz.status(), 200);
 }
+
+#[tokio::test]
+async fn client_status_discovery_reports_each_sidecar_and_resource() {
+    use envoy_types::pb::envoy::r#type::matcher::v3::{
+        string_matcher::MatchPattern, NodeMatcher, StringMatcher,
+    };
+    use envoy_types::pb::envoy::service::status::v3::client_status_discovery_service_client::ClientStatusDiscoveryServiceClient;
+    use envoy_types::pb::envoy::service::status::v3::{ClientStatusRequest, ConfigStatus};
+
+    let (_dir, sluice) = mesh().await;
+    let mut delta = Delta::open(&sluice).await;
+    delta_sync(&mut delta, "csds-node").await;
+    sluice.wait_synced("csds-node").await;
+
+    let mut csds =
+        ClientStatusDiscoveryServiceClient::connect(format!("http://{}", sluice.xds_addr()))
+            .await
+            .expect("connect to CSDS on the xDS listener");
+    let by_id = |id: &str| ClientStatusRequest {
+        node_matchers: vec![NodeMatcher {
+            node_id: Some(StringMatcher {
+                ignore_case: false,
+                match_pattern: Some(MatchPattern::Exact(id.to_string())),
+            }),
+            node_metadatas: vec![],
+        }],
+        ..Default::default()
+    };
+
+    // Unary.
+    let response = csds
+        .fetch_client_status(by_id("csds-node"))
+        .await
+        .expect("fetch_client_status")
+        .into_inner();
+    assert_eq!(response.config.len(), 1);
+    let config = &response.config[0];
+    assert_eq!(
+        config.node.as_ref().map(|n| n.id.as_str()),
+        Some("csds-node")
+    );
+    let route = config
+        .generic_xds_configs
+        .iter()
+        .find(|c| c.type_url == RDS && c.name == "sluice_outbound")
+        .expect("the route configuration is reported");
+    assert_eq!(route.config_status, ConfigStatus::Synced as i32);
+    assert!(!route.version_info.is_empty());
+    assert!(
+        route.xds_config.is_some(),
+        "contents are included unless excluded"
+    );
+    for type_url in [CDS, EDS, LDS, RDS] {
+        assert!(
+            config
+                .generic_xds_configs
+                .iter()
+                .any(|c| c.type_url == type_url),
+            "{type_url} missing"
+        );
+    }
+
+    // Streaming, with contents excluded; an unknown node gives an empty answer.
+    let (tx, requests) = mpsc::channel(4);
+    let mut answers = csds
+        .stream_client_status(ReceiverStream::new(requests))
+        .await
+        .expect("stream_client_status")
+        .into_inner();
+    let mut excluded = by_id("csds-node");
+    excluded.exclude_resource_contents = true;
+    tx.send(excluded).await.expect("send");
+    let answer = next(&mut answers).await;
+    assert!(answer.config[0]
+        .generic_xds_configs
+        .iter()
+        .all(|c| c.xds_config.is_none()));
+    tx.send(by_id("nobody")).await.expect("send");
+    assert!(next(&mut answers).await.config.is_empty());
+}
+
+#[tokio::test]
+async fn sigterm_closes_streams_and_exits_0() {
+    let (_dir, mut sluice) = mesh().await;
+    let mut delta = Delta::open(&sluice).await;
+    delta_sync(&mut delta, "drain-node").await;
+
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &sluice.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    // The stream ends at once (closed or failed), so the sidecar reconnects elsewhere.
+    let ended = tokio::time::timeout(Duration::from_secs(5), delta.rx.message())
+        .await
+        .expect("the stream ends within the drain");
+    assert!(
+        !matches!(ended, Ok(Some(_))),
+        "unexpected response: {ended:?}"
+    );
+    support::wait_until(Duration::from_secs(10), "sluice exits", || {
+        std::future::ready(!sluice.is_running())
+    })
+    .await;
+    assert_eq!(sluice.exit_code(), Some(0), "{}", sluice.full_log());
+}

@@ -121,6 +121,15 @@ impl Sluice {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// The exit code once the process has exited; `None` while it runs or when a signal ended it.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        self.child
+            .try_wait()
+            .ok()
+            .flatten()
+            .and_then(|status| status.code())
+    }
+
     /// Everything the process logged so far.
     pub fn full_log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
