@@ -13,7 +13,7 @@ use crate::cli::ServeArgs;
 use crate::debug::{self, DebugState};
 use crate::manifest::LoadOptions;
 use crate::metrics::Metrics;
-use crate::publisher::{Publisher, SourceStatus};
+use crate::publisher::{Publisher, SourceStatus, Warmup};
 use crate::registry::Registry;
 use crate::shutdown::drained;
 use crate::source::dir::DirSource;
@@ -150,6 +150,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         status: status_tx,
         metrics: metrics.clone(),
         streams: streams.clone(),
+        warmup: Warmup {
+            min: args.startup_warmup,
+            settle: Duration::from_millis(300),
+            max: args.startup_warmup.max(args.endpoint_grace),
+        },
     };
     let shared = Arc::new(Shared::new(
         view.clone(),

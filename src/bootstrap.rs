@@ -188,6 +188,12 @@ dynamic_resources:
     grpc_services:
     - envoy_grpc:
         cluster_name: {xds_cluster}
+        # Reconnect within a second of Sluice coming back (Envoy's default backs off to 30 s),
+        # so a control-plane restart resyncs every sidecar at once. Jittered by Envoy.
+        retry_policy:
+          retry_back_off:
+            base_interval: 0.25s
+            max_interval: 1s
   cds_config:
     ads: {{}}
     resource_api_version: V3

@@ -88,6 +88,12 @@ pub struct ServeArgs {
     /// How long a disconnected sidecar's endpoints stay.
     #[arg(long, env = "SLUICE_ENDPOINT_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub endpoint_grace: Duration,
+    /// How long after start-up to gather reconnecting sidecars before the first revision is
+    /// served, so a restart never hands a sidecar endpoint sets that miss its peers. Serving
+    /// waits at least this long and until no new sidecar appeared for 300ms, at most
+    /// `--endpoint-grace`.
+    #[arg(long, env = "SLUICE_STARTUP_WARMUP", default_value = "1s", value_parser = parse_duration)]
+    pub startup_warmup: Duration,
     /// Serve a revision that holds no Service at all (it deletes the whole mesh).
     #[arg(long, env = "SLUICE_ALLOW_EMPTY")]
     pub allow_empty: bool,

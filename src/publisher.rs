@@ -75,13 +75,55 @@ pub struct Publisher {
     pub status: watch::Sender<SourceStatus>,
     pub metrics: Arc<Metrics>,
     pub streams: Arc<Streams>,
+    /// How long to gather reconnecting sidecars before the first publish.
+    pub warmup: Warmup,
+}
+
+/// The start-up wait before the first publish.
+///
+/// Endpoints come partly from connected sidecars, and after a restart Sluice knows none of them
+/// until they reconnect. Publishing at once would hand the first reconnecting sidecar endpoint
+/// sets without the others, which drains traffic to them. Sidecars keep their last config while
+/// they wait, so waiting costs nothing: the first publish happens once `min` has passed and no
+/// new sidecar endpoint appeared for `settle`, and at the latest at `max`.
+#[derive(Clone, Copy, Debug)]
+pub struct Warmup {
+    pub min: Duration,
+    pub settle: Duration,
+    pub max: Duration,
 }
 
 impl Publisher {
+    /// Waits out the start-up [`Warmup`], watching sidecar endpoints arrive.
+    async fn warm_up(&mut self, started: tokio::time::Instant) {
+        let max = started + self.warmup.max;
+        let mut quiet_from = started;
+        loop {
+            let until = (started + self.warmup.min)
+                .max(quiet_from + self.warmup.settle)
+                .min(max);
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return,
+                changed = self.workloads.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    quiet_from = tokio::time::Instant::now();
+                }
+            }
+        }
+    }
+
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         // The last revision that compiled, with its id, and the mesh built from it.
         let mut good: Option<(String, Arc<Revision>)> = None;
         let mut served: Option<Arc<Mesh>> = None;
+        let started = tokio::time::Instant::now();
+        tokio::select! {
+            _ = self.warm_up(started) => {}
+            _ = crate::shutdown::drained(&mut shutdown) => return,
+        }
+        info!(waited = ?started.elapsed(), sidecars = self.workloads.borrow().by_node.len(), "start-up warm-up over");
         loop {
             tokio::select! {
                 _ = crate::shutdown::drained(&mut shutdown) => return,

@@ -219,6 +219,13 @@ impl DeltaStream {
         };
         let answer = state.must_answer && t.is_wildcard_type() && state.subscribed();
         if added.is_empty() && removed.is_empty() && !answer {
+            if state.status.sent_version.is_none() && !suppressed && !state.held.is_empty() {
+                // A reconnecting client declared exactly what it should hold (rule 23): nothing
+                // is sent, and it is in sync with this snapshot, which the debug API must show.
+                let version = response_version(&snapshot.revision, &hash);
+                state.status.sent_version = Some(version.clone());
+                state.status.acked_version = Some(version);
+            }
             return None;
         }
         Some(Plan {
@@ -1084,6 +1091,8 @@ mod tests {
         let mut first = request(E, &["a", "b"], &[], "");
         first.initial_resource_versions = held(E);
         assert!(h2.request(first).responses.is_empty());
+        // ...and the debug API shows that client as in sync, not as never sent.
+        assert_eq!(h2.stream.status(E).state(), SyncState::Synced);
     }
 
     #[test]

@@ -1,6 +1,5 @@
 //! A real `sluice serve` process (`--dir` or `--repo`), on its own loopback address.
 
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,6 +21,9 @@ pub struct Sluice {
     debug: SocketAddr,
     log: PathBuf,
     http: reqwest::Client,
+    /// The `serve` arguments and environment, kept for [`Sluice::restart`].
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
     _tmp: tempfile::TempDir,
 }
 
@@ -50,19 +52,12 @@ impl Sluice {
             .tempdir()
             .expect("temp dir");
         let log = tmp.path().join("sluice.log");
-        let stderr = File::create(&log).expect("create sluice log");
-        let child = Command::new(sluice_path())
-            .arg("serve")
-            .args(args)
-            .args(["--xds-listen", &xds.to_string()])
-            .args(["--debug-listen", &debug.to_string()])
-            .env("RUST_LOG", "info")
-            .envs(envs.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(stderr.try_clone().expect("clone log file"))
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn sluice serve");
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let envs: Vec<(String, String)> = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let child = spawn(&args, &envs, xds, debug, &log);
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(10))
@@ -74,15 +69,22 @@ impl Sluice {
             debug,
             log,
             http,
+            args,
+            envs,
             _tmp: tmp,
         };
+        sluice.wait_healthy().await;
+        sluice
+    }
+
+    async fn wait_healthy(&mut self) {
         let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
         loop {
-            if let Some(status) = sluice.child.try_wait().expect("wait for sluice") {
+            if let Some(status) = self.child.try_wait().expect("wait for sluice") {
                 // Drop prints the log.
                 panic!("sluice serve exited with {status} before answering /healthz");
             }
-            if matches!(sluice.get("/healthz").await, Ok((200, _))) {
+            if matches!(self.get("/healthz").await, Ok((200, _))) {
                 break;
             }
             assert!(
@@ -91,7 +93,29 @@ impl Sluice {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        sluice
+    }
+
+    /// `kill -9`: the process dies without draining anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, `TERM`) to the process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Starts the same `serve` again on the same addresses (after [`Sluice::kill`]), appending
+    /// to the same log, and waits until `/healthz` answers.
+    pub async fn restart(&mut self) {
+        assert!(!self.is_running(), "restart() needs the old process gone");
+        self.child = spawn(&self.args, &self.envs, self.xds, self.debug, &self.log);
+        self.wait_healthy().await;
     }
 
     /// Waits until `/readyz` answers 200: a first revision is compiled and served.
@@ -206,4 +230,30 @@ impl Drop for Sluice {
             );
         }
     }
+}
+
+fn spawn(
+    args: &[String],
+    envs: &[(String, String)],
+    xds: SocketAddr,
+    debug: SocketAddr,
+    log: &Path,
+) -> Child {
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open sluice log");
+    Command::new(sluice_path())
+        .arg("serve")
+        .args(args)
+        .args(["--xds-listen", &xds.to_string()])
+        .args(["--debug-listen", &debug.to_string()])
+        .env("RUST_LOG", "info")
+        .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(stderr.try_clone().expect("clone log file"))
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn sluice serve")
 }
