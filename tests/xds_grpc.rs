@@ -571,3 +571,75 @@ async fn sigterm_closes_streams_and_exits_0() {
     .await;
     assert_eq!(sluice.exit_code(), Some(0), "{}", sluice.full_log());
 }
+
+/// Rule 15: a sidecar that stops reading gets the newest configuration when it reads again, not
+/// a backlog, and never delays the others.
+#[tokio::test]
+async fn rule_15_a_stuck_sidecar_gets_the_newest_config_not_a_backlog() {
+    // Enough Services that each route configuration is large: the transport's flow-control
+    // windows fill after a few responses, so the stuck stream really stops taking data.
+    let mut many = String::from(SERVICES);
+    for i in 0..300 {
+        many.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: filler-{i}, namespace: default}}\nspec:\n  selector: {{app: filler-{i}}}\n  ports: [{{name: http, port: 80, targetPort: 8080, appProtocol: http}}]\n"
+        ));
+    }
+    let dir = ManifestDir::new();
+    dir.write("services.yaml", &many);
+    dir.write("route.yaml", &route(99, 1));
+    let sluice = Sluice::start(dir.path()).await;
+    sluice.wait_ready().await;
+
+    // A small receive window, as a sidecar that stops reading its socket has.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", sluice.xds_addr()))
+        .expect("endpoint")
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .expect("connect");
+    let (tx, requests) = mpsc::channel(16);
+    let rx = AggregatedDiscoveryServiceClient::new(channel)
+        .delta_aggregated_resources(ReceiverStream::new(requests))
+        .await
+        .expect("delta stream opens")
+        .into_inner();
+    let mut stuck = Delta { tx, rx };
+    delta_sync(&mut stuck, "stuck").await;
+    let mut live = Delta::open(&sluice).await;
+    delta_sync(&mut live, "live").await;
+
+    // The stuck sidecar reads nothing while 30 changes land; the live one follows each at once.
+    let changes = 30;
+    for i in 2..=changes + 1 {
+        dir.write("route.yaml", &route(100 - i, i));
+        let update = next(&mut live.rx).await;
+        assert_eq!(
+            weights(&update),
+            vec![100 - i, i],
+            "the live sidecar follows every change"
+        );
+        live.ack(&update).await;
+    }
+
+    // Reading again: a few responses at most were in flight, and the last is the newest config.
+    let mut received = Vec::new();
+    while let Ok(Ok(Some(response))) =
+        tokio::time::timeout(Duration::from_millis(1500), stuck.rx.message()).await
+    {
+        received.push(response);
+    }
+    eprintln!(
+        "the stuck sidecar received {} responses for {changes} changes",
+        received.len()
+    );
+    let last = received
+        .last()
+        .expect("the stuck sidecar gets the newest config");
+    assert_eq!(weights(last), vec![100 - (changes + 1), changes + 1]);
+    assert!(
+        received.len() < changes as usize / 2,
+        "a backlog of {} responses for {changes} changes",
+        received.len()
+    );
+}
