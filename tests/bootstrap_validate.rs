@@ -4,31 +4,18 @@
 //! Envoy comes from `SLUICE_ENVOY`, else `.venv/bin/envoy` (installed by `scripts/test`). A
 //! missing Envoy fails the tests: a skipped check would read as a passed one.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use envoy_types::pb::envoy::config::core::v3::{Locality, Node};
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as PbValue};
 use serde_json::Value;
 use sluice::bootstrap::{node_info_from_proto, render, BootstrapOptions, XdsProtocol};
 use sluice::node::NodeInfo;
-
-fn envoy_path() -> PathBuf {
-    let path = match std::env::var_os("SLUICE_ENVOY") {
-        Some(path) if !path.is_empty() => PathBuf::from(path),
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/envoy"),
-    };
-    assert!(
-        path.is_file(),
-        "no Envoy at {}: run scripts/test to install Envoy (or set SLUICE_ENVOY)",
-        path.display()
-    );
-    path
-}
+use support::envoy_path;
+use support::static_envoy::StaticEnvoy;
 
 fn options(protocol: XdsProtocol) -> BootstrapOptions {
     BootstrapOptions {
@@ -132,60 +119,6 @@ fn validation_catches_a_broken_bootstrap() {
     assert!(!status.success(), "Envoy accepted an unknown field");
 }
 
-/// An Envoy process that is killed when the test ends, however it ends.
-struct Envoy {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Envoy {
-    fn start(dir: &Path, bootstrap: &str) -> (Envoy, SocketAddr) {
-        let config = dir.join("bootstrap.yaml");
-        std::fs::write(&config, bootstrap).expect("write bootstrap");
-        let admin_path = dir.join("admin-address");
-        let log = dir.join("envoy.log");
-        let log_file = File::create(&log).expect("create log");
-        let child = Command::new(envoy_path())
-            .args(["--disable-hot-restart", "--concurrency", "1"])
-            .args(["--log-level", "warning", "-c"])
-            .arg(&config)
-            .arg("--admin-address-path")
-            .arg(&admin_path)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("clone log handle"))
-            .stderr(log_file)
-            .spawn()
-            .expect("start envoy");
-        let envoy = Envoy { child, log };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(admin) = std::fs::read_to_string(&admin_path)
-                .ok()
-                .and_then(|text| text.trim().parse::<SocketAddr>().ok())
-            {
-                return (envoy, admin);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Envoy wrote no admin address within 20s; its log:\n{}",
-                envoy.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
 /// Converts the proto JSON of a `google.protobuf.Struct` back into the proto.
 fn struct_from_json(json: &Value) -> Struct {
     fn value(json: &Value) -> PbValue {
@@ -221,7 +154,7 @@ async fn the_node_survives_envoys_yaml_parser() {
         admin_listen: "127.0.0.1:0".parse().expect("valid address"),
         ..options(XdsProtocol::Delta)
     };
-    let (envoy, admin) = Envoy::start(dir.path(), &render(&opts).expect("renders"));
+    let (envoy, admin) = StaticEnvoy::start(dir.path(), &render(&opts).expect("renders"));
 
     let url = format!(
         "http://{admin}/config_dump?mask=bootstrap.node.id,bootstrap.node.metadata,bootstrap.node.locality"

@@ -11,10 +11,9 @@
 //! Envoy comes from `SLUICE_ENVOY`, else `.venv/bin/envoy` (installed by `scripts/test`). A
 //! missing Envoy fails the test.
 
-use std::fs::File;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use envoy_types::pb::envoy::config::accesslog::v3::{access_log, AccessLog};
@@ -55,19 +54,7 @@ use serde_json::Value;
 use sluice::bootstrap::XdsProtocol;
 use sluice::debug::config_dump::{config_dump, AckedType, AckedVersions};
 use sluice::xds::resource::{Resource, ResourceType, Snapshot};
-
-fn envoy_path() -> PathBuf {
-    let path = match std::env::var_os("SLUICE_ENVOY") {
-        Some(path) if !path.is_empty() => PathBuf::from(path),
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/envoy"),
-    };
-    assert!(
-        path.is_file(),
-        "no Envoy at {}: run scripts/test to install Envoy (or set SLUICE_ENVOY)",
-        path.display()
-    );
-    path
-}
+use support::static_envoy::StaticEnvoy;
 
 fn any<M: Message + Name>(message: &M) -> Any {
     Any {
@@ -463,60 +450,6 @@ fn write_response(path: &Path, resource_type: ResourceType, version: &str, resou
     std::fs::write(path, response.encode_to_vec()).expect("write discovery response");
 }
 
-/// An Envoy process that is killed when the test ends, however it ends.
-struct Envoy {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Envoy {
-    fn start(dir: &Path, bootstrap: &str) -> (Envoy, SocketAddr) {
-        let config = dir.join("bootstrap.yaml");
-        std::fs::write(&config, bootstrap).expect("write bootstrap");
-        let admin_path = dir.join("admin-address");
-        let log = dir.join("envoy.log");
-        let log_file = File::create(&log).expect("create log");
-        let child = Command::new(envoy_path())
-            .args(["--disable-hot-restart", "--concurrency", "1"])
-            .args(["--log-level", "warning", "-c"])
-            .arg(&config)
-            .arg("--admin-address-path")
-            .arg(&admin_path)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("clone log handle"))
-            .stderr(log_file)
-            .spawn()
-            .expect("start envoy");
-        let envoy = Envoy { child, log };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(admin) = std::fs::read_to_string(&admin_path)
-                .ok()
-                .and_then(|text| text.trim().parse::<SocketAddr>().ok())
-            {
-                return (envoy, admin);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Envoy wrote no admin address within 20s; its log:\n{}",
-                envoy.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
 /// Envoy's dump section of the given `@type`.
 fn section<'a>(dump: &'a Value, dump_type: &str) -> &'a Value {
     let type_url = format!("type.googleapis.com/envoy.admin.v3.{dump_type}");
@@ -637,7 +570,7 @@ dynamic_resources:
         cds = dir.join("cds.pb").display(),
         lds = dir.join("lds.pb").display(),
     );
-    let (envoy, admin) = Envoy::start(dir, &bootstrap);
+    let (envoy, admin) = StaticEnvoy::start(dir, &bootstrap);
 
     // Wait until Envoy has applied every type: listeners and clusters warm on RDS and EDS.
     let url = format!("http://{admin}/config_dump?include_eds");

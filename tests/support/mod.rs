@@ -20,6 +20,7 @@ pub mod git;
 pub mod grpc_echo;
 pub mod manifests;
 pub mod sluice;
+pub mod static_envoy;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
