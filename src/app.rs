@@ -175,7 +175,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let registry_task = tokio::spawn(registry.run());
     let source_task = tokio::spawn(source.run(shutdown.clone()));
     let publisher_task = tokio::spawn(publisher.run(shutdown.clone()));
-    let xds_task = tokio::spawn(run_xds(xds_listener, shared, shutdown.clone()));
+    let keepalive = (args.xds_keepalive_interval, args.xds_keepalive_timeout);
+    let xds_task = tokio::spawn(run_xds(xds_listener, shared, keepalive, shutdown.clone()));
     let debug_task = tokio::spawn(run_debug(debug_listener, debug_state, shutdown.clone()));
     let webhook_task = webhook.map(|(listener, router, _)| {
         tokio::spawn(webhook::run(listener, router, shutdown.clone()))
@@ -201,12 +202,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_xds(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+async fn run_xds(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    (keepalive_interval, keepalive_timeout): (Duration, Duration),
+    mut shutdown: watch::Receiver<bool>,
+) {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let result = tonic::transport::Server::builder()
         // Keepalives notice half-open streams of sidecars that vanished without a FIN.
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .http2_keepalive_interval(Some(keepalive_interval))
+        .http2_keepalive_timeout(Some(keepalive_timeout))
         .tcp_keepalive(Some(Duration::from_secs(60)))
         .max_concurrent_streams(Some(64))
         .add_service(CsdsServer::new(shared.streams.clone()).into_service())

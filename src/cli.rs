@@ -85,6 +85,13 @@ pub struct ServeArgs {
     /// File holding the webhook secret (the one the Git host signs hooks with).
     #[arg(long, env = "SLUICE_WEBHOOK_SECRET_FILE")]
     pub webhook_secret_file: Option<PathBuf>,
+    /// How often the xDS server pings an idle sidecar connection (HTTP/2 keepalive), so a
+    /// sidecar that vanished without closing its connection is noticed.
+    #[arg(long, env = "SLUICE_XDS_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub xds_keepalive_interval: Duration,
+    /// How long a keepalive ping may go unanswered before the connection is closed.
+    #[arg(long, env = "SLUICE_XDS_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub xds_keepalive_timeout: Duration,
     /// How long a disconnected sidecar's endpoints stay.
     #[arg(long, env = "SLUICE_ENDPOINT_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub endpoint_grace: Duration,

@@ -259,3 +259,48 @@ async fn sigstop_30s_fails_no_request_delta() {
 async fn sigstop_30s_fails_no_request_sotw() {
     stop_and_continue(Protocol::Sotw).await;
 }
+
+/// Rule 14: a sidecar that vanishes without closing its connection (here: a stopped Envoy, whose
+/// kernel still holds the TCP connection open) is noticed by the server's keepalive and leaves
+/// `/debug/syncz` within the keepalive budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_14_a_sidecar_gone_without_fin_leaves_syncz_within_the_keepalive_budget() {
+    let manifests = ManifestDir::new();
+    manifests.write("services.yaml", ECHO_SERVICES);
+    let sluice = Sluice::start_with(
+        manifests.path(),
+        &[
+            "--xds-keepalive-interval",
+            "1s",
+            "--xds-keepalive-timeout",
+            "1s",
+        ],
+    )
+    .await;
+    sluice.wait_ready().await;
+    let envoy = Sidecar::new("silent", sluice.xds_addr(), Protocol::Delta)
+        .start()
+        .await;
+    sluice.wait_synced("silent").await;
+
+    let stop = |signal: &str| {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), envoy.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal}");
+    };
+    stop("STOP");
+    let stopped = Instant::now();
+    wait_until(
+        Duration::from_secs(20),
+        "the silent sidecar to leave /debug/syncz",
+        || async { matches!(sluice.syncz_node("silent").await, Ok(None)) },
+    )
+    .await;
+    let gone_after = stopped.elapsed();
+    stop("CONT");
+    eprintln!("a silent sidecar left /debug/syncz {gone_after:?} after it stopped answering");
+    // Keepalive interval + timeout is 2 s; allow for the ping schedule and a loaded machine.
+    assert!(gone_after < Duration::from_secs(10), "took {gone_after:?}");
+}
