@@ -17,7 +17,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,13 +24,12 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::Value;
 
+use support::workload::Workload;
 use support::{
-    echo_split_route, loopback_ip, wait_for, wait_until, EchoServer, Envoy, GitDaemon, GitRemote,
-    MeshClient, Protocol, Sidecar, Sluice, ECHO_SERVICES, STARTUP_TIMEOUT,
+    echo_split_route, wait_for, wait_until, GitDaemon, GitRemote, MeshClient, Protocol, Sidecar,
+    Sluice, ECHO_SERVICES, STARTUP_TIMEOUT,
 };
 
-/// The port every echo server listens on: the Services' `targetPort`.
-const ECHO_PORT: u16 = 8080;
 const POLL: &str = "500ms";
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// How long after a push the traffic must have followed it.
@@ -44,28 +42,6 @@ const PHASE: usize = 400;
 const ROUTE_FILE: &str = "mesh/routes/echo.yaml";
 /// Not YAML: a mapping value where none may start, on line 4.
 const BROKEN_YAML: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: broken: here\n";
-
-/// One echo workload: the app and its sidecar, on one loopback address.
-struct Workload {
-    _envoy: Envoy,
-    _echo: EchoServer,
-}
-
-impl Workload {
-    async fn start(name: &str, labels: &str, sluice: &Sluice, protocol: Protocol) -> Workload {
-        let ip = loopback_ip();
-        let echo = EchoServer::start(name, SocketAddr::from((ip, ECHO_PORT))).await;
-        let envoy = Sidecar::new(name, sluice.xds_addr(), protocol)
-            .labels(labels)
-            .address(ip)
-            .start()
-            .await;
-        Workload {
-            _envoy: envoy,
-            _echo: echo,
-        }
-    }
-}
 
 /// One request of the app: when it finished, and the pod that answered or what went wrong.
 struct Sample {

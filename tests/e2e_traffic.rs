@@ -11,7 +11,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,13 +19,11 @@ use anyhow::Context;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
+use support::workload::Workload;
 use support::{
-    echo_split_route, loopback_ip, wait_for, wait_until, EchoServer, Envoy, ManifestDir,
-    MeshClient, Protocol, Sidecar, Sluice, ECHO_SERVICES, STARTUP_TIMEOUT,
+    echo_split_route, wait_for, wait_until, Envoy, ManifestDir, MeshClient, Protocol, Sidecar,
+    Sluice, ECHO_SERVICES, STARTUP_TIMEOUT,
 };
-
-/// The port every echo server listens on: the Services' `targetPort`.
-const ECHO_PORT: u16 = 8080;
 
 /// How long a change in the manifest directory may take to reach the sidecars' traffic.
 const FOLLOW_DEADLINE: Duration = Duration::from_secs(2);
@@ -75,25 +72,6 @@ fn line_of(text: &str, needle: &str) -> u64 {
         .position(|line| line.contains(needle))
         .unwrap_or_else(|| panic!("{needle:?} not in the manifest"));
     index as u64 + 1
-}
-
-/// One echo workload: the app and its sidecar, on one loopback address.
-struct Workload {
-    envoy: Envoy,
-    _echo: EchoServer,
-}
-
-impl Workload {
-    async fn start(name: &str, labels: &str, sluice: &Sluice, protocol: Protocol) -> Workload {
-        let ip = loopback_ip();
-        let echo = EchoServer::start(name, SocketAddr::from((ip, ECHO_PORT))).await;
-        let envoy = Sidecar::new(name, sluice.xds_addr(), protocol)
-            .labels(labels)
-            .address(ip)
-            .start()
-            .await;
-        Workload { envoy, _echo: echo }
-    }
 }
 
 /// The whole topology. Fields drop in order: sidecars first, then Sluice, then the manifests.

@@ -21,6 +21,7 @@ pub mod grpc_echo;
 pub mod manifests;
 pub mod sluice;
 pub mod static_envoy;
+pub mod workload;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
