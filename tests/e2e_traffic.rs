@@ -88,6 +88,11 @@ impl Mesh {
     /// Starts everything with the 90/10 route and waits until the client is SYNCED and requests
     /// reach both versions.
     async fn start(protocol: Protocol) -> Mesh {
+        Mesh::start_with(protocol, |client| client).await
+    }
+
+    /// [`Mesh::start`], with the client sidecar adjusted by `client`.
+    async fn start_with(protocol: Protocol, client: impl FnOnce(Sidecar) -> Sidecar) -> Mesh {
         let manifests = ManifestDir::new();
         manifests.write("services.yaml", ECHO_SERVICES);
         manifests.write(ROUTE_FILE, &echo_split_route(90, 10));
@@ -95,10 +100,10 @@ impl Mesh {
         sluice.wait_ready().await;
         let v1 = Workload::start("echo-v1", "app=echo,version=v1", &sluice, protocol).await;
         let v2 = Workload::start("echo-v2", "app=echo,version=v2", &sluice, protocol).await;
-        let client = Sidecar::new("client", sluice.xds_addr(), protocol)
-            .labels("app=client")
-            .start()
-            .await;
+        let client =
+            client(Sidecar::new("client", sluice.xds_addr(), protocol).labels("app=client"))
+                .start()
+                .await;
         let http = MeshClient::new(client.outbound());
         let mesh = Mesh {
             client,
@@ -168,8 +173,13 @@ fn outcome(result: anyhow::Result<(u16, String)>) -> Outcome {
 
 /// Sends `n` requests (four at a time) with `Host: host`.
 async fn tally(http: &MeshClient, host: &str, n: usize) -> Tally {
+    tally_path(http, host, "/tally", n).await
+}
+
+/// Sends `n` requests (four at a time) with `Host: host` to `path/0`, `path/1`...
+async fn tally_path(http: &MeshClient, host: &str, path: &str, n: usize) -> Tally {
     let outcomes: Vec<Outcome> = futures::stream::iter(0..n)
-        .map(|i| async move { outcome(http.send(host, &format!("/tally/{i}")).await) })
+        .map(|i| async move { outcome(http.send(host, &format!("{path}/{i}")).await) })
         .buffer_unordered(4)
         .collect()
         .await;
@@ -610,6 +620,179 @@ async fn config_dump_matches_envoy_delta() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_dump_matches_envoy_sotw() -> anyhow::Result<()> {
     config_dump_parity(Protocol::Sotw).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// E: a route that passes Sluice's checks but that one sidecar's Envoy rejects.
+//
+// Sluice checks regexes against RE2's default program-size limit (100), as Envoy ships it. An
+// Envoy fleet may tighten `re2.max_program_size.error_level`; the client sidecar here does, to 50
+// (Sluice's own authority regex is 43), so a route with an ordinary regex (RE2 program size 68) is
+// valid for Sluice and for the two echo sidecars, and NACKed by the client's Envoy in its own words.
+
+const CANARY_FILE: &str = "routes/canary.yaml";
+const CANARY_REGEX: &str = "^/canary/(alpha|beta|gamma|delta|epsilon|zeta)-[0-9]{1,16}$";
+
+/// A route on `echo-v1` that sends `/canary/...` paths matching `path` (a `type` match) to
+/// `echo-v2`, and everything else to `echo-v1`.
+fn canary_route(match_type: &str, path: &str) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: echo-v1-canary
+spec:
+  parentRefs:
+  - group: ""
+    kind: Service
+    name: echo-v1
+    port: 80
+  rules:
+  - matches:
+    - path:
+        type: {match_type}
+        value: "{path}"
+    backendRefs:
+    - name: echo-v2
+      port: 80
+  - backendRefs:
+    - name: echo-v1
+      port: 80
+"#
+    )
+}
+
+/// The value of counter `name` in Sluice's `/metrics` (0 when it has no sample yet).
+async fn sluice_metric(sluice: &Sluice, name: &str) -> anyhow::Result<f64> {
+    let url = format!("http://{}/metrics", sluice.debug_addr());
+    let text = reqwest::get(&url).await?.text().await?;
+    Ok(text
+        .lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0))
+}
+
+/// The client Envoy's own count of rejected route configuration updates.
+async fn envoy_rds_rejections(envoy: &Envoy) -> anyhow::Result<u64> {
+    let (_, stats) = envoy
+        .admin_get("/stats?filter=rds.*update_rejected")
+        .await?;
+    Ok(stats
+        .lines()
+        .filter_map(|line| line.rsplit_once(": ")?.1.trim().parse::<u64>().ok())
+        .sum())
+}
+
+async fn envoy_nack(protocol: Protocol) -> anyhow::Result<()> {
+    let mesh = Mesh::start_with(protocol, |client| {
+        client.runtime("re2.max_program_size.error_level", "50")
+    })
+    .await;
+    assert_all_to(&mesh, "echo-v1", "echo-v1", 20).await;
+    let before = mesh.sluice.syncz_node("client").await?.context("client")?;
+    let accepted = before["types"]["rds"]["acked_version"].clone();
+
+    // Valid for Sluice: the revision is served to every sidecar.
+    let route = canary_route("RegularExpression", CANARY_REGEX);
+    mesh.manifests.write(CANARY_FILE, &route);
+    let node = wait_for(
+        REPORT_TIMEOUT,
+        "the client's NACK of the route configuration in /debug/syncz",
+        || async {
+            let node = mesh.sluice.syncz_node("client").await.ok().flatten()?;
+            (node["types"]["rds"]["status"] == "NACKED").then_some(node)
+        },
+    )
+    .await;
+    let rds = &node["types"]["rds"];
+    let message = rds["last_nack"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("RE2 program size") && message.contains("/canary/"),
+        "/debug/syncz shows Envoy's own message for the rejected regex: {rds:#}"
+    );
+    assert!(
+        rds["last_nack"]["version"].is_string() && rds["last_nack"]["at_unix_ms"].is_u64(),
+        "the NACK carries the rejected version and its time: {rds:#}"
+    );
+    // Origins name the first line of the manifest document a resource was compiled from.
+    let canary_line = line_of(&route, "apiVersion:");
+    let origins: Vec<&str> = rds["nack_origins"]
+        .as_array()
+        .context("nack_origins[]")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        origins
+            .iter()
+            .any(|o| o.ends_with(&format!("{CANARY_FILE}:{canary_line}"))),
+        "/debug/syncz names the manifest and line of the rejected route: {rds:#}"
+    );
+    assert_eq!(
+        rds["acked_version"], accepted,
+        "the client keeps its last accepted route configuration: {rds:#}"
+    );
+    assert_eq!(
+        node["types"]["cds"]["status"], "SYNCED",
+        "a route NACK leaves the clusters alone: {node:#}"
+    );
+    // The two echo sidecars run Envoy's default limit and take the same revision.
+    for echo in ["echo-v1", "echo-v2"] {
+        let node = mesh.sluice.wait_synced(echo).await;
+        assert_eq!(
+            node["revision"],
+            mesh.sluice.syncz_node("client").await?.context("client")?["revision"]
+        );
+    }
+    assert!(sluice_metric(&mesh.sluice, "sluice_xds_nacks_total{type=\"rds\"}").await? >= 1.0);
+
+    // Traffic keeps the previous configuration: the canary path still reaches echo-v1.
+    assert_all_to(&mesh, "echo-v1", "echo-v1", 50).await;
+    let tally = tally_path(&mesh.http, "echo-v1", "/canary/beta-", 50).await;
+    assert!(
+        tally.failures.is_empty() && tally.count("echo-v1") == 50,
+        "the client still runs the previous routes: {tally:?}"
+    );
+    assert_split(&mesh, 300, 0.10, "echo-v2 share after the NACK").await;
+
+    // No resend loop: over three seconds nothing more is pushed and Envoy rejects nothing more.
+    let pushes = sluice_metric(&mesh.sluice, "sluice_xds_pushes_total{type=\"rds\"}").await?;
+    let rejections = envoy_rds_rejections(&mesh.client).await?;
+    assert_eq!(rejections, 1, "the client Envoy rejected the route once");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        sluice_metric(&mesh.sluice, "sluice_xds_pushes_total{type=\"rds\"}").await?,
+        pushes,
+        "route configurations were pushed again after the NACK"
+    );
+    assert_eq!(envoy_rds_rejections(&mesh.client).await?, 1);
+
+    // The next revision is tried normally: a prefix match passes this Envoy too.
+    mesh.manifests
+        .write(CANARY_FILE, &canary_route("PathPrefix", "/canary"));
+    let http = &mesh.http;
+    wait_until(
+        REPORT_TIMEOUT,
+        "the fixed canary route to reach echo-v2",
+        || async move {
+            matches!(http.send("echo-v1", "/canary/beta-7").await, Ok((200, pod)) if pod == "echo-v2")
+        },
+    )
+    .await;
+    let node = mesh.sluice.wait_synced("client").await;
+    assert_eq!(node["types"]["rds"]["status"], "SYNCED", "{node:#}");
+    assert_all_to(&mesh, "echo-v1", "echo-v1", 20).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_nack_is_traced_and_not_resent_delta() -> anyhow::Result<()> {
+    envoy_nack(Protocol::Delta).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_nack_is_traced_and_not_resent_sotw() -> anyhow::Result<()> {
+    envoy_nack(Protocol::Sotw).await
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -48,6 +48,8 @@ pub struct Sidecar {
     pub xds: SocketAddr,
     pub outbound: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// Runtime overrides, appended to the bootstrap as a static runtime layer.
+    pub runtime: Vec<(String, String)>,
 }
 
 impl Sidecar {
@@ -62,6 +64,7 @@ impl Sidecar {
             xds,
             outbound: None,
             admin: None,
+            runtime: Vec::new(),
         }
     }
 
@@ -92,6 +95,12 @@ impl Sidecar {
         self
     }
 
+    /// Sets Envoy runtime `key` to `value` (e.g. a tighter `re2.max_program_size.error_level`).
+    pub fn runtime(mut self, key: &str, value: &str) -> Sidecar {
+        self.runtime.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
     /// Runs `sluice bootstrap` with these flags and returns the YAML it printed.
     pub fn bootstrap_yaml(&self, outbound: SocketAddr, admin: SocketAddr) -> String {
         let mut command = Command::new(sluice_path());
@@ -117,7 +126,20 @@ impl Sidecar {
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
-        String::from_utf8(output.stdout).expect("sluice bootstrap printed UTF-8")
+        let mut yaml = String::from_utf8(output.stdout).expect("sluice bootstrap printed UTF-8");
+        if !self.runtime.is_empty() {
+            assert!(
+                !yaml.contains("\nlayered_runtime:"),
+                "the bootstrap has its own runtime layers"
+            );
+            yaml.push_str(
+                "layered_runtime:\n  layers:\n  - name: test-overrides\n    static_layer:\n",
+            );
+            for (key, value) in &self.runtime {
+                yaml.push_str(&format!("      {key}: {value}\n"));
+            }
+        }
+        yaml
     }
 
     /// Bootstraps and starts the Envoy, and waits until its admin `/ready` says `LIVE` (it has
