@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{debug, info, warn};
 
 use crate::cli::ServeArgs;
 use crate::debug::{self, DebugState};
@@ -99,6 +99,7 @@ fn build_source(
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let options = LoadOptions {
         allow_empty: args.allow_empty,
         ..LoadOptions::default()
@@ -252,5 +253,17 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+/// Every sidecar holds a connection open: raise the soft limit on open files to the hard one, as
+/// a server holding thousands of them must (the default soft limit is often 1,024).
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < 16_384 => {
+            warn!(limit, "open-file limit is low: each connected sidecar takes one; raise the hard limit (ulimit -Hn) for large meshes")
+        }
+        Ok(limit) => debug!(limit, "open-file limit"),
+        Err(error) => warn!(%error, "could not raise the open-file limit"),
     }
 }

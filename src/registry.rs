@@ -72,6 +72,8 @@ pub struct Registry {
     grace: Duration,
     /// Open streams by id, with the workload each contributes (none without an address).
     streams: HashMap<u64, Option<Workload>>,
+    /// Open streams with a workload, per node id.
+    open_by_node: HashMap<String, usize>,
     /// Workloads whose last stream closed, with when their endpoints go.
     lingering: HashMap<String, (Workload, Instant)>,
 }
@@ -85,6 +87,7 @@ impl Registry {
             publish,
             grace,
             streams: HashMap::new(),
+            open_by_node: HashMap::new(),
             lingering: HashMap::new(),
         };
         (registry, RegistryHandle { tx }, workloads)
@@ -96,7 +99,14 @@ impl Registry {
             let next_expiry = self.lingering.values().map(|(_, at)| *at).min();
             tokio::select! {
                 change = self.rx.recv() => match change {
-                    Some(change) => self.apply(change),
+                    Some(change) => {
+                        self.apply(change);
+                        // A burst (a reconnect storm) is applied whole and published once; a
+                        // lone change is published at once.
+                        while let Ok(change) = self.rx.try_recv() {
+                            self.apply(change);
+                        }
+                    }
                     None => return,
                 },
                 _ = sleep_until_opt(next_expiry) => self.expire(Instant::now()),
@@ -117,23 +127,37 @@ impl Registry {
                     region: node.region.clone(),
                 });
                 self.lingering.remove(&node.id);
-                self.streams.insert(stream_id, workload);
+                if workload.is_some() {
+                    *self.open_by_node.entry(node.id.clone()).or_default() += 1;
+                }
+                if let Some(Some(replaced)) = self.streams.insert(stream_id, workload) {
+                    self.close(&replaced.node_id);
+                }
             }
             Change::Disconnected { stream_id } => {
                 let Some(Some(workload)) = self.streams.remove(&stream_id) else {
                     return;
                 };
-                let still_connected = self
-                    .streams
-                    .values()
-                    .flatten()
-                    .any(|w| w.node_id == workload.node_id);
-                if !still_connected {
+                if !self.close(&workload.node_id) {
                     debug!(node = %workload.node_id, grace = ?self.grace, "keeping endpoints of a disconnected sidecar for the grace period");
                     let until = Instant::now() + self.grace;
                     self.lingering
                         .insert(workload.node_id.clone(), (workload, until));
                 }
+            }
+        }
+    }
+
+    /// Counts one stream of `node_id` closed; true while the node has other open streams.
+    fn close(&mut self, node_id: &str) -> bool {
+        match self.open_by_node.get_mut(node_id) {
+            Some(open) if *open > 1 => {
+                *open -= 1;
+                true
+            }
+            _ => {
+                self.open_by_node.remove(node_id);
+                false
             }
         }
     }
@@ -239,6 +263,23 @@ mod tests {
             "a no-op was published"
         );
         assert!(workloads.borrow().by_node.contains_key("a"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_with_two_streams_keeps_its_endpoint_until_both_close() {
+        let (registry, handle, workloads) = Registry::new(Duration::from_secs(10));
+        tokio::spawn(registry.run());
+        handle.connected(1, &node("a", [127, 0, 10, 1]));
+        handle.connected(2, &node("a", [127, 0, 10, 1]));
+        handle.disconnected(1);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(
+            workloads.borrow().by_node.contains_key("a"),
+            "a node with an open stream lost its endpoint"
+        );
+        handle.disconnected(2);
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert!(workloads.borrow().by_node.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
