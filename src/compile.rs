@@ -60,16 +60,69 @@ pub fn cluster_name(name: &str, namespace: &str, port: u16) -> String {
     format!("outbound|{port}||{name}.{namespace}.svc.cluster.local")
 }
 
-/// One compiled revision: everything needed to build any sidecar's snapshot without failing.
-/// Immutable once built; snapshots are built on first use per [`ConfigKey`] and cached.
-pub struct Mesh {
+/// The revision's part of a compile: everything but the endpoints of connected sidecars.
+/// Built once per revision; a change of sidecars only re-runs [`CompiledRevision::mesh`].
+pub struct CompiledRevision {
     revision: String,
-    /// CDS and EDS resources, the same for every sidecar.
-    shared: Vec<(ResourceType, Resource)>,
+    /// CDS resources, the same for every sidecar.
+    clusters: Vec<Arc<Resource>>,
+    endpoints: endpoints::EndpointPlan,
     /// Every HTTP/gRPC Service port, sorted by Service then port: one virtual host each.
     vhosts: Vec<listener::VhostSource>,
     tables: RouteTables,
     warnings: Vec<Diagnostic>,
+}
+
+impl fmt::Debug for CompiledRevision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompiledRevision")
+            .field("revision", &self.revision)
+            .field("clusters", &self.clusters.len())
+            .field("virtual_hosts", &self.vhosts.len())
+            .field("warnings", &self.warnings.len())
+            .finish()
+    }
+}
+
+impl CompiledRevision {
+    /// The source revision (commit SHA or directory digest) this was compiled from.
+    pub fn revision(&self) -> &str {
+        &self.revision
+    }
+
+    /// Findings that did not refuse the revision (a route attached to a Gateway, a GRPCRoute
+    /// that shadows an HTTPRoute, ...). The revision's own load warnings are not repeated here.
+    pub fn warnings(&self) -> &[Diagnostic] {
+        &self.warnings
+    }
+
+    /// The mesh with `workloads` connected: this revision plus their endpoints. Cannot fail.
+    pub fn mesh(self: &Arc<Self>, workloads: &Workloads) -> Mesh {
+        let endpoints = self
+            .endpoints
+            .assignments(workloads)
+            .into_iter()
+            .map(|(name, (assignment, origins))| {
+                Arc::new(
+                    Resource::new(ResourceType::Endpoint, name, &assignment).with_origins(origins),
+                )
+            })
+            .collect();
+        Mesh {
+            compiled: self.clone(),
+            endpoints,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// One compiled revision with the endpoints of the sidecars connected at the time: everything
+/// needed to build any sidecar's snapshot without failing. Immutable once built; snapshots are
+/// built on first use per [`ConfigKey`] and cached.
+pub struct Mesh {
+    compiled: Arc<CompiledRevision>,
+    /// EDS resources, the same for every sidecar, sorted by name.
+    endpoints: Vec<Arc<Resource>>,
     /// Built snapshots per configuration key. Filled outside the lock, so two sidecars with the
     /// same new key may both build it; the first one stored wins and both get equal content.
     cache: Mutex<HashMap<ConfigKey, Arc<Snapshot>>>,
@@ -83,10 +136,8 @@ impl fmt::Debug for Mesh {
             .unwrap_or_else(PoisonError::into_inner)
             .len();
         f.debug_struct("Mesh")
-            .field("revision", &self.revision)
-            .field("shared_resources", &self.shared.len())
-            .field("virtual_hosts", &self.vhosts.len())
-            .field("warnings", &self.warnings.len())
+            .field("compiled", &self.compiled)
+            .field("endpoints", &self.endpoints.len())
             .field("cached_snapshots", &cached)
             .finish()
     }
@@ -95,13 +146,29 @@ impl fmt::Debug for Mesh {
 impl Mesh {
     /// The source revision (commit SHA or directory digest) this mesh was compiled from.
     pub fn revision(&self) -> &str {
-        &self.revision
+        &self.compiled.revision
     }
 
-    /// Findings that did not refuse the revision (a route attached to a Gateway, a GRPCRoute
-    /// that shadows an HTTPRoute, ...). The revision's own load warnings are not repeated here.
+    /// See [`CompiledRevision::warnings`].
     pub fn warnings(&self) -> &[Diagnostic] {
-        &self.warnings
+        &self.compiled.warnings
+    }
+
+    /// The revision part this mesh was built from.
+    pub fn compiled(&self) -> &Arc<CompiledRevision> {
+        &self.compiled
+    }
+
+    /// Same revision and same endpoints: every sidecar's snapshot would be identical, so there
+    /// is nothing to publish.
+    pub fn serves_the_same_as(&self, other: &Mesh) -> bool {
+        Arc::ptr_eq(&self.compiled, &other.compiled)
+            && self.endpoints.len() == other.endpoints.len()
+            && self
+                .endpoints
+                .iter()
+                .zip(&other.endpoints)
+                .all(|(a, b)| a.name == b.name && a.version == b.version)
     }
 
     /// The snapshot of every sidecar whose configuration key is `key`.
@@ -124,13 +191,30 @@ impl Mesh {
     }
 
     fn build_snapshot(&self, key: &ConfigKey) -> Snapshot {
-        let mut resources = self.shared.clone();
-        resources.push((ResourceType::Listener, listener::to_listener(key)));
+        let compiled = &self.compiled;
+        let mut resources: Vec<(ResourceType, Arc<Resource>)> =
+            Vec::with_capacity(compiled.clusters.len() + self.endpoints.len() + 2);
+        resources.extend(
+            compiled
+                .clusters
+                .iter()
+                .map(|r| (ResourceType::Cluster, r.clone())),
+        );
+        resources.extend(
+            self.endpoints
+                .iter()
+                .map(|r| (ResourceType::Endpoint, r.clone())),
+        );
+        resources.push((ResourceType::Listener, Arc::new(listener::to_listener(key))));
         resources.push((
             ResourceType::Route,
-            listener::to_route_configuration(&key.namespace, &self.vhosts, &self.tables),
+            Arc::new(listener::to_route_configuration(
+                &key.namespace,
+                &compiled.vhosts,
+                &compiled.tables,
+            )),
         ));
-        Snapshot::new(self.revision.clone(), resources)
+        Snapshot::from_shared(compiled.revision.clone(), resources)
     }
 }
 
@@ -140,61 +224,60 @@ impl SnapshotView for Mesh {
     }
 }
 
-/// Compiles one revision with the current sidecar workloads. Returns every error found (and the
-/// warnings beside them), or a [`Mesh`] from which any sidecar's snapshot can be built.
-pub fn compile_mesh(
+/// Compiles the revision part: Services, clusters, route tables and the EndpointSlice part of
+/// the endpoints. Returns every error found (and the warnings beside them).
+pub fn compile_revision(
     revision_id: &str,
     revision: &Revision,
-    workloads: &Workloads,
-) -> Result<Mesh, Vec<Diagnostic>> {
+) -> Result<Arc<CompiledRevision>, Vec<Diagnostic>> {
     let mut findings = Findings::default();
     let services = ServiceIndex::build(revision, &mut findings);
-    let assignments = endpoints::to_load_assignments(revision, &services, workloads, &mut findings);
+    let endpoints = endpoints::EndpointPlan::build(revision, &services, &mut findings);
     let tables = routes::compile_routes(revision, &services, &mut findings);
     if !findings.errors.is_empty() {
         return Err(findings.into_all());
     }
 
-    let mut shared = Vec::new();
+    let mut clusters = Vec::new();
     for service in services.services.values() {
         for port in service.served_ports() {
             let cluster = services::to_cluster(port);
-            shared.push((
-                ResourceType::Cluster,
+            clusters.push(Arc::new(
                 Resource::new(ResourceType::Cluster, &port.cluster, &cluster)
                     .with_origins(vec![origin(&service.pos)]),
             ));
         }
     }
-    shared.push((
+    clusters.push(Arc::new(Resource::new(
         ResourceType::Cluster,
-        Resource::new(
-            ResourceType::Cluster,
-            PASSTHROUGH_CLUSTER,
-            &passthrough::to_passthrough_cluster(),
-        ),
-    ));
-    for (name, (assignment, origins)) in &assignments {
-        shared.push((
-            ResourceType::Endpoint,
-            Resource::new(ResourceType::Endpoint, name, assignment).with_origins(origins.clone()),
-        ));
-    }
+        PASSTHROUGH_CLUSTER,
+        &passthrough::to_passthrough_cluster(),
+    )));
     let vhosts = listener::vhost_sources(&services);
 
-    check_consistency(&shared, &vhosts, &tables, &mut findings);
+    check_consistency(&clusters, &endpoints, &vhosts, &tables, &mut findings);
     if !findings.errors.is_empty() {
         return Err(findings.into_all());
     }
 
-    Ok(Mesh {
+    Ok(Arc::new(CompiledRevision {
         revision: revision_id.to_string(),
-        shared,
+        clusters,
+        endpoints,
         vhosts,
         tables,
         warnings: findings.warnings,
-        cache: Mutex::new(HashMap::new()),
-    })
+    }))
+}
+
+/// Compiles one revision with the current sidecar workloads: [`compile_revision`], then
+/// [`CompiledRevision::mesh`].
+pub fn compile_mesh(
+    revision_id: &str,
+    revision: &Revision,
+    workloads: &Workloads,
+) -> Result<Mesh, Vec<Diagnostic>> {
+    Ok(compile_revision(revision_id, revision)?.mesh(workloads))
 }
 
 /// `file:line` of a manifest position, as resources carry it in their `origins`.
@@ -206,21 +289,14 @@ fn origin(pos: &Pos) -> String {
 /// passthrough) has a `ClusterLoadAssignment`. A failure here is a compiler bug, reported rather
 /// than served.
 fn check_consistency(
-    shared: &[(ResourceType, Resource)],
+    clusters: &[Arc<Resource>],
+    endpoints: &endpoints::EndpointPlan,
     vhosts: &[listener::VhostSource],
     tables: &RouteTables,
     findings: &mut Findings,
 ) {
-    let clusters: BTreeSet<&str> = shared
-        .iter()
-        .filter(|(t, _)| *t == ResourceType::Cluster)
-        .map(|(_, r)| r.name.as_str())
-        .collect();
-    let assignments: BTreeSet<&str> = shared
-        .iter()
-        .filter(|(t, _)| *t == ResourceType::Endpoint)
-        .map(|(_, r)| r.name.as_str())
-        .collect();
+    let clusters: BTreeSet<&str> = clusters.iter().map(|r| r.name.as_str()).collect();
+    let assignments: BTreeSet<&str> = endpoints.clusters().collect();
     for cluster in &clusters {
         if *cluster != PASSTHROUGH_CLUSTER && !assignments.contains(cluster) {
             findings.error(

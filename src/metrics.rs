@@ -29,6 +29,11 @@ pub struct Metrics {
     pub last_compile_micros: AtomicU64,
     pub compile_micros_sum: AtomicU64,
     pub compiles: AtomicU64,
+    /// Endpoint recomputations after sidecars came or went, and how many moved an endpoint
+    /// (and were published); their time, in microseconds.
+    pub endpoint_updates: AtomicU64,
+    pub endpoint_updates_published: AtomicU64,
+    pub endpoint_update_micros_sum: AtomicU64,
     /// From a revision being published to every connected sidecar having ACKed it.
     pub last_convergence_micros: AtomicU64,
     pub convergence_micros_sum: AtomicU64,
@@ -47,6 +52,14 @@ impl Metrics {
         self.last_compile_micros.store(micros, Relaxed);
         self.compile_micros_sum.fetch_add(micros, Relaxed);
         self.compiles.fetch_add(1, Relaxed);
+    }
+
+    pub fn record_endpoint_update(&self, micros: u64, published: bool) {
+        self.endpoint_updates.fetch_add(1, Relaxed);
+        self.endpoint_update_micros_sum.fetch_add(micros, Relaxed);
+        if published {
+            self.endpoint_updates_published.fetch_add(1, Relaxed);
+        }
     }
 
     pub fn record_convergence(&self, micros: u64) {
@@ -145,7 +158,7 @@ impl Metrics {
         summary(
             &mut out,
             "sluice_compile_seconds",
-            "Time to compile a revision.",
+            "Time to compile a revision (sidecar endpoint updates are counted apart).",
             self.compile_micros_sum.load(Relaxed),
             self.compiles.load(Relaxed),
         );
@@ -154,6 +167,19 @@ impl Metrics {
             "sluice_last_compile_seconds",
             "Time the last compile took.",
             self.last_compile_micros.load(Relaxed),
+        );
+        summary(
+            &mut out,
+            "sluice_endpoint_update_seconds",
+            "Time to recompute endpoints after sidecars came or went.",
+            self.endpoint_update_micros_sum.load(Relaxed),
+            self.endpoint_updates.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "sluice_endpoint_updates_published_total",
+            "Endpoint recomputations that moved an endpoint and were published.",
+            self.endpoint_updates_published.load(Relaxed),
         );
         summary(
             &mut out,

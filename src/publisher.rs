@@ -8,9 +8,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, info, warn};
 
-use crate::compile::{self, Mesh};
+use crate::compile::{self, CompiledRevision, Mesh};
 use crate::manifest::{Diagnostic, Revision};
 use crate::metrics::Metrics;
 use crate::registry::Workloads;
@@ -115,8 +115,8 @@ impl Publisher {
     }
 
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        // The last revision that compiled, with its id, and the mesh built from it.
-        let mut good: Option<(String, Arc<Revision>)> = None;
+        // The last revision that compiled, and the mesh served from it.
+        let mut good: Option<Arc<CompiledRevision>> = None;
         let mut served: Option<Arc<Mesh>> = None;
         let started = tokio::time::Instant::now();
         tokio::select! {
@@ -136,23 +136,46 @@ impl Publisher {
                 }
                 changed = self.workloads.changed() => {
                     if changed.is_err() { return; }
-                    if let Some((id, revision)) = good.clone() {
-                        match self.compile(&id, &revision).await {
-                            Ok(mesh) => self.publish(mesh, &mut served),
-                            // The revision compiled before; only a bug makes the workloads
-                            // break it. Keep serving what works.
-                            Err(errors) => error!(revision = %id, errors = ?errors, "recompiling with new endpoints failed"),
-                        }
+                    if let Some(compiled) = good.clone() {
+                        self.update_endpoints(&compiled, &mut served).await;
                     }
                 }
             }
         }
     }
 
+    /// The sidecars changed: only their endpoints are recomputed, and nothing is published
+    /// when no endpoint moved (a sidecar that no Service selects came or went).
+    async fn update_endpoints(
+        &self,
+        compiled: &Arc<CompiledRevision>,
+        served: &mut Option<Arc<Mesh>>,
+    ) {
+        let workloads = self.workloads.borrow().clone();
+        let compiled = compiled.clone();
+        let started = Instant::now();
+        let mesh = match tokio::task::spawn_blocking(move || compiled.mesh(&workloads)).await {
+            Ok(mesh) => Arc::new(mesh),
+            // Only a bug panics the endpoint computation; keep serving what works.
+            Err(error) => {
+                warn!(%error, "computing endpoints failed; the served endpoints stay");
+                return;
+            }
+        };
+        let unchanged = served.as_ref().is_some_and(|s| s.serves_the_same_as(&mesh));
+        self.metrics
+            .record_endpoint_update(started.elapsed().as_micros() as u64, !unchanged);
+        if unchanged {
+            debug!("sidecars changed, endpoints did not");
+        } else {
+            self.publish(mesh, served);
+        }
+    }
+
     async fn handle_candidate(
         &mut self,
         candidate: &Candidate,
-        good: &mut Option<(String, Arc<Revision>)>,
+        good: &mut Option<Arc<CompiledRevision>>,
         served: &mut Option<Arc<Mesh>>,
     ) {
         let result = match &candidate.loaded {
@@ -166,7 +189,7 @@ impl Publisher {
             Ok((revision, mesh)) => {
                 info!(revision = %candidate.revision_id, services = revision.services.len(), "serving revision");
                 let warnings = revision.warnings.iter().map(Finding::from).collect();
-                *good = Some((candidate.revision_id.clone(), revision));
+                *good = Some(mesh.compiled().clone());
                 self.metrics.revisions_applied.fetch_add(1, Relaxed);
                 self.publish(mesh, served);
                 self.status.send_modify(|status| {
@@ -224,23 +247,38 @@ impl Publisher {
         self.view
             .send_replace(Some(mesh.clone() as Arc<dyn SnapshotView>));
         // Convergence: from publishing to every open stream having ACKed what it was sent.
+        // Checked when streams make progress, at most once per CONVERGENCE_CHECK: a check looks
+        // at every stream.
         let streams = self.streams.clone();
         let metrics = self.metrics.clone();
-        let view = self.view.subscribe();
+        let mut view = self.view.subscribe();
+        let mut progress = streams.progress();
         tokio::spawn(async move {
-            let mut view = view;
             view.borrow_and_update();
-            let deadline = published_at + Duration::from_secs(60);
-            while Instant::now() < deadline {
-                if view.has_changed().unwrap_or(true) {
-                    return; // superseded: the next publish measures its own convergence
-                }
+            let deadline = tokio::time::Instant::from_std(published_at + CONVERGENCE_TIMEOUT);
+            loop {
+                progress.borrow_and_update();
+                let checked_at = tokio::time::Instant::now();
                 if streams.all_synced(mesh.as_ref()) {
                     metrics.record_convergence(published_at.elapsed().as_micros() as u64);
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::select! {
+                    changed = progress.changed() => if changed.is_err() { return },
+                    // Superseded: the next publish measures its own convergence.
+                    _ = view.changed() => return,
+                    _ = tokio::time::sleep_until(deadline) => return,
+                }
+                tokio::time::sleep_until(checked_at + CONVERGENCE_CHECK).await;
+                if view.has_changed().unwrap_or(true) {
+                    return;
+                }
             }
         });
     }
 }
+
+/// How long convergence of one publish is waited for.
+const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The shortest time between two convergence checks.
+const CONVERGENCE_CHECK: Duration = Duration::from_millis(5);

@@ -6,7 +6,7 @@
 //! at the slice port named like the Service port). Endpoints are grouped by locality
 //! (region, zone); localities and addresses are sorted, so equal inputs give equal bytes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 use envoy_types::pb::envoy::config::core::v3::address;
@@ -40,25 +40,121 @@ struct Slice<'a> {
     addresses: Vec<(IpAddr, Option<String>)>,
 }
 
-pub(crate) fn to_load_assignments(
-    revision: &Revision,
-    services: &ServiceIndex,
-    workloads: &Workloads,
-    findings: &mut Findings,
-) -> Assignments {
-    let slices = index_slices(revision, services, findings);
-    let mut assignments = Assignments::new();
-    for service in services.services.values() {
-        let own_slices = slices.get(&service.key).map(Vec::as_slice).unwrap_or(&[]);
-        let mut used_slices = BTreeSet::new();
-        for port in service.served_ports() {
+/// The revision's part of every served port's endpoints: what does not depend on which sidecars
+/// are connected. Built once per revision; [`EndpointPlan::assignments`] adds the sidecars.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct EndpointPlan {
+    ports: Vec<PortPlan>,
+}
+
+#[derive(Clone, Debug)]
+struct PortPlan {
+    cluster: String,
+    namespace: String,
+    /// Non-empty selector, with the numeric target port sidecars serve on; `None` when only
+    /// EndpointSlices give this port endpoints.
+    selector: Option<(BTreeMap<String, String>, u16)>,
+    /// Endpoints from EndpointSlices.
+    slice_addresses: BTreeMap<SocketAddr, LocalityKey>,
+    /// The Service and the EndpointSlices used, as `file:line`, sorted.
+    origins: Vec<String>,
+}
+
+impl EndpointPlan {
+    pub(crate) fn build(
+        revision: &Revision,
+        services: &ServiceIndex,
+        findings: &mut Findings,
+    ) -> EndpointPlan {
+        let slices = index_slices(revision, services, findings);
+        let mut ports = Vec::new();
+        for service in services.services.values() {
+            let own_slices = slices.get(&service.key).map(Vec::as_slice).unwrap_or(&[]);
+            let mut used_slices = BTreeSet::new();
+            for port in service.served_ports() {
+                let mut slice_addresses = BTreeMap::new();
+                let mut origins = vec![origin(&service.pos)];
+                for slice in own_slices {
+                    let Some(slice_port) = slice_port_for(service, port, &slice.object.value)
+                    else {
+                        continue;
+                    };
+                    used_slices.insert(slice.object.key.clone());
+                    origins.push(origin(&slice.object.pos));
+                    for (ip, zone) in &slice.addresses {
+                        slice_addresses
+                            .entry(SocketAddr::new(*ip, slice_port))
+                            .or_insert_with(|| (String::new(), zone.clone().unwrap_or_default()));
+                    }
+                }
+                origins.sort();
+                origins.dedup();
+                ports.push(PortPlan {
+                    cluster: port.cluster.clone(),
+                    namespace: service.key.namespace.clone(),
+                    selector: port
+                        .target_port
+                        .filter(|_| !service.selector.is_empty())
+                        .map(|target| (service.selector.clone(), target)),
+                    slice_addresses,
+                    origins,
+                });
+            }
+            for slice in own_slices {
+                if !used_slices.contains(&slice.object.key)
+                    && service.served_ports().next().is_some()
+                {
+                    findings.warning(
+                        &slice.object.pos,
+                        format!(
+                            "EndpointSlice {}: none of its ports is named like an HTTP port of \
+                             Service {}, so its endpoints are not used",
+                            slice.object.key, service.key
+                        ),
+                    );
+                }
+            }
+        }
+        EndpointPlan { ports }
+    }
+
+    /// The plan without `cluster`'s endpoints (for testing the consistency check).
+    #[cfg(test)]
+    pub(crate) fn without(&self, cluster: &str) -> EndpointPlan {
+        let mut plan = self.clone();
+        plan.ports.retain(|p| p.cluster != cluster);
+        plan
+    }
+
+    /// Every EDS cluster's name, in order.
+    pub(crate) fn clusters(&self) -> impl Iterator<Item = &str> {
+        self.ports.iter().map(|p| p.cluster.as_str())
+    }
+
+    /// The assignments with `workloads` connected. Workloads are indexed by (namespace, label),
+    /// so each port looks only at the workloads carrying the first label of its selector: the
+    /// cost grows with Services plus workloads, not with their product.
+    pub(crate) fn assignments(&self, workloads: &Workloads) -> Assignments {
+        let mut by_label: HashMap<(&str, &str, &str), Vec<&Workload>> = HashMap::new();
+        for workload in workloads.by_node.values() {
+            for (k, v) in &workload.labels {
+                by_label
+                    .entry((workload.namespace.as_str(), k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(workload);
+            }
+        }
+        let mut assignments = Assignments::new();
+        for port in &self.ports {
             let mut by_address: BTreeMap<SocketAddr, LocalityKey> = BTreeMap::new();
-            let mut origins = vec![origin(&service.pos)];
-            if let Some(target) = port.target_port.filter(|_| !service.selector.is_empty()) {
-                for workload in workloads.by_node.values() {
-                    if selects(service, workload) {
+            if let Some((selector, target)) = &port.selector {
+                let candidates = selector.iter().next().and_then(|(k, v)| {
+                    by_label.get(&(port.namespace.as_str(), k.as_str(), v.as_str()))
+                });
+                for workload in candidates.into_iter().flatten() {
+                    if selects(&port.namespace, selector, workload) {
                         by_address
-                            .entry(SocketAddr::new(workload.address, target))
+                            .entry(SocketAddr::new(workload.address, *target))
                             .or_insert_with(|| {
                                 (
                                     workload.region.clone().unwrap_or_default(),
@@ -68,43 +164,21 @@ pub(crate) fn to_load_assignments(
                     }
                 }
             }
-            for slice in own_slices {
-                let Some(slice_port) = slice_port_for(service, port, &slice.object.value) else {
-                    continue;
-                };
-                used_slices.insert(slice.object.key.clone());
-                origins.push(origin(&slice.object.pos));
-                for (ip, zone) in &slice.addresses {
-                    by_address
-                        .entry(SocketAddr::new(*ip, slice_port))
-                        .or_insert_with(|| (String::new(), zone.clone().unwrap_or_default()));
-                }
+            for (address, locality) in &port.slice_addresses {
+                by_address
+                    .entry(*address)
+                    .or_insert_with(|| locality.clone());
             }
-            origins.sort();
-            origins.dedup();
             let assignment = to_assignment(&port.cluster, by_address);
-            assignments.insert(port.cluster.clone(), (assignment, origins));
+            assignments.insert(port.cluster.clone(), (assignment, port.origins.clone()));
         }
-        for slice in own_slices {
-            if !used_slices.contains(&slice.object.key) && service.served_ports().next().is_some() {
-                findings.warning(
-                    &slice.object.pos,
-                    format!(
-                        "EndpointSlice {}: none of its ports is named like an HTTP port of \
-                         Service {}, so its endpoints are not used",
-                        slice.object.key, service.key
-                    ),
-                );
-            }
-        }
+        assignments
     }
-    assignments
 }
 
-fn selects(service: &ServiceEntry, workload: &Workload) -> bool {
-    workload.namespace == service.key.namespace
-        && service
-            .selector
+fn selects(namespace: &str, selector: &BTreeMap<String, String>, workload: &Workload) -> bool {
+    workload.namespace == namespace
+        && selector
             .iter()
             .all(|(k, v)| workload.labels.get(k) == Some(v))
 }

@@ -2055,6 +2055,52 @@ fn workloads_are_endpoints_of_the_services_selecting_them() {
 }
 
 #[test]
+fn a_sidecar_change_recomputes_endpoints_only_and_is_a_no_op_when_none_moved() {
+    let compiled =
+        compile_revision("rev-1", &Rev::default().echo_services().revision).expect("compiles");
+    let before = compiled.mesh(&Workloads::default());
+    let stranger = workload("client", "mesh", &[("app", "client")], "127.0.10.9", None);
+    let with_stranger = compiled.mesh(&workloads(vec![stranger.clone()]));
+    assert!(
+        with_stranger.serves_the_same_as(&before),
+        "a sidecar no Service selects changes nothing"
+    );
+    let v1 = workload(
+        "v1",
+        "mesh",
+        &[("app", "echo"), ("version", "v1")],
+        "127.0.10.1",
+        None,
+    );
+    let with_v1 = compiled.mesh(&workloads(vec![stranger, v1]));
+    assert!(!with_v1.serves_the_same_as(&before));
+    assert_eq!(
+        endpoints_of(&with_v1, V1_80),
+        [(None, vec![addr("127.0.10.1:8080")])]
+    );
+    let snapshot = with_v1.snapshot_for_key(&key("mesh"));
+    let old = before.snapshot_for_key(&key("mesh"));
+    for t in [
+        ResourceType::Cluster,
+        ResourceType::Listener,
+        ResourceType::Route,
+    ] {
+        assert_eq!(snapshot.type_version(t), old.type_version(t), "{t} moved");
+    }
+    assert_ne!(
+        snapshot.type_version(ResourceType::Endpoint),
+        old.type_version(ResourceType::Endpoint)
+    );
+    let recompiled = compile_revision("rev-1", &Rev::default().echo_services().revision)
+        .expect("compiles")
+        .mesh(&Workloads::default());
+    assert!(
+        !recompiled.serves_the_same_as(&before),
+        "another compile of the revision is published (its revision id may differ)"
+    );
+}
+
+#[test]
 fn endpoint_slices_give_ready_addresses_at_the_matching_port() {
     let mesh = Rev::default()
         .service(
@@ -2434,7 +2480,8 @@ fn invalid_endpoint_slices_and_service_names_are_errors() {
 fn the_consistency_check_refuses_a_route_to_a_missing_cluster() {
     let rev = Rev::default().echo_services();
     let mesh = rev.compile();
-    let mut tables = mesh.tables.clone();
+    let compiled = mesh.compiled();
+    let mut tables = compiled.tables.clone();
     let mut broken = routes_of(&mesh, "mesh", "echo.mesh:80").remove(0);
     broken.action = Some(Action::Route(RouteAction {
         cluster_specifier: Some(ClusterSpecifier::Cluster(
@@ -2454,23 +2501,24 @@ fn the_consistency_check_refuses_a_route_to_a_missing_cluster() {
             },
         );
     let mut findings = findings::Findings::default();
-    check_consistency(&mesh.shared, &mesh.vhosts, &tables, &mut findings);
+    check_consistency(
+        &compiled.clusters,
+        &compiled.endpoints,
+        &compiled.vhosts,
+        &tables,
+        &mut findings,
+    );
     assert_eq!(findings.errors.len(), 1, "{:?}", findings.errors);
     assert!(findings.errors[0]
         .message
         .contains("\"outbound|80||gone.mesh.svc.cluster.local\", which does not exist"));
 
     let mut findings = findings::Findings::default();
-    let without_endpoints: Vec<(ResourceType, Resource)> = mesh
-        .shared
-        .iter()
-        .filter(|(t, r)| !(*t == ResourceType::Endpoint && r.name == ECHO_80))
-        .cloned()
-        .collect();
     check_consistency(
-        &without_endpoints,
-        &mesh.vhosts,
-        &mesh.tables,
+        &compiled.clusters,
+        &compiled.endpoints.without(ECHO_80),
+        &compiled.vhosts,
+        &compiled.tables,
         &mut findings,
     );
     assert_eq!(findings.errors.len(), 1, "{:?}", findings.errors);

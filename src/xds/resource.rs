@@ -130,9 +130,23 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn new(revision: impl Into<String>, resources: Vec<(ResourceType, Resource)>) -> Snapshot {
+        Snapshot::from_shared(
+            revision,
+            resources
+                .into_iter()
+                .map(|(t, resource)| (t, Arc::new(resource)))
+                .collect(),
+        )
+    }
+
+    /// A snapshot of resources that other snapshots may share: their bytes are not copied.
+    pub fn from_shared(
+        revision: impl Into<String>,
+        resources: Vec<(ResourceType, Arc<Resource>)>,
+    ) -> Snapshot {
         let mut maps: [BTreeMap<String, Arc<Resource>>; 4] = Default::default();
         for (resource_type, resource) in resources {
-            maps[resource_type.index()].insert(resource.name.clone(), Arc::new(resource));
+            maps[resource_type.index()].insert(resource.name.clone(), resource);
         }
         let type_versions = ResourceType::ALL.map(|t| type_version(&maps[t.index()]));
         Snapshot {
