@@ -66,12 +66,32 @@ pub struct StreamEntry {
 }
 
 /// Every open stream, by stream id. Each stream task writes only its own entry.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Streams {
     entries: DashMap<u64, StreamEntry>,
+    /// Bumped when a stream ACKs or closes: whoever waits for convergence re-checks then.
+    progress: watch::Sender<u64>,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Streams {
+            entries: DashMap::new(),
+            progress: watch::Sender::new(0),
+        }
+    }
 }
 
 impl Streams {
+    /// Changes whenever a stream ACKs or closes.
+    pub fn progress(&self) -> watch::Receiver<u64> {
+        self.progress.subscribe()
+    }
+
+    fn progressed(&self) {
+        self.progress.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     /// A copy of every entry, sorted by node id then connection time.
     pub fn list(&self) -> Vec<StreamEntry> {
         let mut entries: Vec<StreamEntry> =
@@ -334,6 +354,7 @@ async fn run_stream<M: StateMachine>(
         End::Shutdown => info!(stream_id, node = %task.node.id, "stream closed for shutdown"),
     }
     shared.streams.entries.remove(&stream_id);
+    shared.streams.progressed();
     shared.metrics.connected_streams.fetch_sub(1, Relaxed);
     shared.observer.disconnected(stream_id);
 }
@@ -458,6 +479,7 @@ impl<M: StateMachine> StreamTask<M> {
                 }
             }
         }
+        let acked = acked_at.iter().any(Option::is_some);
         if let Some(mut entry) = self.shared.streams.entries.get_mut(&self.stream_id) {
             for resource_type in ResourceType::ALL {
                 entry.types[resource_type.index()] = self.machine.status(resource_type).clone();
@@ -473,6 +495,9 @@ impl<M: StateMachine> StreamTask<M> {
                 }
             }
             entry.snapshot = Some(snapshot.clone());
+        }
+        if acked {
+            self.shared.streams.progressed();
         }
         for response in output.responses {
             tokio::select! {
