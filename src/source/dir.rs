@@ -1,17 +1,20 @@
 //! A watched folder as the source, for deployments where a git-sync sidecar keeps it current.
 //!
-//! The folder is polled: a cheap fingerprint of every manifest's path, size and modification
-//! time is taken every [`POLL`]; when it moves, the files are read and loaded as one revision.
-//! Polling works the same on every file system and through the symlink swap git-sync does,
-//! where change notifications are easily missed. A revision is read whole: if the fingerprint
-//! moved while reading, the read is repeated, so a half-written change is never served.
+//! Change notifications (inotify) wake the source as soon as a file changes; a cheap
+//! fingerprint of every manifest's path, size and modification time then decides whether the
+//! files are read and loaded as one revision. The fingerprint is also taken every [`POLL`]
+//! (every [`POLL_WITH_NOTIFY`] while notifications work), which catches what notifications miss:
+//! network file systems, and the symlink swap git-sync does above the folder. A revision is read
+//! whole: if the fingerprint moved while reading, the read is repeated, so a half-written change
+//! is never served.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::watch;
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -19,8 +22,14 @@ use super::{Candidate, CandidateSender};
 use crate::manifest::{self, LoadOptions};
 use crate::metrics::Metrics;
 
-/// How often the folder is checked; changes are applied well within a second.
+/// How often the folder is checked without change notifications; changes are applied well
+/// within a second.
 pub const POLL: Duration = Duration::from_millis(200);
+/// How often the folder is checked while change notifications work.
+pub const POLL_WITH_NOTIFY: Duration = Duration::from_secs(2);
+/// Notifications arriving this soon after a first one are taken together (an editor or a
+/// checkout writes several files); short enough not to delay a single change.
+const SETTLE: Duration = Duration::from_millis(5);
 
 pub struct DirSource {
     root: PathBuf,
@@ -44,24 +53,49 @@ impl DirSource {
         }
     }
 
-    /// Polls until `shutdown` flips to true.
+    /// Watches the folder until `shutdown` flips to true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut last_fingerprint = None;
         let mut last_revision = None;
+        // The watch is on the folder the root resolves to; when a symlink swap moves that, the
+        // watch is set up again. Dropping the watcher stops its notifications.
+        // A failed watch is kept as `None` so it is not retried for the same folder.
+        let mut watched: Option<(PathBuf, Option<RecommendedWatcher>)> = None;
+        let mut notified = mpsc::channel(1).1;
         loop {
+            if let Ok(target) = std::fs::canonicalize(&self.root) {
+                if watched.as_ref().map(|(t, _)| t) != Some(&target) {
+                    let (tx, rx) = mpsc::channel(1);
+                    notified = rx;
+                    watched = Some((target, watch_folder(&self.root, tx)));
+                }
+            }
+            let mut next_check = if watched.as_ref().is_some_and(|(_, w)| w.is_some()) {
+                POLL_WITH_NOTIFY
+            } else {
+                POLL
+            };
             let fingerprint = fingerprint_blocking(self.root.clone()).await;
             if fingerprint != last_fingerprint {
-                if let Some(candidate) = self.read_stable(fingerprint).await {
-                    last_fingerprint = fingerprint;
-                    if last_revision.as_ref() != Some(&candidate.revision_id) {
-                        debug!(revision = %candidate.revision_id, ok = candidate.loaded.is_ok(), "folder changed");
-                        last_revision = Some(candidate.revision_id.clone());
-                        self.publish.send_replace(Some(Arc::new(candidate)));
+                match self.read_stable(fingerprint).await {
+                    Some(candidate) => {
+                        last_fingerprint = fingerprint;
+                        if last_revision.as_ref() != Some(&candidate.revision_id) {
+                            debug!(revision = %candidate.revision_id, ok = candidate.loaded.is_ok(), "folder changed");
+                            last_revision = Some(candidate.revision_id.clone());
+                            self.publish.send_replace(Some(Arc::new(candidate)));
+                        }
                     }
+                    // Changing while read: look again soon.
+                    None => next_check = POLL,
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(POLL) => {}
+                _ = tokio::time::sleep(next_check) => {}
+                Some(()) = notified.recv() => {
+                    tokio::time::sleep(SETTLE).await;
+                    while notified.try_recv().is_ok() {}
+                }
                 _ = crate::shutdown::drained(&mut shutdown) => return,
             }
         }
@@ -122,6 +156,36 @@ impl DirSource {
     }
 }
 
+/// Change notifications for everything below `root` (and for `root` itself being replaced when
+/// it is a symlink, as git-sync swaps it). `None` when the platform or its limits refuse; the
+/// folder is then polled more often.
+fn watch_folder(root: &Path, tx: mpsc::Sender<()>) -> Option<RecommendedWatcher> {
+    let handler = move |event: notify::Result<notify::Event>| {
+        // Reads (ours included) are not changes. A full channel already holds a wake-up.
+        if event.is_ok_and(|e| !matches!(e.kind, EventKind::Access(_))) {
+            let _ = tx.try_send(());
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(watcher) => watcher,
+        Err(error) => {
+            warn!(%error, poll = ?POLL, "no change notifications for the manifest folder; polling it");
+            return None;
+        }
+    };
+    if let Err(error) = watcher.watch(root, RecursiveMode::Recursive) {
+        warn!(%error, folder = %root.display(), poll = ?POLL, "cannot watch the manifest folder; polling it");
+        return None;
+    }
+    let is_symlink = std::fs::symlink_metadata(root).is_ok_and(|m| m.file_type().is_symlink());
+    if let (true, Some(parent)) = (is_symlink, root.parent()) {
+        if let Err(error) = watcher.watch(parent, RecursiveMode::NonRecursive) {
+            debug!(%error, "cannot watch the folder above the manifest symlink; polling catches its swaps");
+        }
+    }
+    Some(watcher)
+}
+
 /// `dir-` and a hash of every file's path and contents: equal folders, equal ids.
 pub fn revision_id(files: &[manifest::SourceFile]) -> String {
     let mut hasher = Xxh3::new();
@@ -148,9 +212,13 @@ fn fingerprint(root: &Path) -> Option<u64> {
     let mut hasher = Xxh3::new();
     let mut stack = vec![root.to_path_buf()];
     let mut entries = 0usize;
-    // The folder's own metadata first, so a swapped symlink target is noticed.
+    // The folder's own metadata and where it resolves to first, so a swapped symlink target is
+    // noticed even when the files look alike (timestamps are coarse).
     let meta = std::fs::metadata(root).ok()?;
     hash_meta(&mut hasher, root, &meta);
+    if let Ok(target) = std::fs::canonicalize(root) {
+        hasher.update(target.as_os_str().as_encoded_bytes());
+    }
     while let Some(dir) = stack.pop() {
         let Ok(read) = std::fs::read_dir(&dir) else {
             continue;
@@ -190,4 +258,90 @@ fn hash_meta(hasher: &mut Xxh3, path: &Path, meta: &std::fs::Metadata) {
         .and_then(|m| m.duration_since(SystemTime::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
     hasher.update(&modified.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVICE: &str =
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: echo\nspec:\n  ports:\n  - port: 80\n";
+
+    /// Starts a source on `root` and returns its candidates.
+    fn start(root: &Path) -> (super::super::CandidateReceiver, watch::Sender<bool>) {
+        let (publish, candidates) = watch::channel(None);
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let source = DirSource::new(
+            root.to_path_buf(),
+            LoadOptions::default(),
+            publish,
+            Arc::new(Metrics::default()),
+        );
+        tokio::spawn(source.run(shutdown));
+        (candidates, shutdown_tx)
+    }
+
+    async fn next_revision(
+        candidates: &mut super::super::CandidateReceiver,
+        within: Duration,
+    ) -> String {
+        tokio::time::timeout(within, candidates.changed())
+            .await
+            .expect("a new revision in time")
+            .expect("source running");
+        let candidate = candidates.borrow_and_update().clone().expect("a candidate");
+        assert!(candidate.loaded.is_ok(), "the folder loads");
+        candidate.revision_id.clone()
+    }
+
+    #[tokio::test]
+    async fn a_change_is_noticed_at_once_not_at_the_next_poll() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("echo.yaml"), SERVICE).expect("write");
+        let (mut candidates, _shutdown) = start(dir.path());
+        let first = next_revision(&mut candidates, Duration::from_secs(5)).await;
+
+        // Past the first check, far from the next poll: only a notification can explain a
+        // quick pick-up.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let changed = SERVICE.replace("port: 80", "port: 81");
+        std::fs::write(dir.path().join("echo.yaml"), changed).expect("write");
+        let second = next_revision(&mut candidates, POLL_WITH_NOTIFY / 2).await;
+        assert_ne!(first, second);
+    }
+
+    #[tokio::test]
+    async fn a_swapped_symlink_is_followed_and_watched_again() {
+        let base = tempfile::tempdir().expect("temp dir");
+        for rev in ["rev-a", "rev-b"] {
+            std::fs::create_dir(base.path().join(rev)).expect("mkdir");
+            std::fs::write(base.path().join(rev).join("echo.yaml"), SERVICE).expect("write");
+        }
+        std::fs::write(
+            base.path().join("rev-b/echo.yaml"),
+            SERVICE.replace("port: 80", "port: 82"),
+        )
+        .expect("write");
+        let link = base.path().join("current");
+        std::os::unix::fs::symlink(base.path().join("rev-a"), &link).expect("symlink");
+        let (mut candidates, _shutdown) = start(&link);
+        let a = next_revision(&mut candidates, Duration::from_secs(5)).await;
+
+        // The git-sync swap: a new link renamed over the old one.
+        let new_link = base.path().join("current.new");
+        std::os::unix::fs::symlink(base.path().join("rev-b"), &new_link).expect("symlink");
+        std::fs::rename(&new_link, &link).expect("swap");
+        let b = next_revision(&mut candidates, POLL_WITH_NOTIFY / 2).await;
+        assert_ne!(a, b);
+
+        // And the new target is watched.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        std::fs::write(
+            base.path().join("rev-b/echo.yaml"),
+            SERVICE.replace("port: 80", "port: 83"),
+        )
+        .expect("write");
+        let c = next_revision(&mut candidates, POLL_WITH_NOTIFY / 2).await;
+        assert_ne!(b, c);
+    }
 }
