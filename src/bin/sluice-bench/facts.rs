@@ -1,0 +1,538 @@
+//! What responses mean to a sidecar, worked out once and shared by every simulated sidecar.
+//!
+//! Ten thousand sidecars receive the same clusters, endpoints, listeners and routes. Decoding
+//! every response in every sidecar would make the generator, not the server, the bottleneck.
+//! So what a sidecar needs from a response (which clusters are EDS clusters and what their
+//! endpoints are called, which route configurations a listener fetches over RDS) is decoded
+//! once per distinct resource: keyed by `(type, name, version)` in delta, and by a hash of the
+//! resource's bytes in SotW.
+//!
+//! What a sidecar holds of a type is a [`Held`] state, interned here: a sidecar keeps only a
+//! [`StateId`] per type. In delta a state is the `name → version` map the sidecar would send as
+//! `initial_resource_versions` on reconnect; a response moves a sidecar from one state to the
+//! next, and that transition is computed once per (state, response) and then looked up. Equal
+//! maps are one state, so "the route version moved" is a change of state id. In SotW a state
+//! is one whole response of the type (its `version_info` and what it asks to follow).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError};
+
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use prost::bytes::Bytes;
+use prost::Message;
+use sluice::xds::resource::ResourceType;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::wire::{self, DeltaResponse, SotwResponse};
+
+/// An interned [`Held`] state.
+pub type StateId = u32;
+
+/// Holding nothing: every type's state before its first response.
+pub const EMPTY: StateId = 0;
+
+const HCM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+
+/// A set of resource names a sidecar subscribes to (its EDS or RDS names), interned so equal
+/// sets are one `Arc`, with the request pieces that name them encoded once.
+#[derive(Debug)]
+pub struct NameSet {
+    pub names: Vec<Arc<str>>,
+    /// `resource_names_subscribe` listing every name (delta).
+    pub delta_subscribe: Bytes,
+    /// `resource_names` listing every name (SotW).
+    pub sotw_names: Bytes,
+}
+
+/// One resource as a delta sidecar holds it.
+#[derive(Clone, Debug)]
+struct Entry {
+    version: Arc<str>,
+    /// Names this resource makes the sidecar ask for next (an EDS cluster's endpoints, a
+    /// listener's route configurations).
+    follow: Arc<[Arc<str>]>,
+}
+
+/// What a sidecar holds of one type. Immutable once interned.
+#[derive(Debug)]
+pub struct Held {
+    /// Delta: every resource held, by name. Empty in SotW.
+    entries: BTreeMap<Arc<str>, Entry>,
+    /// SotW: the `version_info` of the response. Empty in delta.
+    pub version_info: Bytes,
+    /// The names the next type must subscribe to (from CDS: EDS; from LDS: RDS).
+    pub follow: Arc<NameSet>,
+    /// `initial_resource_versions` with every entry, encoded on first use (delta reconnect).
+    delta_initial: OnceLock<Bytes>,
+}
+
+impl Held {
+    /// The `initial_resource_versions` piece of a delta reconnect request.
+    pub fn delta_initial(&self) -> Bytes {
+        self.delta_initial
+            .get_or_init(|| {
+                wire::encode(&DeltaDiscoveryRequest {
+                    initial_resource_versions: self
+                        .entries
+                        .iter()
+                        .map(|(name, entry)| (name.to_string(), entry.version.to_string()))
+                        .collect(),
+                    ..Default::default()
+                })
+            })
+            .clone()
+    }
+}
+
+/// The shared decode cache and state table.
+#[derive(Debug)]
+pub struct Facts {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    states: Vec<Arc<Held>>,
+    /// Delta: state by a hash of its `(name, version)` pairs.
+    delta_by_content: HashMap<u64, StateId>,
+    /// Delta: `(state before, response key)` → state after.
+    transitions: HashMap<(StateId, u64), StateId>,
+    /// SotW: state by a hash of the whole response (type, version and every resource's bytes).
+    sotw_by_response: HashMap<(u8, u64), StateId>,
+    /// What each distinct resource makes a sidecar follow, by `(type, resource key)`.
+    follows: HashMap<(u8, u64), Arc<[Arc<str>]>>,
+    name_sets: HashMap<u64, Arc<NameSet>>,
+    strings: HashSet<Arc<str>>,
+    /// Resources decoded (each distinct one once).
+    decoded: u64,
+    /// Resources that failed to decode, with the first few reasons.
+    decode_errors: u64,
+    first_errors: Vec<String>,
+}
+
+impl Default for Facts {
+    fn default() -> Self {
+        let empty_set = Arc::new(NameSet::new(Vec::new()));
+        let mut name_sets = HashMap::new();
+        name_sets.insert(names_hash(&[]), empty_set.clone());
+        let empty = Arc::new(Held {
+            entries: BTreeMap::new(),
+            version_info: Bytes::new(),
+            follow: empty_set,
+            delta_initial: OnceLock::new(),
+        });
+        let mut delta_by_content = HashMap::new();
+        delta_by_content.insert(content_hash(&empty.entries), EMPTY);
+        Facts {
+            inner: Mutex::new(Inner {
+                states: vec![empty],
+                delta_by_content,
+                transitions: HashMap::new(),
+                sotw_by_response: HashMap::new(),
+                follows: HashMap::new(),
+                name_sets,
+                strings: HashSet::new(),
+                decoded: 0,
+                decode_errors: 0,
+                first_errors: Vec::new(),
+            }),
+        }
+    }
+}
+
+impl Facts {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn state(&self, id: StateId) -> Arc<Held> {
+        let inner = self.lock();
+        inner.states[id as usize].clone()
+    }
+
+    /// The state a delta sidecar holding `before` is in once it applied `response`.
+    pub fn apply_delta(
+        &self,
+        t: ResourceType,
+        before: StateId,
+        response: &DeltaResponse,
+    ) -> StateId {
+        let key = delta_response_key(t, response);
+        let mut inner = self.lock();
+        if let Some(after) = inner.transitions.get(&(before, key)) {
+            return *after;
+        }
+        let mut entries = inner.states[before as usize].entries.clone();
+        for resource in &response.resources {
+            let name = inner.intern(&resource.name);
+            let version = inner.intern(&resource.version);
+            let resource_key = delta_resource_key(&resource.name, &resource.version);
+            let body = resource
+                .resource
+                .as_ref()
+                .map(|any| &any.value[..])
+                .unwrap_or_default();
+            let follow = inner.follow(t, resource_key, body);
+            entries.insert(name, Entry { version, follow });
+        }
+        for name in &response.removed_resources {
+            entries.remove(String::from_utf8_lossy(name).as_ref());
+        }
+        let hash = content_hash(&entries);
+        let after = match inner.delta_by_content.get(&hash) {
+            Some(id) => *id,
+            None => {
+                let follow = inner.name_set(entries.values().flat_map(|e| e.follow.iter()));
+                let id = inner.push(Held {
+                    entries,
+                    version_info: Bytes::new(),
+                    follow,
+                    delta_initial: OnceLock::new(),
+                });
+                inner.delta_by_content.insert(hash, id);
+                id
+            }
+        };
+        inner.transitions.insert((before, key), after);
+        after
+    }
+
+    /// The state a SotW sidecar is in once it applied `response`.
+    pub fn apply_sotw(&self, t: ResourceType, response: &SotwResponse) -> StateId {
+        let key = (t as u8, sotw_response_key(response));
+        let mut inner = self.lock();
+        if let Some(id) = inner.sotw_by_response.get(&key) {
+            return *id;
+        }
+        let mut follows = Vec::new();
+        for any in &response.resources {
+            let resource_key = xxhash_rust::xxh3::xxh3_64(&any.value);
+            follows.push(inner.follow(t, resource_key, &any.value));
+        }
+        let follow = inner.name_set(follows.iter().flat_map(|f| f.iter()));
+        let id = inner.push(Held {
+            entries: BTreeMap::new(),
+            // A copy: the response's bytes point into a receive buffer that must be freed.
+            version_info: Bytes::copy_from_slice(&response.version_info),
+            follow,
+            delta_initial: OnceLock::new(),
+        });
+        inner.sotw_by_response.insert(key, id);
+        id
+    }
+
+    /// How many distinct resources were decoded, and how many of those failed.
+    pub fn decode_counts(&self) -> (u64, u64, Vec<String>) {
+        let inner = self.lock();
+        (
+            inner.decoded,
+            inner.decode_errors,
+            inner.first_errors.clone(),
+        )
+    }
+}
+
+impl Inner {
+    fn push(&mut self, held: Held) -> StateId {
+        let id = StateId::try_from(self.states.len()).unwrap_or(StateId::MAX);
+        self.states.push(Arc::new(held));
+        id
+    }
+
+    fn intern(&mut self, bytes: &[u8]) -> Arc<str> {
+        let text = String::from_utf8_lossy(bytes);
+        if let Some(found) = self.strings.get(text.as_ref()) {
+            return found.clone();
+        }
+        let interned: Arc<str> = Arc::from(text.as_ref());
+        self.strings.insert(interned.clone());
+        interned
+    }
+
+    /// What a resource makes a sidecar follow, decoding it the first time it is seen.
+    fn follow(&mut self, t: ResourceType, resource_key: u64, body: &[u8]) -> Arc<[Arc<str>]> {
+        if let Some(found) = self.follows.get(&(t as u8, resource_key)) {
+            return found.clone();
+        }
+        self.decoded += 1;
+        let names = match decode_follow(t, body) {
+            Ok(names) => names,
+            Err(err) => {
+                self.decode_errors += 1;
+                if self.first_errors.len() < 5 {
+                    self.first_errors.push(format!("{t}: {err}"));
+                }
+                Vec::new()
+            }
+        };
+        let follow: Arc<[Arc<str>]> = names.iter().map(|n| self.intern(n.as_bytes())).collect();
+        self.follows.insert((t as u8, resource_key), follow.clone());
+        follow
+    }
+
+    fn name_set<'a>(&mut self, names: impl Iterator<Item = &'a Arc<str>>) -> Arc<NameSet> {
+        let sorted: BTreeSet<&Arc<str>> = names.collect();
+        let names: Vec<Arc<str>> = sorted.into_iter().cloned().collect();
+        let hash = names_hash(&names);
+        self.name_sets
+            .entry(hash)
+            .or_insert_with(|| Arc::new(NameSet::new(names)))
+            .clone()
+    }
+}
+
+impl NameSet {
+    fn new(names: Vec<Arc<str>>) -> NameSet {
+        let strings: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        NameSet {
+            delta_subscribe: wire::encode(&DeltaDiscoveryRequest {
+                resource_names_subscribe: strings.clone(),
+                ..Default::default()
+            }),
+            sotw_names: wire::encode(&DiscoveryRequest {
+                resource_names: strings,
+                ..Default::default()
+            }),
+            names,
+        }
+    }
+}
+
+/// The request piece holding only `type_url`, per type: delta.
+pub fn delta_type_part(t: ResourceType) -> Bytes {
+    static PARTS: LazyLock<[Bytes; 4]> = LazyLock::new(|| {
+        ResourceType::ALL.map(|t| {
+            wire::encode(&DeltaDiscoveryRequest {
+                type_url: t.type_url().to_string(),
+                ..Default::default()
+            })
+        })
+    });
+    PARTS[t.index()].clone()
+}
+
+/// The request piece holding only `type_url`, per type: SotW.
+pub fn sotw_type_part(t: ResourceType) -> Bytes {
+    static PARTS: LazyLock<[Bytes; 4]> = LazyLock::new(|| {
+        ResourceType::ALL.map(|t| {
+            wire::encode(&DiscoveryRequest {
+                type_url: t.type_url().to_string(),
+                ..Default::default()
+            })
+        })
+    });
+    PARTS[t.index()].clone()
+}
+
+/// Decodes a resource for the names it makes a sidecar ask for next: an EDS cluster's
+/// `ClusterLoadAssignment` name (its `service_name`, else its own name); the route
+/// configurations a listener's HTTP connection managers fetch over RDS. Other clusters (such as
+/// `ORIGINAL_DST` passthrough) and other types ask for nothing.
+fn decode_follow(t: ResourceType, body: &[u8]) -> Result<Vec<String>, prost::DecodeError> {
+    match t {
+        ResourceType::Cluster => {
+            let cluster = Cluster::decode(body)?;
+            let eds = matches!(
+                cluster.cluster_discovery_type,
+                Some(ClusterDiscoveryType::Type(kind)) if kind == DiscoveryType::Eds as i32
+            );
+            if !eds {
+                return Ok(Vec::new());
+            }
+            let service_name = cluster
+                .eds_cluster_config
+                .map(|eds| eds.service_name)
+                .filter(|name| !name.is_empty());
+            Ok(vec![service_name.unwrap_or(cluster.name)])
+        }
+        ResourceType::Listener => {
+            let listener = Listener::decode(body)?;
+            let mut names = Vec::new();
+            let chains = listener
+                .filter_chains
+                .iter()
+                .chain(listener.default_filter_chain.as_ref());
+            for filter in chains.flat_map(|chain| chain.filters.iter()) {
+                let Some(ConfigType::TypedConfig(any)) = &filter.config_type else {
+                    continue;
+                };
+                if any.type_url != HCM_TYPE_URL {
+                    continue;
+                }
+                let hcm = HttpConnectionManager::decode(&any.value[..])?;
+                if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier {
+                    names.push(rds.route_config_name);
+                }
+            }
+            Ok(names)
+        }
+        ResourceType::Endpoint | ResourceType::Route => Ok(Vec::new()),
+    }
+}
+
+fn delta_resource_key(name: &[u8], version: &[u8]) -> u64 {
+    let mut hasher = Xxh3::new();
+    hasher.update(name);
+    hasher.update(&[0]);
+    hasher.update(version);
+    hasher.digest()
+}
+
+/// Everything a delta response changes: its type, each resource's name and version, and the
+/// removed names. The bodies are not hashed: in delta a version names its content.
+fn delta_response_key(t: ResourceType, response: &DeltaResponse) -> u64 {
+    let mut hasher = Xxh3::new();
+    hasher.update(&[t as u8]);
+    for resource in &response.resources {
+        hasher.update(&resource.name);
+        hasher.update(&[0]);
+        hasher.update(&resource.version);
+        hasher.update(&[0]);
+    }
+    hasher.update(&[1]);
+    for name in &response.removed_resources {
+        hasher.update(name);
+        hasher.update(&[0]);
+    }
+    hasher.digest()
+}
+
+/// A hash of a whole SotW response: its version and every resource's bytes.
+fn sotw_response_key(response: &SotwResponse) -> u64 {
+    let mut hasher = Xxh3::new();
+    hasher.update(&response.version_info);
+    for any in &response.resources {
+        hasher.update(&(any.value.len() as u64).to_le_bytes());
+        hasher.update(&any.type_url);
+        hasher.update(&any.value);
+    }
+    hasher.digest()
+}
+
+fn content_hash(entries: &BTreeMap<Arc<str>, Entry>) -> u64 {
+    let mut hasher = Xxh3::new();
+    for (name, entry) in entries {
+        hasher.update(name.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(entry.version.as_bytes());
+        hasher.update(&[0]);
+    }
+    hasher.digest()
+}
+
+fn names_hash(names: &[Arc<str>]) -> u64 {
+    let mut hasher = Xxh3::new();
+    for name in names {
+        hasher.update(name.as_bytes());
+        hasher.update(&[0]);
+    }
+    hasher.digest()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{AnyBytes, DeltaResource};
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::EdsClusterConfig;
+
+    fn cluster(name: &str, eds: bool) -> Vec<u8> {
+        let kind = if eds {
+            DiscoveryType::Eds
+        } else {
+            DiscoveryType::OriginalDst
+        };
+        Cluster {
+            name: name.into(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(kind as i32)),
+            eds_cluster_config: eds.then(EdsClusterConfig::default),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn delta(resources: &[(&str, &str, Vec<u8>)], removed: &[&str]) -> DeltaResponse {
+        DeltaResponse {
+            resources: resources
+                .iter()
+                .map(|(name, version, body)| DeltaResource {
+                    name: Bytes::copy_from_slice(name.as_bytes()),
+                    version: Bytes::copy_from_slice(version.as_bytes()),
+                    resource: Some(AnyBytes {
+                        type_url: Bytes::new(),
+                        value: Bytes::from(body.clone()),
+                    }),
+                })
+                .collect(),
+            removed_resources: removed
+                .iter()
+                .map(|n| Bytes::copy_from_slice(n.as_bytes()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn follow_names(facts: &Facts, id: StateId) -> Vec<String> {
+        facts
+            .state(id)
+            .follow
+            .names
+            .iter()
+            .map(|n| n.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn eds_clusters_are_followed_and_others_are_not() {
+        let facts = Facts::default();
+        let response = delta(
+            &[
+                ("a", "1", cluster("a", true)),
+                ("pass", "1", cluster("pass", false)),
+            ],
+            &[],
+        );
+        let id = facts.apply_delta(ResourceType::Cluster, EMPTY, &response);
+        assert_eq!(follow_names(&facts, id), ["a"]);
+    }
+
+    #[test]
+    fn equal_content_is_one_state_and_a_new_version_is_another() {
+        let facts = Facts::default();
+        let first = delta(&[("a", "1", cluster("a", true))], &[]);
+        let one = facts.apply_delta(ResourceType::Cluster, EMPTY, &first);
+        assert_eq!(facts.apply_delta(ResourceType::Cluster, one, &first), one);
+        let second = delta(&[("a", "2", cluster("a", true))], &[]);
+        let two = facts.apply_delta(ResourceType::Cluster, one, &second);
+        assert_ne!(two, one);
+        let removed = facts.apply_delta(ResourceType::Cluster, two, &delta(&[], &["a"]));
+        assert_eq!(removed, EMPTY);
+        assert_eq!(
+            facts.decode_counts().0,
+            2,
+            "each (name, version) decoded once"
+        );
+    }
+
+    #[test]
+    fn the_reconnect_piece_lists_every_held_version() {
+        let facts = Facts::default();
+        let response = delta(
+            &[
+                ("a", "1", cluster("a", true)),
+                ("b", "7", cluster("b", true)),
+            ],
+            &[],
+        );
+        let id = facts.apply_delta(ResourceType::Cluster, EMPTY, &response);
+        let request =
+            DeltaDiscoveryRequest::decode(facts.state(id).delta_initial()).expect("decodes");
+        assert_eq!(request.initial_resource_versions.len(), 2);
+        assert_eq!(request.initial_resource_versions["b"], "7");
+    }
+}

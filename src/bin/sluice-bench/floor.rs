@@ -1,0 +1,349 @@
+//! The floor: the least an ADS server can do to serve the same mesh to the same sidecars, so
+//! Sluice's figures can be read against what the transport alone costs.
+//!
+//! At start it loads and compiles the mesh once with the Sluice library, and a second time with
+//! the changed weights of `svc-0001`, then encodes each type's full response once per
+//! protocol, without a nonce. Serving is then only writing bytes: the first request of each
+//! type on a stream gets the pre-encoded response, with the stream's nonce appended as field 5
+//! (protobuf allows fields in any order); every later request (the ACKs) is ignored. A delta
+//! sidecar that reconnects declaring exactly the current versions gets an empty CDS and LDS
+//! answer and nothing for EDS and RDS, as a real server would send it. On `change` (a line on
+//! stdin) every stream that has routes is pushed the other route response.
+//!
+//! The control pipe: the floor prints `ready` once it listens; it answers `change` with `ok` and
+//! `stats` with `stats BYTES_SENT OPEN_STREAMS`; it exits when stdin closes.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use anyhow::{anyhow, Context};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    Resource as DeltaResource,
+};
+use prost::bytes::Bytes;
+use sluice::manifest::{self, LoadOptions};
+use sluice::node::NodeInfo;
+use sluice::xds::resource::{ResourceType, Snapshot, SnapshotView};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::codegen::BoxFuture;
+use tonic::server::{NamedService, StreamingService};
+use tonic::{Status, Streaming};
+
+use crate::cli::FloorArgs;
+use crate::mesh::{self, WEIGHTS};
+use crate::sidecar::Protocol;
+use crate::wire::{self, FloorCodec, Prebuilt};
+
+/// Responses queued per stream before the stream task waits for the client.
+const RESPONSE_BUFFER: usize = 4;
+
+pub fn main(args: FloorArgs) -> anyhow::Result<()> {
+    let variants = [
+        compile_variant(&args.mesh, 0)?,
+        compile_variant(&args.mesh, 1)?,
+    ];
+    let floor = Arc::new(Floor {
+        variants,
+        variant: watch::Sender::new(0),
+        bytes_sent: AtomicU64::new(0),
+        streams: AtomicU64::new(0),
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(serve(args.listen, floor))
+}
+
+/// One type's pre-encoded responses.
+struct TypeResponses {
+    delta: Bytes,
+    /// A delta response with no resources: the answer to a reconnect that holds everything.
+    delta_empty: Bytes,
+    sotw: Bytes,
+    /// Name → version of every resource, to recognise a reconnect that holds them all.
+    versions: HashMap<String, String>,
+}
+
+/// Everything the floor serves, by variant (the route weights) and type.
+struct Floor {
+    variants: [[TypeResponses; 4]; 2],
+    /// The current variant; a change moves it and wakes every stream.
+    variant: watch::Sender<usize>,
+    bytes_sent: AtomicU64,
+    streams: AtomicU64,
+}
+
+/// Loads the mesh with `svc-0001`'s weights of `variant`, compiles it with the Sluice library as
+/// `sluice serve` would for a sidecar in namespace `default`, and encodes the responses.
+fn compile_variant(root: &Path, variant: usize) -> anyhow::Result<[TypeResponses; 4]> {
+    let options = LoadOptions::default();
+    let mut files = manifest::read_dir(root, &options).map_err(diagnostics)?;
+    let changed = mesh::file_name(mesh::CHANGED_SERVICE);
+    let file = files
+        .iter_mut()
+        .find(|f| f.path == changed)
+        .ok_or_else(|| anyhow!("{} has no {changed}", root.display()))?;
+    file.bytes = mesh::service_file(mesh::CHANGED_SERVICE, WEIGHTS[variant]).into_bytes();
+    let revision_id = sluice::source::dir::revision_id(&files);
+    let revision = manifest::load_files(&files, &options).map_err(diagnostics)?;
+    let compiled = sluice::compile::compile_mesh(&revision_id, &revision, &Default::default())
+        .map_err(diagnostics)?;
+    let snapshot = compiled.snapshot_for(&NodeInfo::new("floor"));
+    Ok(ResourceType::ALL.map(|t| encode_type(&snapshot, t)))
+}
+
+fn diagnostics(errors: Vec<manifest::Diagnostic>) -> anyhow::Error {
+    let lines: Vec<String> = errors.iter().take(10).map(ToString::to_string).collect();
+    anyhow!("the mesh does not compile:\n{}", lines.join("\n"))
+}
+
+fn encode_type(snapshot: &Snapshot, t: ResourceType) -> TypeResponses {
+    let resources = snapshot.resources(t);
+    let version = format!("floor-{}", snapshot.type_version(t));
+    let delta = DeltaDiscoveryResponse {
+        system_version_info: version.clone(),
+        resources: resources
+            .values()
+            .map(|r| DeltaResource {
+                name: r.name.clone(),
+                version: r.version.clone(),
+                resource: Some(r.body.clone()),
+                ..Default::default()
+            })
+            .collect(),
+        type_url: t.type_url().to_string(),
+        ..Default::default()
+    };
+    let delta_empty = DeltaDiscoveryResponse {
+        system_version_info: version.clone(),
+        type_url: t.type_url().to_string(),
+        ..Default::default()
+    };
+    let sotw = DiscoveryResponse {
+        version_info: version,
+        resources: resources.values().map(|r| r.body.clone()).collect(),
+        type_url: t.type_url().to_string(),
+        ..Default::default()
+    };
+    TypeResponses {
+        delta: wire::encode(&delta),
+        delta_empty: wire::encode(&delta_empty),
+        sotw: wire::encode(&sotw),
+        versions: resources
+            .values()
+            .map(|r| (r.name.clone(), r.version.clone()))
+            .collect(),
+    }
+}
+
+impl Floor {
+    /// The answer to the first request of type `t` on a stream, if any.
+    fn first_answer<R: FloorRequest>(&self, t: ResourceType, request: &R) -> Option<Bytes> {
+        let variant = *self.variant.borrow();
+        let responses = &self.variants[variant][t.index()];
+        match R::PROTOCOL {
+            Protocol::Sotw => Some(responses.sotw.clone()),
+            Protocol::Delta => {
+                let holds_all = request
+                    .initial_versions()
+                    .is_some_and(|held| !held.is_empty() && *held == responses.versions);
+                match (holds_all, t.is_wildcard_type()) {
+                    (false, _) => Some(responses.delta.clone()),
+                    (true, true) => Some(responses.delta_empty.clone()),
+                    (true, false) => None,
+                }
+            }
+        }
+    }
+
+    fn routes(&self, protocol: Protocol, variant: usize) -> Bytes {
+        let responses = &self.variants[variant][ResourceType::Route.index()];
+        match protocol {
+            Protocol::Delta => responses.delta.clone(),
+            Protocol::Sotw => responses.sotw.clone(),
+        }
+    }
+}
+
+/// What the floor reads of a request, for both protocols.
+trait FloorRequest: prost::Message + Default + Send + 'static {
+    const PROTOCOL: Protocol;
+    fn type_url(&self) -> &str;
+    fn initial_versions(&self) -> Option<&HashMap<String, String>>;
+}
+
+impl FloorRequest for DeltaDiscoveryRequest {
+    const PROTOCOL: Protocol = Protocol::Delta;
+    fn type_url(&self) -> &str {
+        &self.type_url
+    }
+    fn initial_versions(&self) -> Option<&HashMap<String, String>> {
+        Some(&self.initial_resource_versions)
+    }
+}
+
+impl FloorRequest for DiscoveryRequest {
+    const PROTOCOL: Protocol = Protocol::Sotw;
+    fn type_url(&self) -> &str {
+        &self.type_url
+    }
+    fn initial_versions(&self) -> Option<&HashMap<String, String>> {
+        None
+    }
+}
+
+async fn serve(listen: SocketAddr, floor: Arc<Floor>) -> anyhow::Result<()> {
+    // tonic's HTTP/2 defaults, as `sluice serve` has them, but with TCP_NODELAY on every
+    // accepted connection: without it a push ends with a small segment that Nagle holds back
+    // until the sidecar's delayed ACK (about 40 ms on Linux). A floor must not pay that.
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let mut stdout = tokio::io::stdout();
+    stdout.write_all(b"ready\n").await?;
+    stdout.flush().await?;
+    let control = control(floor.clone());
+    let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |accepted| {
+        accepted.and_then(|stream| stream.set_nodelay(true).map(|()| stream))
+    });
+    tonic::transport::Server::builder()
+        .add_service(AdsRouter(floor))
+        .serve_with_incoming_shutdown(incoming, control)
+        .await
+        .context("serving ADS")
+}
+
+/// Answers control lines on stdin until it closes.
+async fn control(floor: Arc<Floor>) {
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdout = tokio::io::stdout();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let answer = match line.trim() {
+            "change" => {
+                floor.variant.send_modify(|v| *v = (*v + 1) % 2);
+                "ok".to_string()
+            }
+            "stats" => format!(
+                "stats {} {}",
+                floor.bytes_sent.load(Relaxed),
+                floor.streams.load(Relaxed)
+            ),
+            other => format!("error: unknown command {other:?}"),
+        };
+        let written = async {
+            stdout.write_all(answer.as_bytes()).await?;
+            stdout.write_all(b"\n").await?;
+            stdout.flush().await
+        };
+        if written.await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Routes the two ADS methods to the floor's stream loop; anything else is `UNIMPLEMENTED`.
+#[derive(Clone)]
+struct AdsRouter(Arc<Floor>);
+
+impl NamedService for AdsRouter {
+    const NAME: &'static str = wire::SERVICE_NAME;
+}
+
+impl tower::Service<http::Request<Body>> for AdsRouter {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let floor = self.0.clone();
+        match request.uri().path() {
+            wire::DELTA_PATH => Box::pin(async move {
+                let mut grpc =
+                    tonic::server::Grpc::new(FloorCodec::<DeltaDiscoveryRequest>::default());
+                Ok(grpc.streaming(Method(floor), request).await)
+            }),
+            wire::SOTW_PATH => Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(FloorCodec::<DiscoveryRequest>::default());
+                Ok(grpc.streaming(Method(floor), request).await)
+            }),
+            _ => {
+                Box::pin(async move { Ok(Status::unimplemented("not an ADS method").into_http()) })
+            }
+        }
+    }
+}
+
+/// One ADS method: each call spawns the stream's task.
+struct Method(Arc<Floor>);
+
+impl<R: FloorRequest> StreamingService<R> for Method {
+    type Response = Prebuilt;
+    type ResponseStream = ReceiverStream<Result<Prebuilt, Status>>;
+    type Future = std::future::Ready<Result<tonic::Response<Self::ResponseStream>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<Streaming<R>>) -> Self::Future {
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        tokio::spawn(run_stream(self.0.clone(), request.into_inner(), tx));
+        std::future::ready(Ok(tonic::Response::new(ReceiverStream::new(rx))))
+    }
+}
+
+async fn run_stream<R: FloorRequest>(
+    floor: Arc<Floor>,
+    mut requests: Streaming<R>,
+    tx: mpsc::Sender<Result<Prebuilt, Status>>,
+) {
+    floor.streams.fetch_add(1, Relaxed);
+    let mut answered = [false; 4];
+    let mut nonce = 0u64;
+    let mut variant = floor.variant.subscribe();
+    variant.borrow_and_update();
+    loop {
+        let body = tokio::select! {
+            message = requests.message() => match message {
+                Ok(Some(request)) => {
+                    let Some(t) = ResourceType::from_type_url(request.type_url()) else {
+                        continue;
+                    };
+                    if std::mem::replace(&mut answered[t.index()], true) {
+                        continue; // an ACK, or a later request: ignored
+                    }
+                    floor.first_answer(t, &request)
+                }
+                Ok(None) | Err(_) => break,
+            },
+            changed = variant.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let current = *variant.borrow_and_update();
+                answered[ResourceType::Route.index()].then(|| floor.routes(R::PROTOCOL, current))
+            }
+        };
+        let Some(body) = body else { continue };
+        nonce += 1;
+        let response = Prebuilt { body, nonce };
+        floor
+            .bytes_sent
+            .fetch_add(response.encoded_len() as u64, Relaxed);
+        if tx.send(Ok(response)).await.is_err() {
+            break;
+        }
+    }
+    floor.streams.fetch_sub(1, Relaxed);
+}

@@ -1,0 +1,696 @@
+//! One simulated Envoy sidecar: its own HTTP/2 connection from its own loopback address, and
+//! the ADS conversation Envoy has, in delta or state of the world.
+//!
+//! First connect: CDS (wildcard) → on the CDS response, subscribe to the endpoints of every EDS
+//! cluster in it, then ACK CDS → on the EDS response ACK, then ask for LDS (wildcard) → on the
+//! LDS response subscribe to the route configurations its HTTP connection managers name, then
+//! ACK LDS → ACK RDS. The sidecar is *fully configured* once it has ACKed all four types. Later
+//! responses are ACKed the same way and the EDS and RDS subscriptions follow CDS and LDS.
+//!
+//! Reconnect: all four requests at once, each carrying what the sidecar holds (delta:
+//! `initial_resource_versions`; SotW: the `version_info` it ACKed last), CDS, EDS, RDS, then
+//! LDS. A server answers CDS and LDS in any case, and EDS and RDS only when something changed;
+//! since a stream's responses come in the order of its requests, the sidecar is back in sync
+//! once it has ACKed the LDS answer.
+//!
+//! A sidecar keeps only a state id per type (see [`crate::facts`]), never whole responses.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context as _};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use prost::bytes::Bytes;
+use sluice::node::keys;
+use sluice::xds::resource::ResourceType;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Streaming;
+
+use crate::facts::{self, Facts, NameSet, StateId, EMPTY};
+use crate::wire::{
+    self, ClientCodec, DeltaAckFields, DeltaResponse, Outgoing, Received, SotwAckFields,
+    SotwResponse,
+};
+
+const CDS: ResourceType = ResourceType::Cluster;
+const EDS: ResourceType = ResourceType::Endpoint;
+const LDS: ResourceType = ResourceType::Listener;
+const RDS: ResourceType = ResourceType::Route;
+
+/// Largest response a sidecar accepts (the whole route table of a big mesh is one resource).
+const MAX_RESPONSE: usize = 256 * 1024 * 1024;
+/// Requests queued for the stream; a sidecar has at most four outstanding at once.
+const REQUEST_BUFFER: usize = 16;
+
+/// Which ADS flavour the sidecars speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Delta,
+    Sotw,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Delta => "delta",
+            Protocol::Sotw => "sotw",
+        })
+    }
+}
+
+/// Whether a stream is a sidecar's first or a reconnect with what it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Initial,
+    Reconnect,
+}
+
+/// Counters every sidecar adds to; read by the fleet between phases.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub responses: AtomicU64,
+    /// Resources in responses (added or updated in delta, all of them in SotW).
+    pub resources: AtomicU64,
+    /// Encoded size of every response received.
+    pub bytes: AtomicU64,
+    /// Sidecars that reached fully configured on their current stream.
+    pub configured: AtomicU64,
+    /// Sidecars whose stream failed (connect error, stream closed by the server).
+    pub failed: AtomicU64,
+}
+
+/// When each sidecar ACKs the first route configuration of a change, relative to the change.
+#[derive(Debug, Default)]
+pub struct ChangeTracker {
+    inner: Mutex<TrackerInner>,
+}
+
+#[derive(Debug, Default)]
+struct TrackerInner {
+    /// The change being measured (from 1); 0 before any.
+    change: u64,
+    started: Option<Instant>,
+    /// Microseconds from the change to each sidecar's ACK of it.
+    latencies: Vec<u64>,
+}
+
+impl ChangeTracker {
+    /// Starts measuring change `change`, made at `started`.
+    pub fn arm(&self, change: u64, started: Instant) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.change = change;
+        inner.started = Some(started);
+        inner.latencies.clear();
+    }
+
+    /// How many sidecars have ACKed the current change.
+    pub fn acked(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .latencies
+            .len()
+    }
+
+    /// The latencies of the current change, in microseconds.
+    pub fn latencies(&self) -> Vec<u64> {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .latencies
+            .clone()
+    }
+
+    /// A sidecar just ACKed a new route configuration; `seen` is the last change it counted.
+    fn record(&self, seen: &mut u64) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if inner.change > *seen {
+            if let Some(started) = inner.started {
+                *seen = inner.change;
+                let micros = started.elapsed().as_micros();
+                inner
+                    .latencies
+                    .push(u64::try_from(micros).unwrap_or(u64::MAX));
+            }
+        }
+    }
+}
+
+/// What every sidecar of a fleet shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub protocol: Protocol,
+    /// The server's ADS endpoint; each sidecar binds its own local address on a copy.
+    pub endpoint: Endpoint,
+    pub facts: Facts,
+    pub counters: Counters,
+    pub tracker: ChangeTracker,
+    /// The first few failures, for the report.
+    pub errors: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    fn fail(&self, index: usize, err: &anyhow::Error) {
+        self.counters.failed.fetch_add(1, Relaxed);
+        let mut errors = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
+        if errors.len() < 10 {
+            errors.push(format!("bench-{index}: {err:#}"));
+        }
+    }
+}
+
+/// One simulated sidecar, between streams.
+#[derive(Debug)]
+pub struct Sidecar {
+    pub index: usize,
+    /// Its own loopback address: the connection's source and the node's `address`.
+    pub ip: Ipv4Addr,
+    /// Per type, what it holds (see [`crate::facts`]); kept across reconnects.
+    held: [StateId; 4],
+    /// The last change it recorded an ACK for.
+    last_change: u64,
+}
+
+/// The progress of one stream.
+#[derive(Debug, Default)]
+struct Progress {
+    requested: [bool; 4],
+    acked: [bool; 4],
+    /// EDS and RDS: the names subscribed to on this stream.
+    subscribed: [Option<Arc<NameSet>>; 4],
+    /// SotW: the nonce of the latest response per type, sent again with a subscription change.
+    nonces: [Bytes; 4],
+    configured: bool,
+}
+
+impl Sidecar {
+    pub fn new(index: usize) -> Sidecar {
+        Sidecar {
+            index,
+            ip: loopback_address(index),
+            held: [EMPTY; 4],
+            last_change: 0,
+        }
+    }
+
+    /// Connects, converses until `stop` turns true or the stream fails, and returns itself so a
+    /// later reconnect knows what it held. With `gate`, it waits for a permit first and keeps it
+    /// until fully configured, which bounds how many sidecars connect at once.
+    pub async fn run(
+        mut self,
+        shared: Arc<Shared>,
+        mode: Mode,
+        gate: Option<Arc<Semaphore>>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Sidecar {
+        let permit = match gate {
+            Some(gate) => tokio::select! {
+                permit = gate.acquire_owned() => permit.ok(),
+                _ = stop.wait_for(|stop| *stop) => return self,
+            },
+            None => None,
+        };
+        let result = match shared.protocol {
+            Protocol::Delta => self.run_delta(&shared, mode, permit, &mut stop).await,
+            Protocol::Sotw => self.run_sotw(&shared, mode, permit, &mut stop).await,
+        };
+        if let Err(err) = result {
+            shared.fail(self.index, &err);
+        }
+        self
+    }
+
+    /// The node as `sluice bootstrap` writes it.
+    fn node(&self) -> Node {
+        let string = |s: &str| Value {
+            kind: Some(Kind::StringValue(s.to_string())),
+        };
+        let labels = Struct {
+            fields: [("app".to_string(), string("bench-client"))]
+                .into_iter()
+                .collect(),
+        };
+        let fields = [
+            (keys::NAMESPACE.to_string(), string("default")),
+            (
+                keys::LABELS.to_string(),
+                Value {
+                    kind: Some(Kind::StructValue(labels)),
+                },
+            ),
+            (keys::ADDRESS.to_string(), string(&self.ip.to_string())),
+            (
+                keys::OUTBOUND_LISTEN.to_string(),
+                string(sluice::node::DEFAULT_OUTBOUND_LISTEN),
+            ),
+        ];
+        Node {
+            id: format!("bench-{}", self.index),
+            cluster: "default".into(),
+            metadata: Some(Struct {
+                fields: fields.into_iter().collect(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Opens the connection and the stream, with `first` already queued.
+    async fn open<Req, Resp>(
+        &self,
+        shared: &Shared,
+        path: &'static str,
+        first: Vec<Outgoing<Req>>,
+    ) -> anyhow::Result<(
+        Channel,
+        mpsc::Sender<Outgoing<Req>>,
+        Streaming<Received<Resp>>,
+    )>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        let channel = shared
+            .endpoint
+            .clone()
+            .local_address(Some(IpAddr::V4(self.ip)))
+            .connect()
+            .await
+            .with_context(|| format!("connecting from {}", self.ip))?;
+        let (tx, rx) = mpsc::channel(REQUEST_BUFFER);
+        for request in first {
+            tx.send(request)
+                .await
+                .map_err(|_| anyhow!("request queue closed"))?;
+        }
+        let mut grpc =
+            tonic::client::Grpc::new(channel.clone()).max_decoding_message_size(MAX_RESPONSE);
+        grpc.ready().await.context("waiting for the connection")?;
+        let response = grpc
+            .streaming(
+                tonic::Request::new(ReceiverStream::new(rx)),
+                PathAndQuery::from_static(path),
+                ClientCodec::<Req, Resp>::default(),
+            )
+            .await
+            .context("opening the ADS stream")?;
+        Ok((channel, tx, response.into_inner()))
+    }
+
+    async fn run_delta(
+        &mut self,
+        shared: &Shared,
+        mode: Mode,
+        mut permit: Option<OwnedSemaphorePermit>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let mut progress = Progress::default();
+        let node = wire::encode(&DeltaDiscoveryRequest {
+            node: Some(self.node()),
+            ..Default::default()
+        });
+        let first = match mode {
+            Mode::Initial => {
+                progress.requested[CDS.index()] = true;
+                vec![Outgoing::Parts(vec![node, facts::delta_type_part(CDS)])]
+            }
+            Mode::Reconnect => self.delta_reconnect_requests(shared, node, &mut progress),
+        };
+        let (_channel, tx, mut stream) = self
+            .open::<DeltaDiscoveryRequest, DeltaResponse>(shared, wire::DELTA_PATH, first)
+            .await?;
+        loop {
+            let received = tokio::select! {
+                biased;
+                _ = stop.wait_for(|stop| *stop) => return Ok(()),
+                message = stream.message() => match message {
+                    Ok(Some(received)) => received,
+                    Ok(None) => bail!("the server ended the stream"),
+                    Err(status) => bail!("the stream failed: {status}"),
+                },
+            };
+            self.handle_delta(shared, &mut progress, &tx, received)
+                .await?;
+            self.check_configured(shared, mode, &mut progress, &mut permit);
+        }
+    }
+
+    /// CDS, EDS, RDS, LDS, each with the versions held, in one go.
+    fn delta_reconnect_requests(
+        &self,
+        shared: &Shared,
+        node: Bytes,
+        progress: &mut Progress,
+    ) -> Vec<Outgoing<DeltaDiscoveryRequest>> {
+        let clusters = shared.facts.state(self.held[CDS.index()]);
+        let listeners = shared.facts.state(self.held[LDS.index()]);
+        let mut requests = vec![Outgoing::Parts(vec![
+            node,
+            facts::delta_type_part(CDS),
+            clusters.delta_initial(),
+        ])];
+        for (t, names) in [(EDS, &clusters.follow), (RDS, &listeners.follow)] {
+            let held = shared.facts.state(self.held[t.index()]);
+            requests.push(Outgoing::Parts(vec![
+                facts::delta_type_part(t),
+                names.delta_subscribe.clone(),
+                held.delta_initial(),
+            ]));
+            progress.subscribed[t.index()] = Some(names.clone());
+        }
+        requests.push(Outgoing::Parts(vec![
+            facts::delta_type_part(LDS),
+            listeners.delta_initial(),
+        ]));
+        progress.requested = [true; 4];
+        requests
+    }
+
+    async fn handle_delta(
+        &mut self,
+        shared: &Shared,
+        progress: &mut Progress,
+        tx: &mpsc::Sender<Outgoing<DeltaDiscoveryRequest>>,
+        received: Received<DeltaResponse>,
+    ) -> anyhow::Result<()> {
+        let response = received.message;
+        shared.counters.responses.fetch_add(1, Relaxed);
+        shared
+            .counters
+            .resources
+            .fetch_add(response.resources.len() as u64, Relaxed);
+        shared
+            .counters
+            .bytes
+            .fetch_add(received.bytes as u64, Relaxed);
+        let t = resource_type(&response.type_url)?;
+        let before = self.held[t.index()];
+        let after = shared.facts.apply_delta(t, before, &response);
+        self.held[t.index()] = after;
+        match t {
+            CDS => self.follow_delta(shared, progress, tx, EDS, after).await?,
+            LDS => self.follow_delta(shared, progress, tx, RDS, after).await?,
+            _ => {}
+        }
+        let ack = Outgoing::Parts(vec![
+            facts::delta_type_part(t),
+            wire::encode(&DeltaAckFields {
+                response_nonce: response.nonce,
+            }),
+        ]);
+        send(tx, ack).await?;
+        progress.acked[t.index()] = true;
+        if t == EDS && !progress.requested[LDS.index()] {
+            progress.requested[LDS.index()] = true;
+            send(tx, Outgoing::Parts(vec![facts::delta_type_part(LDS)])).await?;
+        }
+        self.record_route_change(shared, t, before, after);
+        Ok(())
+    }
+
+    /// Keeps the EDS (or RDS) subscription equal to what the CDS (or LDS) state names.
+    async fn follow_delta(
+        &self,
+        shared: &Shared,
+        progress: &mut Progress,
+        tx: &mpsc::Sender<Outgoing<DeltaDiscoveryRequest>>,
+        child: ResourceType,
+        parent: StateId,
+    ) -> anyhow::Result<()> {
+        let wanted = shared.facts.state(parent).follow.clone();
+        let request = match &progress.subscribed[child.index()] {
+            Some(current) if Arc::ptr_eq(current, &wanted) => return Ok(()),
+            Some(current) => {
+                let (subscribe, unsubscribe) = diff(current, &wanted);
+                Outgoing::Message(DeltaDiscoveryRequest {
+                    type_url: child.type_url().to_string(),
+                    resource_names_subscribe: subscribe,
+                    resource_names_unsubscribe: unsubscribe,
+                    ..Default::default()
+                })
+            }
+            None => Outgoing::Parts(vec![
+                facts::delta_type_part(child),
+                wanted.delta_subscribe.clone(),
+            ]),
+        };
+        progress.subscribed[child.index()] = Some(wanted.clone());
+        if wanted.names.is_empty() && !progress.requested[child.index()] {
+            // Nothing to ask for (a mesh without EDS clusters): Envoy sends no request at all.
+            progress.acked[child.index()] = true;
+            return Ok(());
+        }
+        progress.requested[child.index()] = true;
+        send(tx, request).await
+    }
+
+    /// After a route response is ACKed: when it carried a new route configuration, the change
+    /// being tracked reached this sidecar.
+    fn record_route_change(
+        &mut self,
+        shared: &Shared,
+        t: ResourceType,
+        before: StateId,
+        after: StateId,
+    ) {
+        if t == RDS && before != after && before != EMPTY {
+            shared.tracker.record(&mut self.last_change);
+        }
+    }
+
+    fn check_configured(
+        &self,
+        shared: &Shared,
+        mode: Mode,
+        progress: &mut Progress,
+        permit: &mut Option<OwnedSemaphorePermit>,
+    ) {
+        if progress.configured {
+            return;
+        }
+        let done = match mode {
+            Mode::Initial => progress.acked.iter().all(|a| *a),
+            Mode::Reconnect => progress.acked[CDS.index()] && progress.acked[LDS.index()],
+        };
+        if done {
+            progress.configured = true;
+            shared.counters.configured.fetch_add(1, Relaxed);
+            permit.take();
+        }
+    }
+
+    async fn run_sotw(
+        &mut self,
+        shared: &Shared,
+        mode: Mode,
+        mut permit: Option<OwnedSemaphorePermit>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let mut progress = Progress::default();
+        let node = wire::encode(&DiscoveryRequest {
+            node: Some(self.node()),
+            ..Default::default()
+        });
+        let first = match mode {
+            Mode::Initial => {
+                progress.requested[CDS.index()] = true;
+                vec![Outgoing::Parts(vec![node, facts::sotw_type_part(CDS)])]
+            }
+            Mode::Reconnect => self.sotw_reconnect_requests(shared, node, &mut progress),
+        };
+        let (_channel, tx, mut stream) = self
+            .open::<DiscoveryRequest, SotwResponse>(shared, wire::SOTW_PATH, first)
+            .await?;
+        loop {
+            let received = tokio::select! {
+                biased;
+                _ = stop.wait_for(|stop| *stop) => return Ok(()),
+                message = stream.message() => match message {
+                    Ok(Some(received)) => received,
+                    Ok(None) => bail!("the server ended the stream"),
+                    Err(status) => bail!("the stream failed: {status}"),
+                },
+            };
+            self.handle_sotw(shared, &mut progress, &tx, received)
+                .await?;
+            self.check_configured(shared, mode, &mut progress, &mut permit);
+        }
+    }
+
+    /// CDS, EDS, RDS, LDS, each with the version last ACKed and no nonce, as Envoy resumes.
+    fn sotw_reconnect_requests(
+        &self,
+        shared: &Shared,
+        node: Bytes,
+        progress: &mut Progress,
+    ) -> Vec<Outgoing<DiscoveryRequest>> {
+        let clusters = shared.facts.state(self.held[CDS.index()]);
+        let listeners = shared.facts.state(self.held[LDS.index()]);
+        let version = |held: &facts::Held| {
+            wire::encode(&SotwAckFields {
+                version_info: held.version_info.clone(),
+                response_nonce: Bytes::new(),
+            })
+        };
+        let mut requests = vec![Outgoing::Parts(vec![
+            node,
+            facts::sotw_type_part(CDS),
+            version(&clusters),
+        ])];
+        for (t, names) in [(EDS, &clusters.follow), (RDS, &listeners.follow)] {
+            let held = shared.facts.state(self.held[t.index()]);
+            requests.push(Outgoing::Parts(vec![
+                facts::sotw_type_part(t),
+                names.sotw_names.clone(),
+                version(&held),
+            ]));
+            progress.subscribed[t.index()] = Some(names.clone());
+        }
+        requests.push(Outgoing::Parts(vec![
+            facts::sotw_type_part(LDS),
+            version(&listeners),
+        ]));
+        progress.requested = [true; 4];
+        requests
+    }
+
+    async fn handle_sotw(
+        &mut self,
+        shared: &Shared,
+        progress: &mut Progress,
+        tx: &mpsc::Sender<Outgoing<DiscoveryRequest>>,
+        received: Received<SotwResponse>,
+    ) -> anyhow::Result<()> {
+        let response = received.message;
+        shared.counters.responses.fetch_add(1, Relaxed);
+        shared
+            .counters
+            .resources
+            .fetch_add(response.resources.len() as u64, Relaxed);
+        shared
+            .counters
+            .bytes
+            .fetch_add(received.bytes as u64, Relaxed);
+        let t = resource_type(&response.type_url)?;
+        let before = self.held[t.index()];
+        let after = shared.facts.apply_sotw(t, &response);
+        self.held[t.index()] = after;
+        // A copy: the response points into a receive buffer that must be freed.
+        progress.nonces[t.index()] = Bytes::copy_from_slice(&response.nonce);
+        match t {
+            CDS => self.follow_sotw(shared, progress, tx, EDS, after).await?,
+            LDS => self.follow_sotw(shared, progress, tx, RDS, after).await?,
+            _ => {}
+        }
+        let held = shared.facts.state(after);
+        let mut parts = vec![facts::sotw_type_part(t)];
+        if let Some(names) = &progress.subscribed[t.index()] {
+            parts.push(names.sotw_names.clone());
+        }
+        parts.push(wire::encode(&SotwAckFields {
+            version_info: held.version_info.clone(),
+            response_nonce: progress.nonces[t.index()].clone(),
+        }));
+        send(tx, Outgoing::Parts(parts)).await?;
+        progress.acked[t.index()] = true;
+        if t == EDS && !progress.requested[LDS.index()] {
+            progress.requested[LDS.index()] = true;
+            send(tx, Outgoing::Parts(vec![facts::sotw_type_part(LDS)])).await?;
+        }
+        self.record_route_change(shared, t, before, after);
+        Ok(())
+    }
+
+    /// Keeps the EDS (or RDS) request naming what the CDS (or LDS) state names; a SotW request
+    /// always lists every name, with the type's version and nonce.
+    async fn follow_sotw(
+        &self,
+        shared: &Shared,
+        progress: &mut Progress,
+        tx: &mpsc::Sender<Outgoing<DiscoveryRequest>>,
+        child: ResourceType,
+        parent: StateId,
+    ) -> anyhow::Result<()> {
+        let wanted = shared.facts.state(parent).follow.clone();
+        if progress.subscribed[child.index()]
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, &wanted))
+        {
+            return Ok(());
+        }
+        progress.subscribed[child.index()] = Some(wanted.clone());
+        if wanted.names.is_empty() && !progress.requested[child.index()] {
+            progress.acked[child.index()] = true;
+            return Ok(());
+        }
+        progress.requested[child.index()] = true;
+        let held = shared.facts.state(self.held[child.index()]);
+        let request = Outgoing::Parts(vec![
+            facts::sotw_type_part(child),
+            wanted.sotw_names.clone(),
+            wire::encode(&SotwAckFields {
+                version_info: held.version_info.clone(),
+                response_nonce: progress.nonces[child.index()].clone(),
+            }),
+        ]);
+        send(tx, request).await
+    }
+}
+
+async fn send<M>(tx: &mpsc::Sender<Outgoing<M>>, request: Outgoing<M>) -> anyhow::Result<()> {
+    tx.send(request)
+        .await
+        .map_err(|_| anyhow!("the request stream closed"))
+}
+
+fn resource_type(type_url: &[u8]) -> anyhow::Result<ResourceType> {
+    let text = String::from_utf8_lossy(type_url);
+    ResourceType::from_type_url(&text)
+        .ok_or_else(|| anyhow!("a response of a type no request asked for: {text:?}"))
+}
+
+/// Names to subscribe and to unsubscribe to go from `current` to `wanted`.
+fn diff(current: &NameSet, wanted: &NameSet) -> (Vec<String>, Vec<String>) {
+    let current_set: std::collections::HashSet<&str> =
+        current.names.iter().map(|n| n.as_ref()).collect();
+    let wanted_set: std::collections::HashSet<&str> =
+        wanted.names.iter().map(|n| n.as_ref()).collect();
+    let subscribe = wanted_set
+        .difference(&current_set)
+        .map(|n| n.to_string())
+        .collect();
+    let unsubscribe = current_set
+        .difference(&wanted_set)
+        .map(|n| n.to_string())
+        .collect();
+    (subscribe, unsubscribe)
+}
+
+/// Sidecar `index`'s address: `127.A.B.C` with A, B, C in 1..=250, so no address is a network
+/// or broadcast-looking `.0` or `.255`, and 15 million sidecars fit.
+pub fn loopback_address(index: usize) -> Ipv4Addr {
+    let c = (index % 250) as u8 + 1;
+    let b = ((index / 250) % 250) as u8 + 1;
+    let a = ((index / 62_500) % 250) as u8 + 1;
+    Ipv4Addr::new(127, a, b, c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_addresses_are_distinct() {
+        let addresses: std::collections::HashSet<Ipv4Addr> =
+            (0..200_000).map(loopback_address).collect();
+        assert_eq!(addresses.len(), 200_000);
+        assert!(addresses.iter().all(|a| a.is_loopback()));
+    }
+}
