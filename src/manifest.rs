@@ -17,7 +17,7 @@
 pub mod de;
 mod load;
 pub mod model;
-mod re2;
+pub mod re2;
 pub mod span;
 pub mod validate;
 pub mod yaml;

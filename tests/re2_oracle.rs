@@ -16,11 +16,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-/// `sluice::manifest::re2` is private to the crate, so the module is compiled into this test
-/// as it is: the code under test is the very file the validator uses.
-#[allow(dead_code)]
-#[path = "../src/manifest/re2.rs"]
-mod re2;
+use sluice::manifest::re2;
 
 /// No more than this much above RE2, for the regexes here.
 fn tight_enough(estimate: usize, real: usize) -> bool {

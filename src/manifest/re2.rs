@@ -88,8 +88,6 @@ pub fn pattern_program_size(pattern: &str) -> Result<usize, String> {
 /// about case-insensitivity (it is lowered into classes) and about which literals sat in which
 /// group, so this prints the HIR back to a pattern and measures that; [`pattern_program_size`]
 /// on the original pattern is exact where this can be off by a few instructions.
-// The crate itself checks patterns; this stays for callers that hold an HIR.
-#[allow(dead_code)]
 pub fn program_size(hir: &Hir) -> Result<usize, String> {
     let pattern = hir.to_string();
     let ast = ast::parse::Parser::new()
