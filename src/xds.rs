@@ -4,6 +4,8 @@
 
 pub mod csds;
 pub mod delta;
+pub mod grpc;
+pub mod reply;
 pub mod resource;
 pub mod server;
 pub mod sotw;

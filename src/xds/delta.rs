@@ -13,11 +13,9 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
-};
-use prost::Message;
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
+use super::reply::{DeltaReply, Reply};
 use super::resource::{Resource, ResourceType, Snapshot};
 use super::stream::{
     content_hash, response_version, Event, NackRecord, NonceCounter, Output, TypeStatus,
@@ -104,7 +102,7 @@ impl DeltaStream {
         &mut self,
         request: &DeltaDiscoveryRequest,
         snapshot: &Snapshot,
-    ) -> Output<DeltaDiscoveryResponse> {
+    ) -> Output<DeltaReply> {
         let Some(t) = ResourceType::from_type_url(&request.type_url) else {
             // Rule 7: answer nothing, touch nothing; other types carry on.
             return Output {
@@ -127,7 +125,7 @@ impl DeltaStream {
     }
 
     /// A new snapshot was published for this node.
-    pub fn handle_snapshot(&mut self, snapshot: &Snapshot) -> Output<DeltaDiscoveryResponse> {
+    pub fn handle_snapshot(&mut self, snapshot: &Snapshot) -> Output<DeltaReply> {
         self.sync(snapshot)
     }
 
@@ -143,7 +141,7 @@ impl DeltaStream {
     }
 
     /// Decides, per type, what to send, and emits it in make-before-break order (rule 9).
-    fn sync(&mut self, snapshot: &Snapshot) -> Output<DeltaDiscoveryResponse> {
+    fn sync(&mut self, snapshot: &Snapshot) -> Output<DeltaReply> {
         let mut plans: [Option<Plan>; 4] = Default::default();
         for t in ResourceType::ALL {
             plans[t.index()] = self.plan(t, snapshot);
@@ -263,7 +261,7 @@ impl DeltaStream {
         added: Vec<Arc<Resource>>,
         removed: Vec<String>,
         snapshot: &Snapshot,
-        out: &mut Output<DeltaDiscoveryResponse>,
+        out: &mut Output<DeltaReply>,
     ) {
         let nonce = self.nonces.next();
         let state = &mut self.types[t.index()];
@@ -281,21 +279,12 @@ impl DeltaStream {
         }
         let hash = content_hash(state.held.iter().map(|(n, v)| (n.as_str(), v.as_str())));
         let version = response_version(&snapshot.revision, &hash);
-        let response = DeltaDiscoveryResponse {
+        let response = DeltaReply {
             system_version_info: version.clone(),
-            resources: added
-                .iter()
-                .map(|r| DeltaResource {
-                    name: r.name.clone(),
-                    version: r.version.clone(),
-                    resource: Some(r.body.clone()),
-                    ..Default::default()
-                })
-                .collect(),
-            type_url: t.type_url().to_string(),
+            resource_type: t,
+            resources: added,
             removed_resources: removed,
             nonce: nonce.clone(),
-            ..Default::default()
         };
         out.events.push(Event::Sent {
             resource_type: t,
@@ -465,8 +454,11 @@ impl TypeState {
 mod tests {
     use std::collections::{HashMap, HashSet};
 
+    use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse;
+    use prost::Message;
+
     use super::*;
-    use crate::xds::stream::testing::{any_name, nack_detail, snapshot};
+    use crate::xds::stream::testing::{any_name, nack_detail, snapshot, to_proto};
     use crate::xds::stream::SyncState;
     use ResourceType::{Cluster as C, Endpoint as E, Listener as L, Route as R};
 
@@ -489,14 +481,14 @@ mod tests {
         }
 
         fn request(&mut self, request: DeltaDiscoveryRequest) -> Output<DeltaDiscoveryResponse> {
-            let out = self.stream.handle_request(&request, &self.snapshot);
+            let out = to_proto(self.stream.handle_request(&request, &self.snapshot));
             check_responses(&self.stream, &out, &mut self.nonces);
             out
         }
 
         fn publish(&mut self, snapshot: Snapshot) -> Output<DeltaDiscoveryResponse> {
             self.snapshot = snapshot;
-            let out = self.stream.handle_snapshot(&self.snapshot);
+            let out = to_proto(self.stream.handle_snapshot(&self.snapshot));
             check_responses(&self.stream, &out, &mut self.nonces);
             out
         }
@@ -1195,9 +1187,11 @@ mod proptests {
 
     use proptest::prelude::*;
 
+    use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse;
+
     use super::tests::{check_responses, request, type_of};
     use super::*;
-    use crate::xds::stream::testing::{nack_detail, resource};
+    use crate::xds::stream::testing::{nack_detail, resource, to_proto};
 
     const NAMES: [&str; 3] = ["a", "b", "c"];
 
@@ -1307,7 +1301,7 @@ mod proptests {
         }
 
         fn send(&mut self, request: DeltaDiscoveryRequest) {
-            let out = self.stream.handle_request(&request, &self.snapshot);
+            let out = to_proto(self.stream.handle_request(&request, &self.snapshot));
             self.deliver(out);
         }
 
@@ -1431,7 +1425,7 @@ mod proptests {
                 Step::Publish(spec) => {
                     self.revision += 1;
                     self.snapshot = build(spec, self.revision);
-                    let out = self.stream.handle_snapshot(&self.snapshot);
+                    let out = to_proto(self.stream.handle_snapshot(&self.snapshot));
                     self.deliver(out);
                 }
                 Step::Reconnect => {

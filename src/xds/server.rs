@@ -13,18 +13,15 @@ use std::time::SystemTime;
 
 use dashmap::DashMap;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use futures::Stream;
 use tokio::sync::{mpsc, watch};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
 use super::delta::DeltaStream;
+use super::grpc::AdsService;
+use super::reply::{DeltaReply, Reply, SotwReply};
 use super::resource::{ResourceType, Snapshot, SnapshotView};
 use super::sotw::SotwStream;
 use super::stream::{Event, Output, TypeStatus};
@@ -172,17 +169,17 @@ impl AdsServer {
         AdsServer { shared }
     }
 
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<AdsServer> {
-        AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(4 * 1024 * 1024)
-            .max_encoding_message_size(64 * 1024 * 1024)
+    /// The gRPC service to add to a tonic server.
+    pub fn into_service(self) -> AdsService {
+        AdsService::new(self)
     }
 
-    fn start<M: StateMachine>(
+    /// Starts the task of one stream; its replies come out of the returned stream.
+    pub(super) fn start<M: StateMachine>(
         &self,
         machine: M,
         requests: Streaming<M::Request>,
-    ) -> ResponseStream<M::Response> {
+    ) -> ReplyStream<M::Response> {
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         let shared = self.shared.clone();
         let stream_id = shared.next_stream_id.fetch_add(1, Relaxed);
@@ -191,36 +188,13 @@ impl AdsServer {
     }
 }
 
-type ResponseStream<R> = Pin<Box<dyn Stream<Item = Result<R, Status>> + Send + 'static>>;
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Ok(Response::new(
-            self.start(SotwStream::new(), request.into_inner()),
-        ))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Ok(Response::new(
-            self.start(DeltaStream::new(), request.into_inner()),
-        ))
-    }
-}
+/// The replies of one stream, as the gRPC codec takes them.
+pub(super) type ReplyStream<R> = Pin<Box<dyn Stream<Item = Result<R, Status>> + Send + 'static>>;
 
 /// The two state machines seen through one interface, so one stream loop drives both.
-trait StateMachine: Send + 'static {
-    type Request: Send + 'static;
-    type Response: prost::Message + Send + 'static;
+pub(super) trait StateMachine: Default + Send + 'static {
+    type Request: prost::Message + Default + Send + 'static;
+    type Response: Reply;
     const PROTOCOL: Protocol;
     fn node(request: &Self::Request) -> Option<&Node>;
     fn handle_request(
@@ -234,7 +208,7 @@ trait StateMachine: Send + 'static {
 
 impl StateMachine for SotwStream {
     type Request = DiscoveryRequest;
-    type Response = DiscoveryResponse;
+    type Response = SotwReply;
     const PROTOCOL: Protocol = Protocol::Sotw;
 
     fn node(request: &DiscoveryRequest) -> Option<&Node> {
@@ -245,11 +219,11 @@ impl StateMachine for SotwStream {
         &mut self,
         request: &DiscoveryRequest,
         snapshot: &Snapshot,
-    ) -> Output<DiscoveryResponse> {
+    ) -> Output<SotwReply> {
         SotwStream::handle_request(self, request, snapshot)
     }
 
-    fn handle_snapshot(&mut self, snapshot: &Snapshot) -> Output<DiscoveryResponse> {
+    fn handle_snapshot(&mut self, snapshot: &Snapshot) -> Output<SotwReply> {
         SotwStream::handle_snapshot(self, snapshot)
     }
 
@@ -260,7 +234,7 @@ impl StateMachine for SotwStream {
 
 impl StateMachine for DeltaStream {
     type Request = DeltaDiscoveryRequest;
-    type Response = DeltaDiscoveryResponse;
+    type Response = DeltaReply;
     const PROTOCOL: Protocol = Protocol::Delta;
 
     fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
@@ -271,11 +245,11 @@ impl StateMachine for DeltaStream {
         &mut self,
         request: &DeltaDiscoveryRequest,
         snapshot: &Snapshot,
-    ) -> Output<DeltaDiscoveryResponse> {
+    ) -> Output<DeltaReply> {
         DeltaStream::handle_request(self, request, snapshot)
     }
 
-    fn handle_snapshot(&mut self, snapshot: &Snapshot) -> Output<DeltaDiscoveryResponse> {
+    fn handle_snapshot(&mut self, snapshot: &Snapshot) -> Output<DeltaReply> {
         DeltaStream::handle_snapshot(self, snapshot)
     }
 

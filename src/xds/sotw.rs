@@ -13,9 +13,9 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use prost::Message;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
+use super::reply::{Reply, SotwReply};
 use super::resource::{Resource, ResourceType, Snapshot};
 use super::stream::{
     content_hash, response_version, Event, NackRecord, NonceCounter, Output, TypeStatus,
@@ -102,7 +102,7 @@ impl SotwStream {
         &mut self,
         request: &DiscoveryRequest,
         snapshot: &Snapshot,
-    ) -> Output<DiscoveryResponse> {
+    ) -> Output<SotwReply> {
         let Some(t) = ResourceType::from_type_url(&request.type_url) else {
             // Rule 7: answer nothing, touch nothing; other types carry on.
             return Output {
@@ -125,7 +125,7 @@ impl SotwStream {
     }
 
     /// A new snapshot was published for this node.
-    pub fn handle_snapshot(&mut self, snapshot: &Snapshot) -> Output<DiscoveryResponse> {
+    pub fn handle_snapshot(&mut self, snapshot: &Snapshot) -> Output<SotwReply> {
         self.sync(snapshot)
     }
 
@@ -141,7 +141,7 @@ impl SotwStream {
     }
 
     /// Decides, per type, what to send, and emits it in make-before-break order (rule 9).
-    fn sync(&mut self, snapshot: &Snapshot) -> Output<DiscoveryResponse> {
+    fn sync(&mut self, snapshot: &Snapshot) -> Output<SotwReply> {
         let mut plans: [Option<Held>; 4] = Default::default();
         for t in ResourceType::ALL {
             plans[t.index()] = self.plan(t, snapshot);
@@ -238,7 +238,7 @@ impl SotwStream {
         t: ResourceType,
         content: Held,
         snapshot: &Snapshot,
-        out: &mut Output<DiscoveryResponse>,
+        out: &mut Output<SotwReply>,
     ) {
         let nonce = self.nonces.next();
         let state = &mut self.types[t.index()];
@@ -254,12 +254,11 @@ impl SotwStream {
         } else {
             0
         };
-        let response = DiscoveryResponse {
+        let response = SotwReply {
             version_info: version.clone(),
-            resources: content.values().map(|r| r.body.clone()).collect(),
-            type_url: t.type_url().to_string(),
+            resource_type: t,
+            resources: content.values().cloned().collect(),
             nonce: nonce.clone(),
-            ..Default::default()
         };
         out.events.push(Event::Sent {
             resource_type: t,
@@ -410,8 +409,11 @@ fn hash_of(resources: &Held) -> String {
 mod tests {
     use std::collections::HashSet;
 
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+    use prost::Message;
+
     use super::*;
-    use crate::xds::stream::testing::{any_name, nack_detail, snapshot};
+    use crate::xds::stream::testing::{any_name, nack_detail, snapshot, to_proto};
     use crate::xds::stream::SyncState;
     use ResourceType::{Cluster as C, Endpoint as E, Listener as L, Route as R};
 
@@ -434,13 +436,13 @@ mod tests {
         }
 
         fn request(&mut self, request: DiscoveryRequest) -> Output<DiscoveryResponse> {
-            let out = self.stream.handle_request(&request, &self.snapshot);
+            let out = to_proto(self.stream.handle_request(&request, &self.snapshot));
             self.check(out)
         }
 
         fn publish(&mut self, snapshot: Snapshot) -> Output<DiscoveryResponse> {
             self.snapshot = snapshot;
-            let out = self.stream.handle_snapshot(&self.snapshot);
+            let out = to_proto(self.stream.handle_snapshot(&self.snapshot));
             self.check(out)
         }
 
@@ -1159,12 +1161,13 @@ mod tests {
 mod proptests {
     use std::collections::HashSet;
 
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
     use proptest::prelude::*;
 
     use super::tests::{check_responses, names_of, request, type_of};
     use super::*;
     use crate::xds::resource::content_version;
-    use crate::xds::stream::testing::{any_name, nack_detail, resource};
+    use crate::xds::stream::testing::{any_name, nack_detail, resource, to_proto};
 
     const NAMES: [&str; 3] = ["a", "b", "c"];
 
@@ -1295,7 +1298,7 @@ mod proptests {
             if nack {
                 req.error_detail = nack_detail("rejected by the simulated client");
             }
-            let out = self.stream.handle_request(&req, &self.snapshot);
+            let out = to_proto(self.stream.handle_request(&req, &self.snapshot));
             self.deliver(out);
         }
 
@@ -1406,7 +1409,7 @@ mod proptests {
                 Step::Publish(spec) => {
                     self.revision += 1;
                     self.snapshot = build(spec, self.revision);
-                    let out = self.stream.handle_snapshot(&self.snapshot);
+                    let out = to_proto(self.stream.handle_snapshot(&self.snapshot));
                     self.deliver(out);
                 }
                 Step::Reconnect => {

@@ -1,7 +1,7 @@
 //! What the SotW and delta state machines share: their outputs, events and per-type status.
 //!
 //! Both machines are pure: the gRPC server feeds them requests and snapshots and writes out the
-//! responses they return. The [`Event`]s are for logs and metrics, the [`TypeStatus`] of each
+//! responses they return, [`super::reply`] types that share the snapshot's resources. The [`Event`]s are for logs and metrics, the [`TypeStatus`] of each
 //! type is what `/debug/syncz` shows.
 //!
 //! # Versions and nonces
@@ -303,7 +303,30 @@ pub(crate) mod testing {
     use envoy_types::pb::google::rpc::Status;
     use prost::Message;
 
+    use super::Output;
+    use crate::xds::reply::Reply;
     use crate::xds::resource::{Resource, ResourceType, Snapshot};
+
+    /// The generated messages of a state machine's replies, which the tests inspect, once each
+    /// reply's own encoding is checked to be byte for byte prost's encoding of that message.
+    pub fn to_proto<R: Reply>(out: Output<R>) -> Output<R::Proto> {
+        let responses = out
+            .responses
+            .iter()
+            .map(|reply| {
+                let proto = reply.to_proto();
+                let mut wire = Vec::new();
+                reply.encode_to(&mut wire);
+                assert_eq!(wire, proto.encode_to_vec(), "reply encoded unlike prost");
+                assert_eq!(reply.encoded_len(), wire.len());
+                proto
+            })
+            .collect();
+        Output {
+            responses,
+            events: out.events,
+        }
+    }
 
     /// A resource of type `t` named `name`; `variant` changes its content (and so its version).
     pub fn resource(t: ResourceType, name: &str, variant: u32) -> Resource {

@@ -1,0 +1,526 @@
+//! The responses the state machines produce, and their protobuf encoding written by hand.
+//!
+//! A reply holds the `Arc<Resource>`s of the snapshot, not copies of their bytes. It is encoded
+//! straight into the stream's HTTP/2 buffer by the gRPC codec ([`super::grpc`]), so each
+//! resource's bytes are copied once per stream, from the shared snapshot to the wire. Building a
+//! prost `DiscoveryResponse` instead would copy every resource into the message first, and a
+//! route configuration can be hundreds of kilobytes sent to thousands of sidecars per change.
+//!
+//! The bytes are exactly what prost writes for the equivalent message ([`Reply::to_proto`]):
+//! fields in tag order, proto3 defaults left out. The tests below hold the two encodings equal.
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryResponse, DiscoveryResponse, Resource as DeltaResource,
+};
+use envoy_types::pb::google::protobuf::Any;
+use prost::bytes::BufMut;
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+
+use super::resource::{Resource, ResourceType};
+
+/// A response the gRPC codec writes to the wire.
+pub trait Reply: Send + 'static {
+    /// The generated message with the same encoding.
+    type Proto: prost::Message + Default;
+
+    /// The encoded size, equal to `self.to_proto().encoded_len()`.
+    fn encoded_len(&self) -> usize;
+
+    /// Writes the protobuf encoding, byte for byte what `self.to_proto()` encodes to.
+    fn encode_to(&self, buf: &mut impl BufMut);
+
+    /// The equivalent generated message. It copies every resource: for tests and tools, not for
+    /// the stream path.
+    fn to_proto(&self) -> Self::Proto;
+}
+
+/// A delta (`DeltaDiscoveryResponse`) reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeltaReply {
+    /// `system_version_info`: see [`super::stream::response_version`].
+    pub system_version_info: String,
+    /// The reply's type; its `type_url` goes on the wire.
+    pub resource_type: ResourceType,
+    /// Resources added or changed, shared with the snapshot.
+    pub resources: Vec<Arc<Resource>>,
+    /// Names the client holds and should drop.
+    pub removed_resources: Vec<String>,
+    /// Fresh per response; the client's ACK or NACK names it.
+    pub nonce: String,
+}
+
+/// A state-of-the-world (`DiscoveryResponse`) reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SotwReply {
+    /// `version_info`: see [`super::stream::response_version`].
+    pub version_info: String,
+    /// The reply's type; its `type_url` goes on the wire.
+    pub resource_type: ResourceType,
+    /// Every resource the client should hold of the type, shared with the snapshot.
+    pub resources: Vec<Arc<Resource>>,
+    /// Fresh per response; the client's ACK or NACK names it.
+    pub nonce: String,
+}
+
+/// Field numbers of `envoy.service.discovery.v3.DeltaDiscoveryResponse`.
+mod delta_response {
+    pub const SYSTEM_VERSION_INFO: u32 = 1;
+    pub const RESOURCES: u32 = 2;
+    pub const TYPE_URL: u32 = 4;
+    pub const NONCE: u32 = 5;
+    pub const REMOVED_RESOURCES: u32 = 6;
+}
+
+/// Field numbers of `envoy.service.discovery.v3.Resource`.
+mod delta_resource {
+    pub const VERSION: u32 = 1;
+    pub const RESOURCE: u32 = 2;
+    pub const NAME: u32 = 3;
+}
+
+/// Field numbers of `envoy.service.discovery.v3.DiscoveryResponse`.
+mod sotw_response {
+    pub const VERSION_INFO: u32 = 1;
+    pub const RESOURCES: u32 = 2;
+    pub const TYPE_URL: u32 = 4;
+    pub const NONCE: u32 = 5;
+}
+
+/// Field numbers of `google.protobuf.Any`.
+mod any {
+    pub const TYPE_URL: u32 = 1;
+    pub const VALUE: u32 = 2;
+}
+
+impl Reply for DeltaReply {
+    type Proto = DeltaDiscoveryResponse;
+
+    fn encoded_len(&self) -> usize {
+        string_len(
+            delta_response::SYSTEM_VERSION_INFO,
+            &self.system_version_info,
+        ) + self
+            .resources
+            .iter()
+            .map(|r| delimited_len(delta_response::RESOURCES, delta_resource_len(r)))
+            .sum::<usize>()
+            + string_len(delta_response::TYPE_URL, self.resource_type.type_url())
+            + string_len(delta_response::NONCE, &self.nonce)
+            + self
+                .removed_resources
+                .iter()
+                .map(|name| delimited_len(delta_response::REMOVED_RESOURCES, name.len()))
+                .sum::<usize>()
+    }
+
+    fn encode_to(&self, buf: &mut impl BufMut) {
+        put_string(
+            delta_response::SYSTEM_VERSION_INFO,
+            &self.system_version_info,
+            buf,
+        );
+        for resource in &self.resources {
+            put_header(delta_response::RESOURCES, delta_resource_len(resource), buf);
+            put_string(delta_resource::VERSION, &resource.version, buf);
+            // `resource` is a set message field: written even when the `Any` is empty.
+            put_header(delta_resource::RESOURCE, any_len(&resource.body), buf);
+            put_any(&resource.body, buf);
+            put_string(delta_resource::NAME, &resource.name, buf);
+        }
+        put_string(delta_response::TYPE_URL, self.resource_type.type_url(), buf);
+        put_string(delta_response::NONCE, &self.nonce, buf);
+        // A repeated string writes every element, empty ones included.
+        for name in &self.removed_resources {
+            put_header(delta_response::REMOVED_RESOURCES, name.len(), buf);
+            buf.put_slice(name.as_bytes());
+        }
+    }
+
+    fn to_proto(&self) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            system_version_info: self.system_version_info.clone(),
+            resources: self
+                .resources
+                .iter()
+                .map(|r| DeltaResource {
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                    resource: Some(r.body.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: self.resource_type.type_url().to_string(),
+            removed_resources: self.removed_resources.clone(),
+            nonce: self.nonce.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+impl Reply for SotwReply {
+    type Proto = DiscoveryResponse;
+
+    fn encoded_len(&self) -> usize {
+        string_len(sotw_response::VERSION_INFO, &self.version_info)
+            + self
+                .resources
+                .iter()
+                .map(|r| delimited_len(sotw_response::RESOURCES, any_len(&r.body)))
+                .sum::<usize>()
+            + string_len(sotw_response::TYPE_URL, self.resource_type.type_url())
+            + string_len(sotw_response::NONCE, &self.nonce)
+    }
+
+    fn encode_to(&self, buf: &mut impl BufMut) {
+        put_string(sotw_response::VERSION_INFO, &self.version_info, buf);
+        for resource in &self.resources {
+            put_header(sotw_response::RESOURCES, any_len(&resource.body), buf);
+            put_any(&resource.body, buf);
+        }
+        put_string(sotw_response::TYPE_URL, self.resource_type.type_url(), buf);
+        put_string(sotw_response::NONCE, &self.nonce, buf);
+    }
+
+    fn to_proto(&self) -> DiscoveryResponse {
+        DiscoveryResponse {
+            version_info: self.version_info.clone(),
+            resources: self.resources.iter().map(|r| r.body.clone()).collect(),
+            type_url: self.resource_type.type_url().to_string(),
+            nonce: self.nonce.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The size of a `Resource` message of a delta response, without its own key and length.
+fn delta_resource_len(resource: &Resource) -> usize {
+    string_len(delta_resource::VERSION, &resource.version)
+        + delimited_len(delta_resource::RESOURCE, any_len(&resource.body))
+        + string_len(delta_resource::NAME, &resource.name)
+}
+
+/// The size of an `Any` message, without its own key and length.
+fn any_len(body: &Any) -> usize {
+    string_len(any::TYPE_URL, &body.type_url)
+        + if body.value.is_empty() {
+            0
+        } else {
+            delimited_len(any::VALUE, body.value.len())
+        }
+}
+
+fn put_any(body: &Any, buf: &mut impl BufMut) {
+    put_string(any::TYPE_URL, &body.type_url, buf);
+    if !body.value.is_empty() {
+        put_header(any::VALUE, body.value.len(), buf);
+        buf.put_slice(&body.value);
+    }
+}
+
+/// The size of a length-delimited field holding `len` bytes: key, length and payload.
+fn delimited_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+/// The key and length of a length-delimited field; the caller writes the `len` bytes next.
+fn put_header(tag: u32, len: usize, buf: &mut impl BufMut) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(len as u64, buf);
+}
+
+/// A singular proto3 string is left out when empty.
+fn string_len(tag: u32, value: &str) -> usize {
+    if value.is_empty() {
+        0
+    } else {
+        delimited_len(tag, value.len())
+    }
+}
+
+fn put_string(tag: u32, value: &str, buf: &mut impl BufMut) {
+    if !value.is_empty() {
+        put_header(tag, value.len(), buf);
+        buf.put_slice(value.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+    use proptest::prelude::*;
+    use prost::Message;
+
+    use super::*;
+    use crate::xds::stream::testing::resource;
+
+    /// The reply's own encoding is prost's, byte for byte, and its length is prost's.
+    fn assert_encodes_like_prost<R: Reply>(reply: &R) {
+        let expected = reply.to_proto().encode_to_vec();
+        let mut got = Vec::new();
+        reply.encode_to(&mut got);
+        assert_eq!(got, expected);
+        assert_eq!(reply.encoded_len(), expected.len());
+    }
+
+    fn sotw(resources: Vec<Arc<Resource>>, version: &str, nonce: &str) -> SotwReply {
+        SotwReply {
+            version_info: version.into(),
+            resource_type: ResourceType::Cluster,
+            resources,
+            nonce: nonce.into(),
+        }
+    }
+
+    fn delta(
+        resources: Vec<Arc<Resource>>,
+        removed: &[&str],
+        version: &str,
+        nonce: &str,
+    ) -> DeltaReply {
+        DeltaReply {
+            system_version_info: version.into(),
+            resource_type: ResourceType::Route,
+            resources,
+            removed_resources: removed.iter().map(|n| n.to_string()).collect(),
+            nonce: nonce.into(),
+        }
+    }
+
+    /// A resource built by hand, so its name, version and `Any` can be anything, empty included.
+    fn raw(name: &str, version: &str, type_url: &str, value: Vec<u8>) -> Arc<Resource> {
+        Arc::new(Resource {
+            name: name.into(),
+            version: version.into(),
+            body: Any {
+                type_url: type_url.into(),
+                value,
+            },
+            origins: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn table_of_replies_encodes_like_prost() {
+        let cluster = Arc::new(resource(ResourceType::Cluster, "a", 0));
+        let route = Arc::new(resource(ResourceType::Route, "ルート/ñ", 3));
+        let empty_any = raw("", "", "", Vec::new());
+        let value_only = raw("v", "1", "", vec![0, 1, 2]);
+        let type_only = raw("t", "", ResourceType::Listener.type_url(), Vec::new());
+        // Lengths past one and two varint bytes.
+        let long = raw("long", "2", "x", vec![7; 200]);
+        let longer = raw("longer", "3", "y", vec![9; 20_000]);
+        let all = vec![
+            cluster.clone(),
+            route.clone(),
+            empty_any.clone(),
+            value_only.clone(),
+            type_only.clone(),
+            long.clone(),
+            longer.clone(),
+        ];
+
+        for resources in [Vec::new(), vec![cluster], vec![empty_any], all.clone()] {
+            for (version, nonce) in [("", ""), ("rev-abc", "1"), ("版本", "ノンス")] {
+                assert_encodes_like_prost(&sotw(resources.clone(), version, nonce));
+                for removed in [&[][..], &[""][..], &["gone", "", "消えた"][..]] {
+                    assert_encodes_like_prost(&delta(resources.clone(), removed, version, nonce));
+                }
+            }
+        }
+        for t in ResourceType::ALL {
+            let mut reply = delta(all.clone(), &["x"], "v", "n");
+            reply.resource_type = t;
+            assert_encodes_like_prost(&reply);
+            let mut reply = sotw(all.clone(), "v", "n");
+            reply.resource_type = t;
+            assert_encodes_like_prost(&reply);
+        }
+    }
+
+    #[test]
+    fn a_large_route_configuration_encodes_like_prost() {
+        // Past the 2 MiB of a three-byte varint length.
+        let route = RouteConfiguration {
+            name: "big".into(),
+            virtual_hosts: (0..40_000)
+                .map(|i| VirtualHost {
+                    name: format!("host-{i:05}-padding-padding-padding"),
+                    domains: vec![format!("host-{i}.example.com")],
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let resource = Arc::new(Resource::new(ResourceType::Route, "big", &route));
+        assert!(resource.body.value.len() > 2 << 20);
+        assert_encodes_like_prost(&delta(vec![resource.clone()], &[], "v", "1"));
+        let mut reply = sotw(vec![resource], "v", "1");
+        reply.resource_type = ResourceType::Route;
+        assert_encodes_like_prost(&reply);
+    }
+
+    /// The per-stream cost of a reply, the old way (a prost message holding a copy of every
+    /// resource, then encoded) against the new (shared resources, encoded once into the buffer):
+    /// `cargo test --release --lib reply_encoding_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "benchmark; run in release"]
+    fn reply_encoding_cost() {
+        use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+        use envoy_types::pb::envoy::config::route::v3::{route, route_action, Route, RouteAction};
+        use envoy_types::pb::google::protobuf::Duration;
+        use prost::bytes::BytesMut;
+        use std::time::Instant;
+
+        use crate::xds::resource::Snapshot;
+
+        let routes = (0..7_000)
+            .map(|i| Route {
+                name: format!("route-{i}"),
+                action: Some(route::Action::Route(RouteAction {
+                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(format!(
+                        "outbound|8080||service-{i}.namespace.svc.cluster.local"
+                    ))),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })
+            .collect();
+        let big_route = RouteConfiguration {
+            name: "big".into(),
+            virtual_hosts: vec![VirtualHost {
+                name: "all".into(),
+                domains: vec!["*".into()],
+                routes,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut items = vec![(
+            ResourceType::Route,
+            Resource::new(ResourceType::Route, "big", &big_route),
+        )];
+        for i in 0..2_000 {
+            let name = format!("outbound|8080||service-{i}.namespace.svc.cluster.local");
+            let cluster = Cluster {
+                name: name.clone(),
+                connect_timeout: Some(Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            };
+            items.push((
+                ResourceType::Cluster,
+                Resource::new(ResourceType::Cluster, name, &cluster),
+            ));
+        }
+        let snapshot = Snapshot::new("rev", items);
+        let route = snapshot.resources(ResourceType::Route)["big"].clone();
+        println!("route configuration: {} bytes", route.body.value.len());
+
+        const ROUNDS: u32 = 1_000;
+        const BATCHES: u32 = 10;
+        let cases: [(&str, ResourceType); 2] = [
+            ("one 500 KB route configuration", ResourceType::Route),
+            ("2,000 clusters", ResourceType::Cluster),
+        ];
+        for (what, t) in cases {
+            let resources: Vec<Arc<Resource>> = snapshot.resources(t).values().cloned().collect();
+            let sotw_reply = || SotwReply {
+                version_info: "rev-0123456789abcdef".into(),
+                resource_type: t,
+                resources: resources.clone(),
+                nonce: "42".into(),
+            };
+            let delta_reply = || DeltaReply {
+                system_version_info: "rev-0123456789abcdef".into(),
+                resource_type: t,
+                resources: resources.clone(),
+                removed_resources: Vec::new(),
+                nonce: "42".into(),
+            };
+            let mut sink = 0usize;
+            // The best of several batches, so other work on the machine counts less.
+            let mut time = |label: &str, f: &mut dyn FnMut() -> usize| {
+                let per = (0..BATCHES)
+                    .map(|_| {
+                        let start = Instant::now();
+                        for _ in 0..ROUNDS / BATCHES {
+                            sink = sink.wrapping_add(std::hint::black_box(f()));
+                        }
+                        start.elapsed() / (ROUNDS / BATCHES)
+                    })
+                    .min()
+                    .unwrap_or_default();
+                println!("{what:>32} {label:<22} {per:>10.1?} per reply");
+            };
+            time("sotw, prost message", &mut || {
+                sotw_reply().to_proto().encode_to_vec().len()
+            });
+            time("sotw, encode_to", &mut || {
+                let reply = sotw_reply();
+                let mut buf = BytesMut::with_capacity(reply.encoded_len());
+                reply.encode_to(&mut buf);
+                buf.len()
+            });
+            time("delta, prost message", &mut || {
+                delta_reply().to_proto().encode_to_vec().len()
+            });
+            time("delta, encode_to", &mut || {
+                let reply = delta_reply();
+                let mut buf = BytesMut::with_capacity(reply.encoded_len());
+                reply.encode_to(&mut buf);
+                buf.len()
+            });
+            assert!(sink > 0);
+        }
+    }
+
+    fn arb_resource() -> impl Strategy<Value = Arc<Resource>> {
+        (
+            any::<String>(),
+            any::<String>(),
+            any::<String>(),
+            prop_oneof![
+                Just(0usize),
+                1usize..130,
+                16_380usize..16_390,
+                100_000usize..200_000
+            ],
+        )
+            .prop_map(|(name, version, type_url, len)| {
+                let value = (0..len).map(|i| i as u8).collect();
+                raw(&name, &version, &type_url, value)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_replies_encode_like_prost(
+            resources in proptest::collection::vec(arb_resource(), 0..6),
+            removed in proptest::collection::vec(any::<String>(), 0..6),
+            version in any::<String>(),
+            nonce in any::<String>(),
+            t in 0usize..4,
+        ) {
+            let resource_type = ResourceType::ALL[t];
+            assert_encodes_like_prost(&DeltaReply {
+                system_version_info: version.clone(),
+                resource_type,
+                resources: resources.clone(),
+                removed_resources: removed,
+                nonce: nonce.clone(),
+            });
+            assert_encodes_like_prost(&SotwReply {
+                version_info: version,
+                resource_type,
+                resources,
+                nonce,
+            });
+        }
+    }
+}
