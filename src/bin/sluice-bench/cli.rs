@@ -69,9 +69,14 @@ pub struct RunArgs {
     /// The `sluice` binary [default: `sluice` next to this executable].
     #[arg(long)]
     pub sluice: Option<PathBuf>,
-    /// Measure Sluice only, without the floor.
-    #[arg(long)]
-    pub no_floor: bool,
+    /// The servers to measure, each with every protocol and sidecar count.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "sluice,floor"
+    )]
+    pub servers: Vec<crate::server::Kind>,
     /// Keep the generated mesh and the servers' logs in this folder instead of a temporary one.
     #[arg(long)]
     pub keep: Option<PathBuf>,

@@ -103,7 +103,7 @@ struct Inner {
     delta_by_content: HashMap<u64, StateId>,
     /// Delta: `(state before, response key)` → state after.
     transitions: HashMap<(StateId, u64), StateId>,
-    /// SotW: state by a hash of the whole response (type, version and every resource's bytes).
+    /// SotW: state by type and the response's key (a hash of all of it but the nonce).
     sotw_by_response: HashMap<(u8, u64), StateId>,
     /// What each distinct resource makes a sidecar follow, by `(type, resource key)`.
     follows: HashMap<(u8, u64), Arc<[Arc<str>]>>,
@@ -156,18 +156,21 @@ impl Facts {
         inner.states[id as usize].clone()
     }
 
-    /// The state a delta sidecar holding `before` is in once it applied `response`.
+    /// The state a delta sidecar holding `before` is in once it applied the response `message`,
+    /// whose [`wire::scan`] key is `key`. The message is decoded only if this (state, response)
+    /// pair was never seen.
     pub fn apply_delta(
         &self,
         t: ResourceType,
         before: StateId,
-        response: &DeltaResponse,
-    ) -> StateId {
-        let key = delta_response_key(t, response);
+        key: u64,
+        message: &Bytes,
+    ) -> Result<StateId, prost::DecodeError> {
         let mut inner = self.lock();
         if let Some(after) = inner.transitions.get(&(before, key)) {
-            return *after;
+            return Ok(*after);
         }
+        let response = DeltaResponse::decode(message.clone())?;
         let mut entries = inner.states[before as usize].entries.clone();
         for resource in &response.resources {
             let name = inner.intern(&resource.name);
@@ -200,16 +203,22 @@ impl Facts {
             }
         };
         inner.transitions.insert((before, key), after);
-        after
+        Ok(after)
     }
 
-    /// The state a SotW sidecar is in once it applied `response`.
-    pub fn apply_sotw(&self, t: ResourceType, response: &SotwResponse) -> StateId {
-        let key = (t as u8, sotw_response_key(response));
+    /// The state a SotW sidecar is in once it applied the response `message`, whose
+    /// [`wire::scan`] key is `key`. The message is decoded only if it was never seen.
+    pub fn apply_sotw(
+        &self,
+        t: ResourceType,
+        key: u64,
+        message: &Bytes,
+    ) -> Result<StateId, prost::DecodeError> {
         let mut inner = self.lock();
-        if let Some(id) = inner.sotw_by_response.get(&key) {
-            return *id;
+        if let Some(id) = inner.sotw_by_response.get(&(t as u8, key)) {
+            return Ok(*id);
         }
+        let response = SotwResponse::decode(message.clone())?;
         let mut follows = Vec::new();
         for any in &response.resources {
             let resource_key = xxhash_rust::xxh3::xxh3_64(&any.value);
@@ -223,8 +232,8 @@ impl Facts {
             follow,
             delta_initial: OnceLock::new(),
         });
-        inner.sotw_by_response.insert(key, id);
-        id
+        inner.sotw_by_response.insert((t as u8, key), id);
+        Ok(id)
     }
 
     /// How many distinct resources were decoded, and how many of those failed.
@@ -384,37 +393,6 @@ fn delta_resource_key(name: &[u8], version: &[u8]) -> u64 {
     hasher.digest()
 }
 
-/// Everything a delta response changes: its type, each resource's name and version, and the
-/// removed names. The bodies are not hashed: in delta a version names its content.
-fn delta_response_key(t: ResourceType, response: &DeltaResponse) -> u64 {
-    let mut hasher = Xxh3::new();
-    hasher.update(&[t as u8]);
-    for resource in &response.resources {
-        hasher.update(&resource.name);
-        hasher.update(&[0]);
-        hasher.update(&resource.version);
-        hasher.update(&[0]);
-    }
-    hasher.update(&[1]);
-    for name in &response.removed_resources {
-        hasher.update(name);
-        hasher.update(&[0]);
-    }
-    hasher.digest()
-}
-
-/// A hash of a whole SotW response: its version and every resource's bytes.
-fn sotw_response_key(response: &SotwResponse) -> u64 {
-    let mut hasher = Xxh3::new();
-    hasher.update(&response.version_info);
-    for any in &response.resources {
-        hasher.update(&(any.value.len() as u64).to_le_bytes());
-        hasher.update(&any.type_url);
-        hasher.update(&any.value);
-    }
-    hasher.digest()
-}
-
 fn content_hash(entries: &BTreeMap<Arc<str>, Entry>) -> u64 {
     let mut hasher = Xxh3::new();
     for (name, entry) in entries {
@@ -456,8 +434,9 @@ mod tests {
         .encode_to_vec()
     }
 
-    fn delta(resources: &[(&str, &str, Vec<u8>)], removed: &[&str]) -> DeltaResponse {
-        DeltaResponse {
+    /// A delta response's bytes and key, as a sidecar receives them.
+    fn delta(resources: &[(&str, &str, Vec<u8>)], removed: &[&str]) -> (u64, Bytes) {
+        let message = wire::encode(&DeltaResponse {
             resources: resources
                 .iter()
                 .map(|(name, version, body)| DeltaResource {
@@ -474,7 +453,14 @@ mod tests {
                 .map(|n| Bytes::copy_from_slice(n.as_bytes()))
                 .collect(),
             ..Default::default()
-        }
+        });
+        (wire::scan(&message).expect("scans").key, message)
+    }
+
+    fn apply(facts: &Facts, before: StateId, (key, message): &(u64, Bytes)) -> StateId {
+        facts
+            .apply_delta(ResourceType::Cluster, before, *key, message)
+            .expect("decodes")
     }
 
     fn follow_names(facts: &Facts, id: StateId) -> Vec<String> {
@@ -497,7 +483,7 @@ mod tests {
             ],
             &[],
         );
-        let id = facts.apply_delta(ResourceType::Cluster, EMPTY, &response);
+        let id = apply(&facts, EMPTY, &response);
         assert_eq!(follow_names(&facts, id), ["a"]);
     }
 
@@ -505,12 +491,12 @@ mod tests {
     fn equal_content_is_one_state_and_a_new_version_is_another() {
         let facts = Facts::default();
         let first = delta(&[("a", "1", cluster("a", true))], &[]);
-        let one = facts.apply_delta(ResourceType::Cluster, EMPTY, &first);
-        assert_eq!(facts.apply_delta(ResourceType::Cluster, one, &first), one);
+        let one = apply(&facts, EMPTY, &first);
+        assert_eq!(apply(&facts, one, &first), one);
         let second = delta(&[("a", "2", cluster("a", true))], &[]);
-        let two = facts.apply_delta(ResourceType::Cluster, one, &second);
+        let two = apply(&facts, one, &second);
         assert_ne!(two, one);
-        let removed = facts.apply_delta(ResourceType::Cluster, two, &delta(&[], &["a"]));
+        let removed = apply(&facts, two, &delta(&[], &["a"]));
         assert_eq!(removed, EMPTY);
         assert_eq!(
             facts.decode_counts().0,
@@ -529,7 +515,7 @@ mod tests {
             ],
             &[],
         );
-        let id = facts.apply_delta(ResourceType::Cluster, EMPTY, &response);
+        let id = apply(&facts, EMPTY, &response);
         let request =
             DeltaDiscoveryRequest::decode(facts.state(id).delta_initial()).expect("decodes");
         assert_eq!(request.initial_resource_versions.len(), 2);

@@ -13,7 +13,6 @@
 //! The control pipe: the floor prints `ready` once it listens; it answers `change` with `ok` and
 //! `stats` with `stats BYTES_SENT OPEN_STREAMS`; it exits when stdin closes.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -23,8 +22,7 @@ use std::task::{Context as TaskContext, Poll};
 
 use anyhow::{anyhow, Context};
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-    Resource as DeltaResource,
+    DeltaDiscoveryResponse, DiscoveryResponse, Resource as DeltaResource,
 };
 use prost::bytes::Bytes;
 use sluice::manifest::{self, LoadOptions};
@@ -42,7 +40,7 @@ use tonic::{Status, Streaming};
 use crate::cli::FloorArgs;
 use crate::mesh::{self, WEIGHTS};
 use crate::sidecar::Protocol;
-use crate::wire::{self, FloorCodec, Prebuilt};
+use crate::wire::{self, FloorCodec, Prebuilt, VersionsDigest};
 
 /// Responses queued per stream before the stream task waits for the client.
 const RESPONSE_BUFFER: usize = 4;
@@ -71,8 +69,9 @@ struct TypeResponses {
     /// A delta response with no resources: the answer to a reconnect that holds everything.
     delta_empty: Bytes,
     sotw: Bytes,
-    /// Name → version of every resource, to recognise a reconnect that holds them all.
-    versions: HashMap<String, String>,
+    /// The digest of every resource's name and version, to recognise a delta reconnect that
+    /// holds them all.
+    versions: VersionsDigest,
 }
 
 /// Everything the floor serves, by variant (the route weights) and type.
@@ -140,24 +139,29 @@ fn encode_type(snapshot: &Snapshot, t: ResourceType) -> TypeResponses {
         delta: wire::encode(&delta),
         delta_empty: wire::encode(&delta_empty),
         sotw: wire::encode(&sotw),
-        versions: resources
-            .values()
-            .map(|r| (r.name.clone(), r.version.clone()))
-            .collect(),
+        versions: VersionsDigest::of(
+            resources
+                .values()
+                .map(|r| (r.name.as_str(), r.version.as_str())),
+        ),
     }
 }
 
 impl Floor {
-    /// The answer to the first request of type `t` on a stream, if any.
-    fn first_answer<R: FloorRequest>(&self, t: ResourceType, request: &R) -> Option<Bytes> {
+    /// The answer to the first request of type `t` on a stream, if any; `held` is what a delta
+    /// request declared in `initial_resource_versions`.
+    fn first_answer(
+        &self,
+        protocol: Protocol,
+        t: ResourceType,
+        held: VersionsDigest,
+    ) -> Option<Bytes> {
         let variant = *self.variant.borrow();
         let responses = &self.variants[variant][t.index()];
-        match R::PROTOCOL {
+        match protocol {
             Protocol::Sotw => Some(responses.sotw.clone()),
             Protocol::Delta => {
-                let holds_all = request
-                    .initial_versions()
-                    .is_some_and(|held| !held.is_empty() && *held == responses.versions);
+                let holds_all = held.entries > 0 && held == responses.versions;
                 match (holds_all, t.is_wildcard_type()) {
                     (false, _) => Some(responses.delta.clone()),
                     (true, true) => Some(responses.delta_empty.clone()),
@@ -176,32 +180,27 @@ impl Floor {
     }
 }
 
-/// What the floor reads of a request, for both protocols.
-trait FloorRequest: prost::Message + Default + Send + 'static {
-    const PROTOCOL: Protocol;
-    fn type_url(&self) -> &str;
-    fn initial_versions(&self) -> Option<&HashMap<String, String>>;
+/// Where the two request messages keep what the floor reads.
+#[derive(Clone, Copy)]
+struct Flavor {
+    protocol: Protocol,
+    /// `DeltaDiscoveryRequest.type_url` is field 2, `DiscoveryRequest.type_url` field 4.
+    type_url_tag: u32,
+    /// `DeltaDiscoveryRequest.initial_resource_versions` is field 5.
+    versions_tag: Option<u32>,
 }
 
-impl FloorRequest for DeltaDiscoveryRequest {
-    const PROTOCOL: Protocol = Protocol::Delta;
-    fn type_url(&self) -> &str {
-        &self.type_url
-    }
-    fn initial_versions(&self) -> Option<&HashMap<String, String>> {
-        Some(&self.initial_resource_versions)
-    }
-}
+const DELTA: Flavor = Flavor {
+    protocol: Protocol::Delta,
+    type_url_tag: 2,
+    versions_tag: Some(5),
+};
 
-impl FloorRequest for DiscoveryRequest {
-    const PROTOCOL: Protocol = Protocol::Sotw;
-    fn type_url(&self) -> &str {
-        &self.type_url
-    }
-    fn initial_versions(&self) -> Option<&HashMap<String, String>> {
-        None
-    }
-}
+const SOTW: Flavor = Flavor {
+    protocol: Protocol::Sotw,
+    type_url_tag: 4,
+    versions_tag: None,
+};
 
 async fn serve(listen: SocketAddr, floor: Arc<Floor>) -> anyhow::Result<()> {
     // tonic's HTTP/2 defaults, as `sluice serve` has them, but with TCP_NODELAY on every
@@ -273,13 +272,12 @@ impl tower::Service<http::Request<Body>> for AdsRouter {
         let floor = self.0.clone();
         match request.uri().path() {
             wire::DELTA_PATH => Box::pin(async move {
-                let mut grpc =
-                    tonic::server::Grpc::new(FloorCodec::<DeltaDiscoveryRequest>::default());
-                Ok(grpc.streaming(Method(floor), request).await)
+                let mut grpc = tonic::server::Grpc::new(FloorCodec);
+                Ok(grpc.streaming(Method(floor, DELTA), request).await)
             }),
             wire::SOTW_PATH => Box::pin(async move {
-                let mut grpc = tonic::server::Grpc::new(FloorCodec::<DiscoveryRequest>::default());
-                Ok(grpc.streaming(Method(floor), request).await)
+                let mut grpc = tonic::server::Grpc::new(FloorCodec);
+                Ok(grpc.streaming(Method(floor, SOTW), request).await)
             }),
             _ => {
                 Box::pin(async move { Ok(Status::unimplemented("not an ADS method").into_http()) })
@@ -289,23 +287,24 @@ impl tower::Service<http::Request<Body>> for AdsRouter {
 }
 
 /// One ADS method: each call spawns the stream's task.
-struct Method(Arc<Floor>);
+struct Method(Arc<Floor>, Flavor);
 
-impl<R: FloorRequest> StreamingService<R> for Method {
+impl StreamingService<Bytes> for Method {
     type Response = Prebuilt;
     type ResponseStream = ReceiverStream<Result<Prebuilt, Status>>;
     type Future = std::future::Ready<Result<tonic::Response<Self::ResponseStream>, Status>>;
 
-    fn call(&mut self, request: tonic::Request<Streaming<R>>) -> Self::Future {
+    fn call(&mut self, request: tonic::Request<Streaming<Bytes>>) -> Self::Future {
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(run_stream(self.0.clone(), request.into_inner(), tx));
+        tokio::spawn(run_stream(self.0.clone(), self.1, request.into_inner(), tx));
         std::future::ready(Ok(tonic::Response::new(ReceiverStream::new(rx))))
     }
 }
 
-async fn run_stream<R: FloorRequest>(
+async fn run_stream(
     floor: Arc<Floor>,
-    mut requests: Streaming<R>,
+    flavor: Flavor,
+    mut requests: Streaming<Bytes>,
     tx: mpsc::Sender<Result<Prebuilt, Status>>,
 ) {
     floor.streams.fetch_add(1, Relaxed);
@@ -317,13 +316,17 @@ async fn run_stream<R: FloorRequest>(
         let body = tokio::select! {
             message = requests.message() => match message {
                 Ok(Some(request)) => {
-                    let Some(t) = ResourceType::from_type_url(request.type_url()) else {
+                    let Ok(scan) = wire::scan_request(&request, flavor.type_url_tag, flavor.versions_tag) else {
+                        break;
+                    };
+                    let type_url = String::from_utf8_lossy(scan.type_url);
+                    let Some(t) = ResourceType::from_type_url(&type_url) else {
                         continue;
                     };
                     if std::mem::replace(&mut answered[t.index()], true) {
                         continue; // an ACK, or a later request: ignored
                     }
-                    floor.first_answer(t, &request)
+                    floor.first_answer(flavor.protocol, t, scan.initial_versions)
                 }
                 Ok(None) | Err(_) => break,
             },
@@ -332,7 +335,7 @@ async fn run_stream<R: FloorRequest>(
                     break;
                 }
                 let current = *variant.borrow_and_update();
-                answered[ResourceType::Route.index()].then(|| floor.routes(R::PROTOCOL, current))
+                answered[ResourceType::Route.index()].then(|| floor.routes(flavor.protocol, current))
             }
         };
         let Some(body) = body else { continue };

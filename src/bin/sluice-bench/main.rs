@@ -17,7 +17,8 @@
 //! - [`fleet`]: N simulated sidecars: connect, changes, disconnect and reconnect.
 //! - [`sidecar`]: one simulated Envoy: the ADS conversation (delta or SotW).
 //! - [`facts`]: what responses mean, decoded once per distinct resource and shared.
-//! - [`wire`]: lean response messages and the gRPC codecs of the sidecars and the floor.
+//! - [`grpc`]: a sidecar's bidirectional gRPC stream over its own tonic `Channel`.
+//! - [`wire`]: reading responses cheaply, and the request and floor codecs.
 //! - [`floor`]: the floor server.
 //! - [`machine`]: facts about this machine, printed at the top.
 //! - [`stats`], [`report`]: percentiles, the tables and the JSON.
@@ -28,6 +29,7 @@ mod cli;
 mod facts;
 mod fleet;
 mod floor;
+mod grpc;
 mod machine;
 mod mesh;
 mod report;

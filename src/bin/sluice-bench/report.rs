@@ -52,6 +52,15 @@ pub struct Measurement {
     /// windows, in % of one core: near 100 means the generator, not the server, set the pace.
     pub generator_connect_cpu_percent: f64,
     pub generator_churn_cpu_percent: f64,
+    /// Streams that failed and were reconnected, per phase: while connecting, over the changes,
+    /// in the storm. Sidecars reconnect as Envoy does, so a failure costs time, not the run.
+    pub stream_failures_connect: u64,
+    pub stream_failures_changes: u64,
+    pub stream_failures_storm: u64,
+    /// The first few stream errors, when there were any.
+    pub stream_errors: Vec<String>,
+    /// The generator's own VmRSS with every sidecar connected.
+    pub generator_rss_kb: u64,
     /// Distinct resources the generator decoded (each once, whatever the sidecar count).
     pub resources_decoded: u64,
 }
@@ -117,7 +126,7 @@ pub struct Settings {
     pub concurrency: usize,
     pub storm_concurrency: Option<usize>,
     pub idle_window_seconds: f64,
-    pub floor: bool,
+    pub servers: Vec<Kind>,
 }
 
 #[derive(Serialize)]
@@ -184,6 +193,17 @@ pub fn tables(settings: &Settings, rows: &[Row]) -> String {
                 ("p99 ms", &|m| Some(m.change_ms.p99), 0),
                 ("max ms", &|m| Some(m.change_ms.max), 0),
                 ("never ACKed", &|m| Some(m.never_acked as f64), 0),
+                (
+                    "dropped streams",
+                    &|m| {
+                        Some(
+                            (m.stream_failures_connect
+                                + m.stream_failures_changes
+                                + m.stream_failures_storm) as f64,
+                        )
+                    },
+                    0,
+                ),
                 ("churn CPU %", &|m| Some(m.churn_cpu_percent), 0),
                 (
                     "sent KB/change",

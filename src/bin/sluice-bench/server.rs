@@ -23,7 +23,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which server a measurement ran against.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Sluice,
@@ -230,13 +230,7 @@ impl Server {
     /// Resident memory in KiB.
     pub fn rss_kb(&mut self) -> anyhow::Result<u64> {
         self.check_alive()?;
-        let path = format!("/proc/{}/status", self.pid);
-        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| anyhow!("no VmRSS in {path}"))
+        vm_rss_kb(&format!("/proc/{}/status", self.pid))
     }
 
     /// CPU time used so far (user + system), in seconds.
@@ -328,6 +322,16 @@ impl Server {
             Err(_) => bail!("the floor did not answer within {timeout:?}"),
         }
     }
+}
+
+/// `VmRSS` of a `/proc/.../status` file, in KiB.
+pub fn vm_rss_kb(path: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS in {path}"))
 }
 
 /// `utime + stime` of a `/proc/.../stat` file, in seconds.

@@ -18,7 +18,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -28,24 +28,17 @@ use prost::bytes::Bytes;
 use sluice::node::keys;
 use sluice::xds::resource::ResourceType;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
-use tonic::Streaming;
 
 use crate::facts::{self, Facts, NameSet, StateId, EMPTY};
-use crate::wire::{
-    self, ClientCodec, DeltaAckFields, DeltaResponse, Outgoing, Received, SotwAckFields,
-    SotwResponse,
-};
+use crate::grpc;
+use crate::wire::{self, DeltaAckFields, Outgoing, SotwAckFields};
 
 const CDS: ResourceType = ResourceType::Cluster;
 const EDS: ResourceType = ResourceType::Endpoint;
 const LDS: ResourceType = ResourceType::Listener;
 const RDS: ResourceType = ResourceType::Route;
 
-/// Largest response a sidecar accepts (the whole route table of a big mesh is one resource).
-const MAX_RESPONSE: usize = 256 * 1024 * 1024;
 /// Requests queued for the stream; a sidecar has at most four outstanding at once.
 const REQUEST_BUFFER: usize = 16;
 
@@ -83,8 +76,8 @@ pub struct Counters {
     pub bytes: AtomicU64,
     /// Sidecars that reached fully configured on their current stream.
     pub configured: AtomicU64,
-    /// Sidecars whose stream failed (connect error, stream closed by the server).
-    pub failed: AtomicU64,
+    /// Streams that failed (connect error, stream closed by the server); each is retried.
+    pub stream_failures: AtomicU64,
 }
 
 /// When each sidecar ACKs the first route configuration of a change, relative to the change.
@@ -158,8 +151,18 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Scans a response and adds it to the counters.
+    fn count<'a>(&self, message: &'a Bytes) -> anyhow::Result<wire::Scan<'a>> {
+        let scan = wire::scan(message).context("reading a response")?;
+        let counters = &self.counters;
+        counters.responses.fetch_add(1, Relaxed);
+        counters.resources.fetch_add(scan.resources as u64, Relaxed);
+        counters.bytes.fetch_add(message.len() as u64, Relaxed);
+        Ok(scan)
+    }
+
     fn fail(&self, index: usize, err: &anyhow::Error) {
-        self.counters.failed.fetch_add(1, Relaxed);
+        self.counters.stream_failures.fetch_add(1, Relaxed);
         let mut errors = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
         if errors.len() < 10 {
             errors.push(format!("bench-{index}: {err:#}"));
@@ -177,6 +180,15 @@ pub struct Sidecar {
     held: [StateId; 4],
     /// The last change it recorded an ACK for.
     last_change: u64,
+}
+
+/// A sidecar's part in one fleet phase (connect or storm), across its reconnects.
+#[derive(Debug)]
+struct Phase {
+    /// Held until fully configured, to bound how many sidecars connect at once.
+    permit: Option<OwnedSemaphorePermit>,
+    /// Whether this sidecar was counted as fully configured in this phase.
+    counted: bool,
 }
 
 /// The progress of one stream.
@@ -201,29 +213,49 @@ impl Sidecar {
         }
     }
 
-    /// Connects, converses until `stop` turns true or the stream fails, and returns itself so a
-    /// later reconnect knows what it held. With `gate`, it waits for a permit first and keeps it
-    /// until fully configured, which bounds how many sidecars connect at once.
+    /// Connects, converses until `stop` turns true, and returns itself so a later reconnect
+    /// knows what it held. When the stream fails it reconnects as Envoy does (with the backoff
+    /// `sluice bootstrap` configures), declaring what it holds if it was ever fully configured.
+    /// With `gate`, it waits for a permit first and keeps it until fully configured (or its
+    /// stream fails), which bounds how many sidecars connect at once.
     pub async fn run(
         mut self,
         shared: Arc<Shared>,
-        mode: Mode,
+        mut mode: Mode,
         gate: Option<Arc<Semaphore>>,
         mut stop: watch::Receiver<bool>,
     ) -> Sidecar {
-        let permit = match gate {
+        let mut permit = match gate {
             Some(gate) => tokio::select! {
                 permit = gate.acquire_owned() => permit.ok(),
                 _ = stop.wait_for(|stop| *stop) => return self,
             },
             None => None,
         };
-        let result = match shared.protocol {
-            Protocol::Delta => self.run_delta(&shared, mode, permit, &mut stop).await,
-            Protocol::Sotw => self.run_sotw(&shared, mode, permit, &mut stop).await,
+        let mut phase = Phase {
+            permit: permit.take(),
+            counted: false,
         };
-        if let Err(err) = result {
+        for attempt in 1u32.. {
+            let result = match shared.protocol {
+                Protocol::Delta => self.run_delta(&shared, mode, &mut phase, &mut stop).await,
+                Protocol::Sotw => self.run_sotw(&shared, mode, &mut phase, &mut stop).await,
+            };
+            let Err(err) = result else {
+                return self;
+            };
             shared.fail(self.index, &err);
+            phase.permit = None;
+            tokio::select! {
+                _ = tokio::time::sleep(retry_backoff(self.index, attempt)) => {}
+                _ = stop.wait_for(|stop| *stop) => return self,
+            }
+            if self.held.contains(&EMPTY) {
+                self.held = [EMPTY; 4];
+                mode = Mode::Initial;
+            } else {
+                mode = Mode::Reconnect;
+            }
         }
         self
     }
@@ -263,21 +295,16 @@ impl Sidecar {
     }
 
     /// Opens the connection and the stream, with `first` already queued.
-    async fn open<Req, Resp>(
+    async fn open<Req>(
         &self,
         shared: &Shared,
         path: &'static str,
         first: Vec<Outgoing<Req>>,
-    ) -> anyhow::Result<(
-        Channel,
-        mpsc::Sender<Outgoing<Req>>,
-        Streaming<Received<Resp>>,
-    )>
+    ) -> anyhow::Result<(Channel, mpsc::Sender<Outgoing<Req>>, grpc::Responses)>
     where
-        Req: prost::Message + Send + Sync + 'static,
-        Resp: prost::Message + Default + Send + Sync + 'static,
+        Req: prost::Message + Send + 'static,
     {
-        let channel = shared
+        let mut channel = shared
             .endpoint
             .clone()
             .local_address(Some(IpAddr::V4(self.ip)))
@@ -290,25 +317,17 @@ impl Sidecar {
                 .await
                 .map_err(|_| anyhow!("request queue closed"))?;
         }
-        let mut grpc =
-            tonic::client::Grpc::new(channel.clone()).max_decoding_message_size(MAX_RESPONSE);
-        grpc.ready().await.context("waiting for the connection")?;
-        let response = grpc
-            .streaming(
-                tonic::Request::new(ReceiverStream::new(rx)),
-                PathAndQuery::from_static(path),
-                ClientCodec::<Req, Resp>::default(),
-            )
+        let responses = grpc::open(&mut channel, path, rx)
             .await
             .context("opening the ADS stream")?;
-        Ok((channel, tx, response.into_inner()))
+        Ok((channel, tx, responses))
     }
 
     async fn run_delta(
         &mut self,
         shared: &Shared,
         mode: Mode,
-        mut permit: Option<OwnedSemaphorePermit>,
+        phase: &mut Phase,
         stop: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         let mut progress = Progress::default();
@@ -324,21 +343,20 @@ impl Sidecar {
             Mode::Reconnect => self.delta_reconnect_requests(shared, node, &mut progress),
         };
         let (_channel, tx, mut stream) = self
-            .open::<DeltaDiscoveryRequest, DeltaResponse>(shared, wire::DELTA_PATH, first)
+            .open::<DeltaDiscoveryRequest>(shared, wire::DELTA_PATH, first)
             .await?;
         loop {
             let received = tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => return Ok(()),
-                message = stream.message() => match message {
-                    Ok(Some(received)) => received,
-                    Ok(None) => bail!("the server ended the stream"),
-                    Err(status) => bail!("the stream failed: {status}"),
+                message = stream.next() => match message? {
+                    Some(message) => message,
+                    None => bail!("the server ended the stream"),
                 },
             };
             self.handle_delta(shared, &mut progress, &tx, received)
                 .await?;
-            self.check_configured(shared, mode, &mut progress, &mut permit);
+            self.check_configured(shared, mode, &mut progress, phase);
         }
     }
 
@@ -378,21 +396,15 @@ impl Sidecar {
         shared: &Shared,
         progress: &mut Progress,
         tx: &mpsc::Sender<Outgoing<DeltaDiscoveryRequest>>,
-        received: Received<DeltaResponse>,
+        message: Bytes,
     ) -> anyhow::Result<()> {
-        let response = received.message;
-        shared.counters.responses.fetch_add(1, Relaxed);
-        shared
-            .counters
-            .resources
-            .fetch_add(response.resources.len() as u64, Relaxed);
-        shared
-            .counters
-            .bytes
-            .fetch_add(received.bytes as u64, Relaxed);
-        let t = resource_type(&response.type_url)?;
+        let response = shared.count(&message)?;
+        let t = resource_type(response.type_url)?;
         let before = self.held[t.index()];
-        let after = shared.facts.apply_delta(t, before, &response);
+        let after = shared
+            .facts
+            .apply_delta(t, before, response.key, &message)
+            .context("decoding a response")?;
         self.held[t.index()] = after;
         match t {
             CDS => self.follow_delta(shared, progress, tx, EDS, after).await?,
@@ -402,7 +414,7 @@ impl Sidecar {
         let ack = Outgoing::Parts(vec![
             facts::delta_type_part(t),
             wire::encode(&DeltaAckFields {
-                response_nonce: response.nonce,
+                response_nonce: Bytes::copy_from_slice(response.nonce),
             }),
         ]);
         send(tx, ack).await?;
@@ -470,7 +482,7 @@ impl Sidecar {
         shared: &Shared,
         mode: Mode,
         progress: &mut Progress,
-        permit: &mut Option<OwnedSemaphorePermit>,
+        phase: &mut Phase,
     ) {
         if progress.configured {
             return;
@@ -481,8 +493,10 @@ impl Sidecar {
         };
         if done {
             progress.configured = true;
-            shared.counters.configured.fetch_add(1, Relaxed);
-            permit.take();
+            phase.permit = None;
+            if !std::mem::replace(&mut phase.counted, true) {
+                shared.counters.configured.fetch_add(1, Relaxed);
+            }
         }
     }
 
@@ -490,7 +504,7 @@ impl Sidecar {
         &mut self,
         shared: &Shared,
         mode: Mode,
-        mut permit: Option<OwnedSemaphorePermit>,
+        phase: &mut Phase,
         stop: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         let mut progress = Progress::default();
@@ -506,21 +520,20 @@ impl Sidecar {
             Mode::Reconnect => self.sotw_reconnect_requests(shared, node, &mut progress),
         };
         let (_channel, tx, mut stream) = self
-            .open::<DiscoveryRequest, SotwResponse>(shared, wire::SOTW_PATH, first)
+            .open::<DiscoveryRequest>(shared, wire::SOTW_PATH, first)
             .await?;
         loop {
             let received = tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => return Ok(()),
-                message = stream.message() => match message {
-                    Ok(Some(received)) => received,
-                    Ok(None) => bail!("the server ended the stream"),
-                    Err(status) => bail!("the stream failed: {status}"),
+                message = stream.next() => match message? {
+                    Some(message) => message,
+                    None => bail!("the server ended the stream"),
                 },
             };
             self.handle_sotw(shared, &mut progress, &tx, received)
                 .await?;
-            self.check_configured(shared, mode, &mut progress, &mut permit);
+            self.check_configured(shared, mode, &mut progress, phase);
         }
     }
 
@@ -566,24 +579,18 @@ impl Sidecar {
         shared: &Shared,
         progress: &mut Progress,
         tx: &mpsc::Sender<Outgoing<DiscoveryRequest>>,
-        received: Received<SotwResponse>,
+        message: Bytes,
     ) -> anyhow::Result<()> {
-        let response = received.message;
-        shared.counters.responses.fetch_add(1, Relaxed);
-        shared
-            .counters
-            .resources
-            .fetch_add(response.resources.len() as u64, Relaxed);
-        shared
-            .counters
-            .bytes
-            .fetch_add(received.bytes as u64, Relaxed);
-        let t = resource_type(&response.type_url)?;
+        let response = shared.count(&message)?;
+        let t = resource_type(response.type_url)?;
         let before = self.held[t.index()];
-        let after = shared.facts.apply_sotw(t, &response);
+        let after = shared
+            .facts
+            .apply_sotw(t, response.key, &message)
+            .context("decoding a response")?;
         self.held[t.index()] = after;
         // A copy: the response points into a receive buffer that must be freed.
-        progress.nonces[t.index()] = Bytes::copy_from_slice(&response.nonce);
+        progress.nonces[t.index()] = Bytes::copy_from_slice(response.nonce);
         match t {
             CDS => self.follow_sotw(shared, progress, tx, EDS, after).await?,
             LDS => self.follow_sotw(shared, progress, tx, RDS, after).await?,
@@ -642,6 +649,16 @@ impl Sidecar {
         ]);
         send(tx, request).await
     }
+}
+
+/// Envoy's reconnect backoff as `sluice bootstrap` sets it: 0.25 s doubling up to 1 s, with
+/// full jitter (a hash of the sidecar and attempt stands in for randomness).
+fn retry_backoff(index: usize, attempt: u32) -> Duration {
+    let ceiling = 250u64 << attempt.saturating_sub(1).min(2);
+    let seed = xxhash_rust::xxh3::xxh3_64(
+        &[index.to_le_bytes(), u64::from(attempt).to_le_bytes()].concat(),
+    );
+    Duration::from_millis(seed % (ceiling + 1))
 }
 
 async fn send<M>(tx: &mpsc::Sender<Outgoing<M>>, request: Outgoing<M>) -> anyhow::Result<()> {

@@ -1,10 +1,13 @@
-//! The bytes on the wire: lean ADS response messages that simulated sidecars decode without
-//! copying, the gRPC codec of the sidecars, and the floor's codec, which writes pre-encoded
-//! responses straight into the frame.
+//! The bytes on the wire: how simulated sidecars read responses cheaply, the gRPC codec of the
+//! sidecars, and the floor's codec, which writes pre-encoded responses straight into the frame.
 //!
-//! The lean messages declare only the fields a sidecar reads, every string as `bytes` (the wire
-//! format is the same), so decoding a response allocates one `Vec` per repeated field and
-//! otherwise points into tonic's receive buffer. Unknown fields are skipped, as protobuf wants.
+//! A sidecar does not decode a response: it gets the message's bytes (see [`crate::grpc`]) and
+//! [`scan`] walks only the top-level fields, for the type,
+//! the nonce, the number of resources and a key (a hash of everything but the nonce). What the
+//! response means is looked up by that key (see [`crate::facts`]); only a response never seen
+//! before is decoded, with the lean messages below. Those declare only the fields a sidecar
+//! reads, every string as `bytes` (the wire format is the same), so even then nothing is
+//! copied. Unknown fields are skipped, as protobuf wants.
 
 use std::marker::PhantomData;
 
@@ -89,11 +92,148 @@ pub struct SotwAckFields {
 /// string), which the floor appends to a response encoded without it.
 pub const RESPONSE_NONCE_TAG: u32 = 5;
 
-/// A decoded message and the size of its encoding (the gRPC frame's payload).
-#[derive(Debug)]
-pub struct Received<M> {
-    pub message: M,
-    pub bytes: usize,
+/// The top-level fields of a `DiscoveryResponse` or `DeltaDiscoveryResponse` (both have
+/// version 1, resources 2, type URL 4, nonce 5; delta adds removed names 6).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Scan<'a> {
+    pub version: &'a [u8],
+    pub type_url: &'a [u8],
+    pub nonce: &'a [u8],
+    pub resources: usize,
+    /// A hash of the response without its nonce: equal keys, equal responses to a sidecar.
+    pub key: u64,
+}
+
+/// Walks the top-level fields of a response without decoding the resources.
+pub fn scan(message: &[u8]) -> anyhow::Result<Scan<'_>> {
+    let mut scan = Scan {
+        version: &[],
+        type_url: &[],
+        nonce: &[],
+        resources: 0,
+        key: 0,
+    };
+    let mut nonce_field = 0..0;
+    for field in fields(message) {
+        let field = field?;
+        match field.tag {
+            1 => scan.version = field.payload,
+            2 => scan.resources += 1,
+            4 => scan.type_url = field.payload,
+            RESPONSE_NONCE_TAG => {
+                scan.nonce = field.payload;
+                nonce_field = field.span;
+            }
+            _ => {}
+        }
+    }
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(&message[..nonce_field.start]);
+    hasher.update(&message[nonce_field.end..]);
+    scan.key = hasher.digest();
+    Ok(scan)
+}
+
+/// What the floor reads of a request: its type and, for a delta reconnect, a digest of the
+/// `initial_resource_versions` it declares.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RequestScan<'a> {
+    pub type_url: &'a [u8],
+    pub initial_versions: VersionsDigest,
+}
+
+/// An order-independent digest of a set of `name → version` map entries: their number and the
+/// sum of their hashes. Equal sets, equal digests, without building a map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VersionsDigest {
+    pub entries: usize,
+    pub sum: u64,
+}
+
+impl VersionsDigest {
+    /// Adds one map entry, given as its encoding (field 1 the name, field 2 the version).
+    pub fn add(&mut self, entry: &[u8]) {
+        self.entries += 1;
+        self.sum = self.sum.wrapping_add(xxhash_rust::xxh3::xxh3_64(entry));
+    }
+
+    /// The digest of `(name, version)` pairs, encoded as prost encodes map entries.
+    pub fn of<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> VersionsDigest {
+        let mut digest = VersionsDigest::default();
+        let mut entry = Vec::new();
+        for (name, version) in pairs {
+            entry.clear();
+            prost::encoding::string::encode(1, &name.to_string(), &mut entry);
+            prost::encoding::string::encode(2, &version.to_string(), &mut entry);
+            digest.add(&entry);
+        }
+        digest
+    }
+}
+
+/// Walks a request's top-level fields: `type_url` at `type_url_tag`, and map entries at
+/// `versions_tag` (delta's `initial_resource_versions`, 5) if given.
+pub fn scan_request(
+    message: &[u8],
+    type_url_tag: u32,
+    versions_tag: Option<u32>,
+) -> anyhow::Result<RequestScan<'_>> {
+    let mut scan = RequestScan::default();
+    for field in fields(message) {
+        let field = field?;
+        if field.tag == type_url_tag {
+            scan.type_url = field.payload;
+        } else if Some(field.tag) == versions_tag {
+            scan.initial_versions.add(field.payload);
+        }
+    }
+    Ok(scan)
+}
+
+/// One length-delimited top-level field.
+struct Field<'a> {
+    tag: u32,
+    payload: &'a [u8],
+    /// Where the whole field (key, length and payload) sits in the message.
+    span: std::ops::Range<usize>,
+}
+
+/// The length-delimited top-level fields of a message, in order; other wire types are skipped.
+fn fields(message: &[u8]) -> impl Iterator<Item = anyhow::Result<Field<'_>>> {
+    use prost::encoding::{decode_key, decode_varint, WireType};
+    let mut rest = message;
+    std::iter::from_fn(move || loop {
+        if rest.is_empty() {
+            return None;
+        }
+        let start = message.len() - rest.len();
+        let next = (|| -> anyhow::Result<Option<Field<'_>>> {
+            let (tag, wire_type) = decode_key(&mut rest)?;
+            if wire_type != WireType::LengthDelimited {
+                prost::encoding::skip_field(wire_type, tag, &mut rest, Default::default())?;
+                return Ok(None);
+            }
+            let len = usize::try_from(decode_varint(&mut rest)?)?;
+            if len > rest.len() {
+                anyhow::bail!("field {tag} is {len} bytes long, but {} remain", rest.len());
+            }
+            let (payload, after) = rest.split_at(len);
+            rest = after;
+            Ok(Some(Field {
+                tag,
+                payload,
+                span: start..message.len() - rest.len(),
+            }))
+        })();
+        match next {
+            Ok(Some(field)) => return Some(Ok(field)),
+            Ok(None) => continue,
+            Err(err) => {
+                rest = &[];
+                return Some(Err(err));
+            }
+        }
+    })
 }
 
 /// A request as a sidecar sends it: either a message, or pieces encoded beforehand and shared
@@ -106,36 +246,14 @@ pub enum Outgoing<M> {
     Parts(Vec<Bytes>),
 }
 
-/// The sidecars' codec: encodes [`Outgoing`] requests, decodes lean responses and counts their
-/// bytes.
-pub struct ClientCodec<Req, Resp>(PhantomData<fn(Req) -> Resp>);
+/// Encodes a sidecar's [`Outgoing`] requests into the request stream.
+pub struct OutgoingEncoder<M>(PhantomData<fn(M)>);
 
-impl<Req, Resp> Default for ClientCodec<Req, Resp> {
+impl<M> Default for OutgoingEncoder<M> {
     fn default() -> Self {
-        ClientCodec(PhantomData)
-    }
-}
-
-impl<Req, Resp> Codec for ClientCodec<Req, Resp>
-where
-    Req: Message + Send + 'static,
-    Resp: Message + Default + Send + 'static,
-{
-    type Encode = Outgoing<Req>;
-    type Decode = Received<Resp>;
-    type Encoder = OutgoingEncoder<Req>;
-    type Decoder = CountingDecoder<Resp>;
-
-    fn encoder(&mut self) -> Self::Encoder {
         OutgoingEncoder(PhantomData)
     }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        CountingDecoder(PhantomData)
-    }
 }
-
-pub struct OutgoingEncoder<M>(PhantomData<fn(M)>);
 
 impl<M: Message> Encoder for OutgoingEncoder<M> {
     type Item = Outgoing<M>;
@@ -153,21 +271,6 @@ impl<M: Message> Encoder for OutgoingEncoder<M> {
                 Ok(())
             }
         }
-    }
-}
-
-pub struct CountingDecoder<M>(PhantomData<fn() -> M>);
-
-impl<M: Message + Default> Decoder for CountingDecoder<M> {
-    type Item = Received<M>;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Received<M>>, Status> {
-        use prost::bytes::Buf;
-        let bytes = src.remaining();
-        let message = M::decode(src)
-            .map_err(|err| Status::internal(format!("decoding a response: {err}")))?;
-        Ok(Some(Received { message, bytes }))
     }
 }
 
@@ -202,28 +305,23 @@ fn decimal_digits(mut n: u64) -> usize {
     digits
 }
 
-/// The floor's codec: `put_slice`s a [`Prebuilt`] body and appends the nonce field; decodes
-/// requests with prost.
-pub struct FloorCodec<Req>(PhantomData<fn() -> Req>);
+/// The floor's codec: `put_slice`s a [`Prebuilt`] body and appends the nonce field; hands
+/// requests over as bytes, for [`scan_request`].
+#[derive(Default)]
+pub struct FloorCodec;
 
-impl<Req> Default for FloorCodec<Req> {
-    fn default() -> Self {
-        FloorCodec(PhantomData)
-    }
-}
-
-impl<Req: Message + Default + Send + 'static> Codec for FloorCodec<Req> {
+impl Codec for FloorCodec {
     type Encode = Prebuilt;
-    type Decode = Req;
+    type Decode = Bytes;
     type Encoder = PrebuiltEncoder;
-    type Decoder = ProstDecoder<Req>;
+    type Decoder = RawDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
         PrebuiltEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder(PhantomData)
+        RawDecoder
     }
 }
 
@@ -282,16 +380,16 @@ fn itoa_buffer(mut n: u64) -> Digits {
     Digits { buf, start }
 }
 
-pub struct ProstDecoder<M>(PhantomData<fn() -> M>);
+/// Takes a whole message as bytes, without decoding it.
+pub struct RawDecoder;
 
-impl<M: Message + Default> Decoder for ProstDecoder<M> {
-    type Item = M;
+impl Decoder for RawDecoder {
+    type Item = Bytes;
     type Error = Status;
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<M>, Status> {
-        M::decode(src)
-            .map(Some)
-            .map_err(|err| Status::internal(format!("decoding a request: {err}")))
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        use prost::bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
 
@@ -358,6 +456,51 @@ mod tests {
         assert_eq!(&lean.nonce[..], b"3");
         assert_eq!(lean.resources.len(), 1);
         assert_eq!(&lean.resources[0].value[..], &[9; 10]);
+    }
+
+    #[test]
+    fn a_scan_finds_the_fields_and_its_key_ignores_the_nonce() {
+        let response = |nonce: &str| DeltaDiscoveryResponse {
+            system_version_info: "v1".into(),
+            resources: vec![Resource::default(), Resource::default()],
+            type_url: "t".into(),
+            nonce: nonce.into(),
+            removed_resources: vec!["gone".into()],
+            ..Default::default()
+        };
+        let one = encode(&response("1"));
+        let two = encode(&response("22"));
+        let (a, b) = (scan(&one).expect("scans"), scan(&two).expect("scans"));
+        assert_eq!(
+            (a.version, a.type_url, a.nonce),
+            (&b"v1"[..], &b"t"[..], &b"1"[..])
+        );
+        assert_eq!(a.resources, 2);
+        assert_eq!(a.key, b.key);
+        let mut other = response("1");
+        other.removed_resources.clear();
+        assert_ne!(scan(&encode(&other)).expect("scans").key, a.key);
+        assert!(scan(&one[..one.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn the_request_scan_digests_initial_versions_in_any_order() {
+        use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+        let request = DeltaDiscoveryRequest {
+            type_url: "t".into(),
+            initial_resource_versions: [("a", "1"), ("b", "2"), ("c", "3")]
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let bytes = encode(&request);
+        let scan = scan_request(&bytes, 2, Some(5)).expect("scans");
+        assert_eq!(scan.type_url, b"t");
+        let expected = VersionsDigest::of([("c", "3"), ("a", "1"), ("b", "2")].into_iter());
+        assert_eq!(scan.initial_versions, expected);
+        let other = VersionsDigest::of([("a", "1"), ("b", "2"), ("c", "4")].into_iter());
+        assert_ne!(scan.initial_versions, other);
     }
 
     #[test]
