@@ -57,15 +57,28 @@ pub struct RunArgs {
     /// Sidecars connecting (not yet fully configured) at once during the connect phase.
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
+    /// Each sidecar's HTTP/2 receive window in KiB, for its connection and its stream
+    /// [default: hyper's, 2 MiB per stream and 5 MiB per connection]. Small windows keep many
+    /// sidecars from filling the kernel's TCP memory, but cost a round trip per window.
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    pub window: u32,
     /// Sidecars reconnecting at once in the reconnect storm (0: all of them).
     #[arg(long, default_value_t = 0)]
     pub storm_concurrency: usize,
     /// How long the server's idle CPU is sampled [default: 10s; --quick: 2s].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub idle_window: Option<Duration>,
+    /// Time allowed for the changes of one measurement: once spent, no new change starts
+    /// (at least 3 are measured).
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub change_budget: Duration,
     /// Longest wait for any one phase (connect, a change, the storm) before the row fails.
     #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// A server whose resident memory grows past this many GiB fails its measurement, before
+    /// the machine runs out [default: 70% of the memory available at start].
+    #[arg(long)]
+    pub max_server_memory: Option<f64>,
     /// The `sluice` binary [default: `sluice` next to this executable].
     #[arg(long)]
     pub sluice: Option<PathBuf>,

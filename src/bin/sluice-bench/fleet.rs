@@ -16,6 +16,10 @@ use crate::sidecar::{ChangeTracker, Counters, Mode, Protocol, Shared, Sidecar};
 
 /// How often waits look at the counters.
 const POLL: Duration = Duration::from_millis(10);
+/// How often long waits run their check (the server is alive and within its memory budget).
+pub const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// How long a connect runs before its pace is used to tell whether it can finish in time.
+const EARLY_VERDICT: Duration = Duration::from_secs(30);
 /// How often a long wait prints where it is.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
@@ -48,10 +52,19 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub fn new(protocol: Protocol, xds: SocketAddr, sidecars: usize) -> anyhow::Result<Fleet> {
+    /// `window`, when given, is each connection's HTTP/2 receive window (for the connection and
+    /// its stream); otherwise hyper's defaults (2 MiB per stream, 5 MiB per connection) apply.
+    pub fn new(
+        protocol: Protocol,
+        xds: SocketAddr,
+        sidecars: usize,
+        window: Option<u32>,
+    ) -> anyhow::Result<Fleet> {
         let endpoint = Endpoint::from_shared(format!("http://{xds}"))
             .context("the xDS address as a URI")?
             .connect_timeout(Duration::from_secs(20))
+            .initial_stream_window_size(window)
+            .initial_connection_window_size(window)
             .tcp_nodelay(true);
         let shared = Arc::new(Shared {
             protocol,
@@ -92,18 +105,19 @@ impl Fleet {
 
     /// Starts a stream for every idle sidecar, at most `concurrency` connecting at once (`None`:
     /// all at once), and waits until all are fully configured. Returns how long that took.
+    /// `check` is called every [`CHECK_EVERY`] and ends the wait with its error.
     pub async fn connect(
         &mut self,
         mode: Mode,
         concurrency: Option<usize>,
         timeout: Duration,
+        check: &dyn Fn() -> anyhow::Result<()>,
     ) -> anyhow::Result<Duration> {
         if !self.running.is_empty() {
             bail!("connect while {} sidecars still run", self.running.len());
         }
         let total = self.idle.len() as u64;
-        let counters = &self.shared.counters;
-        counters.configured.store(0, Relaxed);
+        self.shared.counters.configured.store(0, Relaxed);
         let (stop_tx, stop) = watch::channel(false);
         let gate = concurrency.map(|n| Arc::new(Semaphore::new(n.max(1))));
         let started = Instant::now();
@@ -113,14 +127,40 @@ impl Fleet {
         }
         self.stop = Some(stop_tx);
         let mut next_progress = started + PROGRESS_EVERY;
+        let mut next_check = started;
         loop {
-            let configured = counters.configured.load(Relaxed);
+            let configured = self.shared.counters.configured.load(Relaxed);
             if configured >= total {
                 return Ok(started.elapsed());
             }
             let now = Instant::now();
+            if now >= next_check {
+                check().with_context(|| {
+                    format!("{configured} of {total} sidecars were fully configured")
+                })?;
+                next_check = now + CHECK_EVERY;
+            }
+            let elapsed = now - started;
+            if elapsed >= EARLY_VERDICT && configured > 0 {
+                // Waiting out the timeout only to fail would cost minutes of the run.
+                let projected = elapsed.mul_f64(total as f64 / configured as f64);
+                if projected > timeout.mul_f64(1.2) {
+                    bail!(
+                        "stopped early: {configured} of {total} sidecars fully configured after {:.0?} \
+                         ({:.0}/s); all of them would take about {:.0?}, over the {timeout:?} allowed (--timeout)",
+                        elapsed,
+                        configured as f64 / elapsed.as_secs_f64(),
+                        projected
+                    );
+                }
+            }
             if now >= started + timeout {
-                bail!("only {configured} of {total} sidecars fully configured after {timeout:?}");
+                bail!(
+                    "only {configured} of {total} sidecars fully configured after {timeout:?} \
+                     ({} stream failures{})",
+                    self.stream_failures(),
+                    self.first_errors_suffix()
+                );
             }
             if now >= next_progress {
                 eprintln!(
@@ -153,13 +193,23 @@ impl Fleet {
     }
 
     /// Waits until `count` sidecars have ACKed the change being tracked, or `timeout`. Returns
-    /// how many did.
-    pub async fn wait_for_acks(&self, count: usize, timeout: Duration) -> usize {
+    /// how many did. `check` is called every [`CHECK_EVERY`] and ends the wait with its error.
+    pub async fn wait_for_acks(
+        &self,
+        count: usize,
+        timeout: Duration,
+        check: &dyn Fn() -> anyhow::Result<()>,
+    ) -> anyhow::Result<usize> {
         let started = Instant::now();
+        let mut next_check = started;
         loop {
             let acked = self.shared.tracker.acked();
             if acked >= count || started.elapsed() >= timeout {
-                return acked;
+                return Ok(acked);
+            }
+            if Instant::now() >= next_check {
+                check()?;
+                next_check = Instant::now() + CHECK_EVERY;
             }
             tokio::time::sleep(POLL).await;
         }
@@ -185,6 +235,16 @@ impl Fleet {
     /// Streams that failed (and were retried) since the fleet was made.
     pub fn stream_failures(&self) -> u64 {
         self.shared.counters.stream_failures.load(Relaxed)
+    }
+
+    /// `; first errors: ...` when there were errors.
+    fn first_errors_suffix(&self) -> String {
+        let errors = self.first_errors();
+        if errors.is_empty() {
+            errors
+        } else {
+            format!("; first errors: {errors}")
+        }
     }
 
     pub fn first_errors(&self) -> String {

@@ -21,6 +21,7 @@
 //! - [`wire`]: reading responses cheaply, and the request and floor codecs.
 //! - [`floor`]: the floor server.
 //! - [`machine`]: facts about this machine, printed at the top.
+//! - [`kernel`]: the host's TCP counters, to tell when loopback buffers ran out.
 //! - [`stats`], [`report`]: percentiles, the tables and the JSON.
 
 #![forbid(unsafe_code)]
@@ -30,6 +31,7 @@ mod facts;
 mod fleet;
 mod floor;
 mod grpc;
+mod kernel;
 mod machine;
 mod mesh;
 mod report;

@@ -61,6 +61,8 @@ pub struct Measurement {
     pub stream_errors: Vec<String>,
     /// The generator's own VmRSS with every sidecar connected.
     pub generator_rss_kb: u64,
+    /// The host kernel's TCP counters over the whole measurement.
+    pub kernel_tcp: crate::kernel::TcpCounters,
     /// Distinct resources the generator decoded (each once, whatever the sidecar count).
     pub resources_decoded: u64,
 }
@@ -124,6 +126,8 @@ pub struct Settings {
     pub protocols: Vec<Protocol>,
     pub changes: usize,
     pub concurrency: usize,
+    /// Each sidecar's HTTP/2 receive window, in KiB (0: hyper's defaults).
+    pub window_kib: u32,
     pub storm_concurrency: Option<usize>,
     pub idle_window_seconds: f64,
     pub servers: Vec<Kind>,
@@ -189,6 +193,7 @@ pub fn tables(settings: &Settings, rows: &[Row]) -> String {
             &mut out,
             &pairs,
             &[
+                ("changes", &|m| Some(m.changes.len() as f64), 0),
                 ("change p50 ms", &|m| Some(m.change_ms.p50), 0),
                 ("p99 ms", &|m| Some(m.change_ms.p99), 0),
                 ("max ms", &|m| Some(m.change_ms.max), 0),
@@ -238,6 +243,16 @@ pub fn tables(settings: &Settings, rows: &[Row]) -> String {
         }
         for (n, sluice, floor) in &pairs {
             for row in [sluice, floor].into_iter().flatten() {
+                if let Some(m) = row.measurement() {
+                    let tcp = &m.kernel_tcp;
+                    if tcp.troubled() {
+                        let _ = writeln!(
+                            out,
+                            "\n{} N={n}: the kernel ran short of TCP memory ({} pressure events, {} pruned queues, {} retransmitted segments): figures include loopback stalls",
+                            row.server, tcp.memory_pressures, tcp.prunes, tcp.retransmitted_segments
+                        );
+                    }
+                }
                 if let Outcome::Failed(reason) = &row.result {
                     let _ = writeln!(out, "\n{} N={n} failed: {reason}", row.server);
                 }

@@ -19,6 +19,7 @@ use anyhow::{anyhow, bail, Context};
 
 use crate::cli::{ProtocolChoice, RunArgs};
 use crate::fleet::Fleet;
+use crate::kernel::{self, TcpCounters};
 use crate::machine::Machine;
 use crate::mesh::MeshDir;
 use crate::report::{
@@ -28,8 +29,12 @@ use crate::server::{self, Kind, Launcher, Server};
 use crate::sidecar::{Mode, Protocol};
 use crate::stats::Summary;
 
+/// Changes measured even when the change budget is spent.
+const MIN_CHANGES: usize = 3;
 /// Longest wait for every sidecar to ACK one change.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for the server to notice every sidecar left, before the storm.
+const STREAMS_GONE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest wait for a server to go quiet before a reading.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// File descriptors kept for everything but the sidecars' sockets.
@@ -42,6 +47,10 @@ struct Plan {
     idle_window: Duration,
     timeout: Duration,
     sluice: PathBuf,
+    /// After this much time in the changes of one measurement, no new change is started.
+    change_budget: Duration,
+    /// A server whose resident memory grows past this fails its measurement.
+    max_server_memory_kb: u64,
     json: Option<PathBuf>,
     keep: Option<PathBuf>,
 }
@@ -86,12 +95,19 @@ impl Plan {
                 protocols,
                 changes: args.changes.unwrap_or(if quick { 3 } else { 10 }),
                 concurrency: args.concurrency.max(1),
+                window_kib: args.window,
                 storm_concurrency: (args.storm_concurrency > 0).then_some(args.storm_concurrency),
                 idle_window_seconds: idle_window.as_secs_f64(),
                 servers: args.servers,
             },
             idle_window,
             timeout: args.timeout,
+            change_budget: args.change_budget,
+            max_server_memory_kb: match args.max_server_memory {
+                Some(gib) => (gib * server::GIB_IN_KB) as u64,
+                // Most of what is free: the generator needs little, and other processes some.
+                None => available_memory_kb()? * 7 / 10,
+            },
             sluice,
             json: args.json,
             keep: args.keep,
@@ -134,7 +150,7 @@ async fn run(plan: Plan, open_files: u64) -> anyhow::Result<()> {
     println!("{machine}");
     let settings = &plan.settings;
     println!(
-        "settings: {} services, sidecars {:?}, {} changes, connect concurrency {}, storm concurrency {}, idle window {:?}",
+        "settings: {} services, sidecars {:?}, {} changes, connect concurrency {}, storm concurrency {}, idle window {:?}, server memory limit {:.1} GiB",
         settings.services,
         settings.sidecars,
         settings.changes,
@@ -142,7 +158,8 @@ async fn run(plan: Plan, open_files: u64) -> anyhow::Result<()> {
         settings
             .storm_concurrency
             .map_or("all".to_string(), |n| n.to_string()),
-        plan.idle_window
+        plan.idle_window,
+        plan.max_server_memory_kb as f64 / server::GIB_IN_KB,
     );
 
     // The work folder (mesh and logs) is removed on drop unless --keep names one.
@@ -161,6 +178,18 @@ async fn run(plan: Plan, open_files: u64) -> anyhow::Result<()> {
             temp.path()
         }
     };
+    let largest = settings.sidecars.iter().copied().max().unwrap_or(0) as u64;
+    if let Some(limit) = kernel::tcp_memory_limit_bytes() {
+        // A push of the route table (about 1 KiB per service) to every sidecar at once.
+        let burst = largest * settings.services as u64 * 1024;
+        if burst > limit {
+            eprintln!(
+                "note: a route push to {largest} sidecars is about {:.1} GiB, over the kernel's TCP memory limit of {:.1} GiB (net.ipv4.tcp_mem); expect loopback stalls at that size unless the limit is raised",
+                burst as f64 / (1u64 << 30) as f64,
+                limit as f64 / (1u64 << 30) as f64
+            );
+        }
+    }
     let mesh = MeshDir::generate(work, settings.services)?;
     validate(&plan.sluice, mesh.path())?;
     eprintln!(
@@ -179,14 +208,27 @@ async fn run(plan: Plan, open_files: u64) -> anyhow::Result<()> {
 
     let mut rows = Vec::new();
     for protocol in &settings.protocols {
+        // A server that failed with N sidecars is not tried with more.
+        let mut failed_at: Vec<(Kind, usize)> = Vec::new();
         for &sidecars in &settings.sidecars {
             for &kind in &settings.servers {
+                if let Some((_, n)) = failed_at.iter().find(|(k, _)| *k == kind) {
+                    eprintln!("== {kind}, {protocol}, {sidecars} sidecars: skipped");
+                    rows.push(Row {
+                        server: kind,
+                        protocol: *protocol,
+                        sidecars,
+                        result: Outcome::Failed(format!("not run: failed with {n} sidecars")),
+                    });
+                    continue;
+                }
                 eprintln!("== {kind}, {protocol}, {sidecars} sidecars");
                 let result = measure(&plan, &launcher, &mesh, kind, *protocol, sidecars).await;
                 let result = match result {
                     Ok(measurement) => Outcome::Ok(Box::new(measurement)),
                     Err(err) => {
                         eprintln!("   FAILED: {err:#}");
+                        failed_at.push((kind, sidecars));
                         Outcome::Failed(format!("{err:#}"))
                     }
                 };
@@ -259,6 +301,7 @@ async fn measure_server(
     sidecars: usize,
 ) -> anyhow::Result<Measurement> {
     let mut m = Measurement::default();
+    let tcp_before = TcpCounters::read()?;
     settle(server, None).await?;
     m.rss_empty_kb = server.rss_kb()?;
     let compiles_before = match server.kind {
@@ -270,10 +313,18 @@ async fn measure_server(
         Kind::Floor => None,
     };
 
-    let mut fleet = Fleet::new(protocol, server.xds, sidecars)?;
+    let window =
+        (plan.settings.window_kib > 0).then(|| plan.settings.window_kib.saturating_mul(1024));
+    let mut fleet = Fleet::new(protocol, server.xds, sidecars, window)?;
+    let watchdog = server.watchdog(plan.max_server_memory_kb);
     let generator = generator_cpu()?;
     let took = fleet
-        .connect(Mode::Initial, Some(plan.settings.concurrency), plan.timeout)
+        .connect(
+            Mode::Initial,
+            Some(plan.settings.concurrency),
+            plan.timeout,
+            &|| watchdog.check(),
+        )
         .await
         .context("connecting")?;
     m.generator_connect_cpu_percent = percent(generator_cpu()? - generator, took);
@@ -320,6 +371,13 @@ async fn measure_server(
         eprintln!("   warning: {decode_errors} resources did not decode: {first:?}");
     }
     fleet.disconnect(Duration::from_secs(30)).await?;
+    m.kernel_tcp = TcpCounters::read()? - tcp_before;
+    if m.kernel_tcp.troubled() {
+        eprintln!(
+            "   warning: the kernel ran short of TCP memory ({:?}); loopback stalls are in these figures",
+            m.kernel_tcp
+        );
+    }
     Ok(m)
 }
 
@@ -333,7 +391,17 @@ async fn measure_changes(
     let sidecars = fleet.len();
     let mut latencies = Vec::new();
     let (mut cpu, mut wall, mut generator_cpu_total) = (0.0, Duration::ZERO, 0.0);
+    let phase_started = Instant::now();
     for change in 1..=plan.settings.changes {
+        if change > MIN_CHANGES && phase_started.elapsed() > plan.change_budget {
+            eprintln!(
+                "   {} of {} changes measured: the change budget ({:?}, --change-budget) is spent",
+                change - 1,
+                plan.settings.changes,
+                plan.change_budget
+            );
+            break;
+        }
         settle(server, Some(fleet)).await?;
         let cpu_before = server.cpu_seconds()?;
         let bytes_before = server.bytes_sent().await?;
@@ -345,7 +413,10 @@ async fn measure_changes(
             Kind::Sluice => mesh.write_variant(change)?,
             Kind::Floor => server.floor_change().await?,
         }
-        let acked = fleet.wait_for_acks(sidecars, CHANGE_TIMEOUT).await;
+        let watchdog = server.watchdog(plan.max_server_memory_kb);
+        let acked = fleet
+            .wait_for_acks(sidecars, CHANGE_TIMEOUT, &|| watchdog.check())
+            .await?;
         let took = started.elapsed();
         let server_cpu = server.cpu_seconds()? - cpu_before;
         generator_cpu_total += generator_cpu()? - generator;
@@ -415,25 +486,31 @@ async fn measure_storm(
 ) -> anyhow::Result<StormMeasurement> {
     settle(server, Some(fleet)).await?;
     fleet.disconnect(Duration::from_secs(60)).await?;
+    // The storm starts once the server has seen every stream go. A server busy with that may
+    // answer its metrics late; only the deadline fails the wait.
     let started = Instant::now();
     loop {
-        let open = server.open_streams().await?;
-        if open == 0 {
+        let open = server.open_streams().await;
+        if matches!(open, Ok(0)) {
             break;
         }
-        if started.elapsed() > Duration::from_secs(60) {
-            bail!("the server still counts {open} open streams 60 s after every sidecar left");
+        if started.elapsed() > STREAMS_GONE_TIMEOUT {
+            bail!(
+                "the server still counts {open:?} open streams {STREAMS_GONE_TIMEOUT:?} after every sidecar left"
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let totals_before = fleet.totals();
     let bytes_before = server.bytes_sent().await?;
     let cpu_before = server.cpu_seconds()?;
+    let watchdog = server.watchdog(plan.max_server_memory_kb);
     let took = fleet
         .connect(
             Mode::Reconnect,
             plan.settings.storm_concurrency,
             plan.timeout,
+            &|| watchdog.check(),
         )
         .await
         .context("reconnect storm")?;
@@ -492,6 +569,16 @@ fn percent(cpu_seconds: f64, wall: Duration) -> f64 {
         return 0.0;
     }
     100.0 * cpu_seconds / wall.as_secs_f64()
+}
+
+/// `MemAvailable` from `/proc/meminfo`, in KiB.
+fn available_memory_kb() -> anyhow::Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow!("no MemAvailable in /proc/meminfo"))
 }
 
 fn generator_rss_kb() -> anyhow::Result<u64> {

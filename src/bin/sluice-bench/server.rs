@@ -19,8 +19,9 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 /// Longest wait for a server to start serving.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
-/// Longest wait for one HTTP request or control answer.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for one HTTP request or control answer. Generous: a server under load may
+/// answer `/metrics` late, which is not a failure of the run.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Which server a measurement ran against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
@@ -210,6 +211,16 @@ impl Server {
         Ok(server)
     }
 
+    /// A check that the server is alive and its resident memory under `limit_kb`, callable
+    /// from waits that cannot borrow the server.
+    pub fn watchdog(&self, limit_kb: u64) -> Watchdog {
+        Watchdog {
+            kind: self.kind,
+            pid: self.pid,
+            limit_kb,
+        }
+    }
+
     pub fn log(&self) -> &Path {
         &self.log
     }
@@ -323,6 +334,33 @@ impl Server {
         }
     }
 }
+
+/// Stops a measurement before a server takes the machine's memory (the OOM killer could pick
+/// any process, the generator included) or when it has died.
+#[derive(Clone, Debug)]
+pub struct Watchdog {
+    kind: Kind,
+    pid: u32,
+    limit_kb: u64,
+}
+
+impl Watchdog {
+    pub fn check(&self) -> anyhow::Result<()> {
+        let rss = vm_rss_kb(&format!("/proc/{}/status", self.pid))
+            .with_context(|| format!("{} is gone", self.kind))?;
+        if rss > self.limit_kb {
+            bail!(
+                "{}'s resident memory reached {:.1} GiB, over the {:.1} GiB allowed (--max-server-memory); stopped before the machine runs out",
+                self.kind,
+                rss as f64 / GIB_IN_KB,
+                self.limit_kb as f64 / GIB_IN_KB
+            );
+        }
+        Ok(())
+    }
+}
+
+pub const GIB_IN_KB: f64 = 1024.0 * 1024.0;
 
 /// `VmRSS` of a `/proc/.../status` file, in KiB.
 pub fn vm_rss_kb(path: &str) -> anyhow::Result<u64> {
