@@ -79,6 +79,10 @@ pub struct RunArgs {
     /// the machine runs out [default: 70% of the memory available at start].
     #[arg(long)]
     pub max_server_memory: Option<f64>,
+    /// An extra argument for `sluice serve` (repeat for more), e.g.
+    /// `--sluice-arg=--xds-keepalive-timeout=60s`.
+    #[arg(long = "sluice-arg", allow_hyphen_values = true)]
+    pub sluice_args: Vec<String>,
     /// The `sluice` binary [default: `sluice` next to this executable].
     #[arg(long)]
     pub sluice: Option<PathBuf>,

@@ -241,6 +241,25 @@ pub fn tables(settings: &Settings, rows: &[Row]) -> String {
                 let _ = writeln!(out, "- {line}");
             }
         }
+        let generator: Vec<String> = pairs
+            .iter()
+            .flat_map(|(n, sluice, floor)| [(n, sluice), (n, floor)])
+            .filter_map(|(n, row)| {
+                let row = (*row)?;
+                let m = row.measurement()?;
+                Some(format!(
+                    "{} N={n}: {:.0}% connecting, {:.0}% in changes",
+                    row.server, m.generator_connect_cpu_percent, m.generator_churn_cpu_percent
+                ))
+            })
+            .collect();
+        if !generator.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nGenerator CPU (near 100%: the generator, not the server, set the pace): {}",
+                generator.join("; ")
+            );
+        }
         for (n, sluice, floor) in &pairs {
             for row in [sluice, floor].into_iter().flatten() {
                 if let Some(m) = row.measurement() {

@@ -47,6 +47,7 @@ struct Plan {
     idle_window: Duration,
     timeout: Duration,
     sluice: PathBuf,
+    sluice_args: Vec<String>,
     /// After this much time in the changes of one measurement, no new change is started.
     change_budget: Duration,
     /// A server whose resident memory grows past this fails its measurement.
@@ -109,6 +110,7 @@ impl Plan {
                 None => available_memory_kb()? * 7 / 10,
             },
             sluice,
+            sluice_args: args.sluice_args,
             json: args.json,
             keep: args.keep,
         })
@@ -201,6 +203,7 @@ async fn run(plan: Plan, open_files: u64) -> anyhow::Result<()> {
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let launcher = Launcher {
         sluice: plan.sluice.clone(),
+        sluice_args: plan.sluice_args.clone(),
         bench: std::env::current_exe().context("locating this executable")?,
         taskset,
         logs,

@@ -44,6 +44,8 @@ impl std::fmt::Display for Kind {
 #[derive(Clone, Debug)]
 pub struct Launcher {
     pub sluice: PathBuf,
+    /// Extra arguments for `sluice serve`.
+    pub sluice_args: Vec<String>,
     /// This executable, for `sluice-bench floor`.
     pub bench: PathBuf,
     /// Pin servers to CPU 0 with `taskset`.
@@ -131,6 +133,7 @@ impl Server {
             .arg(xds.to_string())
             .arg("--debug-listen")
             .arg(debug.to_string())
+            .args(&launcher.sluice_args)
             .stdout(Stdio::null())
             .stderr(log);
         let child = command
