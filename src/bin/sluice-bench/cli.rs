@@ -19,7 +19,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Generate a mesh, start Sluice and the floor, and measure both with N simulated sidecars.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Serve a mesh from pre-encoded responses (started by `run`; not meant to be run by hand).
     #[command(hide = true)]
     Floor(FloorArgs),

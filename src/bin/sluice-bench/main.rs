@@ -46,7 +46,7 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
-        cli::Command::Run(args) => run::main(args),
+        cli::Command::Run(args) => run::main(*args),
         cli::Command::Floor(args) => floor::main(args),
     };
     match result {
