@@ -423,10 +423,14 @@ async fn measure_changes(
         let took = started.elapsed();
         let server_cpu = server.cpu_seconds()? - cpu_before;
         generator_cpu_total += generator_cpu()? - generator;
-        // Responses still on their way belong to this change's bytes.
+        // Responses still on their way belong to this change's bytes; a server still pushing
+        // may also answer its metrics late.
         fleet
             .wait_quiet(Duration::from_millis(200), Duration::from_secs(10))
             .await;
+        if acked < sidecars {
+            settle(server, Some(fleet)).await?;
+        }
         let client = fleet.totals() - totals_before;
         let server_bytes = server.bytes_sent().await?.saturating_sub(bytes_before);
         let compile_ms = match server.kind {
@@ -463,6 +467,14 @@ async fn measure_changes(
             client_responses: client.responses,
             compile_ms,
         });
+        if acked < sidecars {
+            // The server cannot keep up; more changes would only pile onto this one.
+            eprintln!(
+                "   no further changes: {} sidecars had not ACKed change {change} after {CHANGE_TIMEOUT:?}",
+                sidecars - acked
+            );
+            break;
+        }
     }
     let changes = m.changes.len().max(1) as f64;
     m.change_ms = Summary::of(&latencies);
