@@ -33,7 +33,9 @@ pub struct Measurement {
     /// Sidecars that had not ACKed a change when its wait timed out, summed over changes.
     pub never_acked: usize,
     /// The server's CPU over all change windows / their wall time, in % of one core.
-    pub churn_cpu_percent: f64,
+    /// `None` when the change windows add up to under a second: CPU time is counted in clock
+    /// ticks (10 ms), too coarse for shorter windows.
+    pub churn_cpu_percent: Option<f64>,
     /// Mean over changes of the server's response bytes (Sluice: `sluice_xds_bytes_sent_total`).
     pub server_bytes_per_change: f64,
     /// Mean over changes of the response bytes the sidecars received.
@@ -209,7 +211,7 @@ pub fn tables(settings: &Settings, rows: &[Row]) -> String {
                     },
                     0,
                 ),
-                ("churn CPU %", &|m| Some(m.churn_cpu_percent), 0),
+                ("churn CPU %", &|m| m.churn_cpu_percent, 0),
                 (
                     "sent KB/change",
                     &|m| Some(m.server_bytes_per_change / 1024.0),

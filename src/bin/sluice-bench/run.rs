@@ -478,7 +478,7 @@ async fn measure_changes(
     }
     let changes = m.changes.len().max(1) as f64;
     m.change_ms = Summary::of(&latencies);
-    m.churn_cpu_percent = percent(cpu, wall);
+    m.churn_cpu_percent = (wall >= Duration::from_secs(1)).then(|| percent(cpu, wall));
     m.generator_churn_cpu_percent = percent(generator_cpu_total, wall);
     m.server_bytes_per_change =
         m.changes.iter().map(|c| c.server_bytes as f64).sum::<f64>() / changes;
