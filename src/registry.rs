@@ -130,9 +130,7 @@ impl Registry {
                 if workload.is_some() {
                     *self.open_by_node.entry(node.id.clone()).or_default() += 1;
                 }
-                if let Some(Some(replaced)) = self.streams.insert(stream_id, workload) {
-                    self.close(&replaced.node_id);
-                }
+                self.streams.insert(stream_id, workload);
             }
             Change::Disconnected { stream_id } => {
                 let Some(Some(workload)) = self.streams.remove(&stream_id) else {

@@ -157,20 +157,6 @@ async fn time_to_synced(sluice: &Sluice, since: Instant) -> Duration {
     }
 }
 
-async fn metric_sum(sluice: &Sluice, name: &str) -> f64 {
-    let url = format!("http://{}/metrics", sluice.debug_addr());
-    let text = reqwest::get(url)
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn kill_and_restart(protocol: Protocol) {
     let mut mesh = start(protocol).await;
     let traffic = Traffic::start(mesh.client);
@@ -198,7 +184,10 @@ async fn kill_and_restart(protocol: Protocol) {
     );
     if protocol == Protocol::Delta {
         // The sidecars reconnect with initial_resource_versions: nothing changed, nothing sent.
-        let resources = metric_sum(&mesh.sluice, "sluice_xds_resources_sent_total").await;
+        let resources = mesh
+            .sluice
+            .metric_sum("sluice_xds_resources_sent_total")
+            .await;
         assert_eq!(
             resources, 0.0,
             "a delta reconnect resent unchanged resources"
@@ -210,7 +199,10 @@ async fn stop_and_continue(protocol: Protocol) {
     let mesh = start(protocol).await;
     let traffic = Traffic::start(mesh.client);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let sent_before = metric_sum(&mesh.sluice, "sluice_xds_resources_sent_total").await;
+    let sent_before = mesh
+        .sluice
+        .metric_sum("sluice_xds_resources_sent_total")
+        .await;
 
     mesh.sluice.signal("STOP");
     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -232,7 +224,10 @@ async fn stop_and_continue(protocol: Protocol) {
         "sidecars SYNCED {took:?} after SIGCONT"
     );
     if protocol == Protocol::Delta {
-        let sent_after = metric_sum(&mesh.sluice, "sluice_xds_resources_sent_total").await;
+        let sent_after = mesh
+            .sluice
+            .metric_sum("sluice_xds_resources_sent_total")
+            .await;
         assert_eq!(
             sent_after, sent_before,
             "a delta resync resent unchanged resources"

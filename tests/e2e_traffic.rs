@@ -662,16 +662,6 @@ spec:
     )
 }
 
-/// The value of counter `name` in Sluice's `/metrics` (0 when it has no sample yet).
-async fn sluice_metric(sluice: &Sluice, name: &str) -> anyhow::Result<f64> {
-    let url = format!("http://{}/metrics", sluice.debug_addr());
-    let text = reqwest::get(&url).await?.text().await?;
-    Ok(text
-        .lines()
-        .find_map(|line| line.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0))
-}
-
 /// The client Envoy's own count of rejected route configuration updates.
 async fn envoy_rds_rejections(envoy: &Envoy) -> anyhow::Result<u64> {
     let (_, stats) = envoy
@@ -744,7 +734,12 @@ async fn envoy_nack(protocol: Protocol) -> anyhow::Result<()> {
             mesh.sluice.syncz_node("client").await?.context("client")?["revision"]
         );
     }
-    assert!(sluice_metric(&mesh.sluice, "sluice_xds_nacks_total{type=\"rds\"}").await? >= 1.0);
+    assert!(
+        mesh.sluice
+            .metric("sluice_xds_nacks_total{type=\"rds\"}")
+            .await
+            >= 1.0
+    );
 
     // Traffic keeps the previous configuration: the canary path still reaches echo-v1.
     assert_all_to(&mesh, "echo-v1", "echo-v1", 50).await;
@@ -756,12 +751,17 @@ async fn envoy_nack(protocol: Protocol) -> anyhow::Result<()> {
     assert_split(&mesh, 300, 0.10, "echo-v2 share after the NACK").await;
 
     // No resend loop: over three seconds nothing more is pushed and Envoy rejects nothing more.
-    let pushes = sluice_metric(&mesh.sluice, "sluice_xds_pushes_total{type=\"rds\"}").await?;
+    let pushes = mesh
+        .sluice
+        .metric("sluice_xds_pushes_total{type=\"rds\"}")
+        .await;
     let rejections = envoy_rds_rejections(&mesh.client).await?;
     assert_eq!(rejections, 1, "the client Envoy rejected the route once");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        sluice_metric(&mesh.sluice, "sluice_xds_pushes_total{type=\"rds\"}").await?,
+        mesh.sluice
+            .metric("sluice_xds_pushes_total{type=\"rds\"}")
+            .await,
         pushes,
         "route configurations were pushed again after the NACK"
     );

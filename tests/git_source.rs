@@ -65,15 +65,6 @@ async fn wait_served(sluice: &Sluice, commit: &str, what: &str) -> Value {
     .await
 }
 
-/// The value of a metric line `NAME VALUE` (labels included in `name`).
-async fn metric(sluice: &Sluice, name: &str) -> f64 {
-    let (_, text) = sluice.get("/metrics").await.expect("/metrics");
-    let text = text.as_str().expect("metrics are text").to_owned();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Commits, a revert and force-pushes are followed, over git:// and file://.
 
@@ -107,8 +98,18 @@ async fn follows_the_branch(remote: &GitRemote, url: &str) {
         source(&sluice).await["fetch"]["last_error"].is_null(),
         "fetches failed while following the branch"
     );
-    assert!(metric(&sluice, "sluice_git_fetches_total{result=\"ok\"}").await >= 5.0);
-    assert!(metric(&sluice, "sluice_git_last_success_timestamp_seconds").await > 1.7e9);
+    assert!(
+        sluice
+            .metric("sluice_git_fetches_total{result=\"ok\"}")
+            .await
+            >= 5.0
+    );
+    assert!(
+        sluice
+            .metric("sluice_git_last_success_timestamp_seconds")
+            .await
+            > 1.7e9
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,7 +194,7 @@ async fn a_broken_commit_is_refused_and_the_fix_applied() {
         sluice.full_log().contains(&broken),
         "the log does not name the refused commit"
     );
-    assert!(metric(&sluice, "sluice_revisions_refused_total").await >= 1.0);
+    assert!(sluice.metric("sluice_revisions_refused_total").await >= 1.0);
 
     remote.remove("mesh/broken.yaml");
     let fixed = remote.commit("remove the broken file");
@@ -238,7 +239,7 @@ async fn an_unreachable_remote_keeps_the_last_revision_and_recovers() {
     let url = daemon.url("origin.git");
     let sluice = serve(&url, &[]).await;
     wait_served(&sluice, &good, "the first commit").await;
-    let applied_before = metric(&sluice, "sluice_revisions_applied_total").await;
+    let applied_before = sluice.metric("sluice_revisions_applied_total").await;
 
     daemon.stop();
     let shown = wait_for(TIMEOUT, "failed fetches to be reported", || async {
@@ -253,7 +254,12 @@ async fn an_unreachable_remote_keeps_the_last_revision_and_recovers() {
         "the error does not name the remote: {shown:#}"
     );
     assert!(shown["fetch"]["next_attempt_at"].is_string(), "{shown:#}");
-    assert!(metric(&sluice, "sluice_git_fetches_total{result=\"error\"}").await >= 3.0);
+    assert!(
+        sluice
+            .metric("sluice_git_fetches_total{result=\"error\"}")
+            .await
+            >= 3.0
+    );
     let (status, _) = sluice.get("/readyz").await.expect("/readyz");
     assert_eq!(
         status, 200,
@@ -269,7 +275,7 @@ async fn an_unreachable_remote_keeps_the_last_revision_and_recovers() {
     assert!(shown["fetch"]["last_error"].is_null(), "{shown:#}");
     assert_eq!(shown["fetch"]["consecutive_failures"], 0, "{shown:#}");
     assert_eq!(
-        metric(&sluice, "sluice_revisions_applied_total").await,
+        sluice.metric("sluice_revisions_applied_total").await,
         applied_before + 1.0,
         "only the newest of the commits that landed meanwhile is applied"
     );
@@ -634,19 +640,15 @@ async fn a_signed_webhook_applies_a_commit_at_once_and_a_wrongly_signed_one_is_r
         "the hooked commit took {took:?} to be served (poll interval 1h)"
     );
     assert!(
-        metric(
-            &sluice,
-            "sluice_webhook_requests_total{result=\"accepted\"}"
-        )
-        .await
+        sluice
+            .metric("sluice_webhook_requests_total{result=\"accepted\"}")
+            .await
             >= 1.0
     );
     assert!(
-        metric(
-            &sluice,
-            "sluice_webhook_requests_total{result=\"rejected\"}"
-        )
-        .await
+        sluice
+            .metric("sluice_webhook_requests_total{result=\"rejected\"}")
+            .await
             >= 1.0
     );
 }

@@ -114,19 +114,6 @@ async fn silent<T: std::fmt::Debug>(stream: &mut Streaming<T>, for_: Duration) {
     }
 }
 
-async fn metric(sluice: &Sluice, name: &str) -> f64 {
-    let url = format!("http://{}/metrics", sluice.debug_addr());
-    let text = reqwest::get(url)
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .find_map(|line| line.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("metric {name} missing from:\n{text}"))
-}
-
 struct Delta {
     tx: mpsc::Sender<DeltaDiscoveryRequest>,
     rx: Streaming<DeltaDiscoveryResponse>,
@@ -303,7 +290,7 @@ async fn delta_nack_is_recorded_traced_to_the_manifest_and_not_resent() {
         "a route NACK leaves clusters alone"
     );
     assert_eq!(
-        metric(&sluice, "sluice_xds_nacks_total{type=\"rds\"}").await,
+        sluice.metric("sluice_xds_nacks_total{type=\"rds\"}").await,
         1.0
     );
 
@@ -339,7 +326,7 @@ async fn delta_reconnect_with_initial_versions_sends_only_what_changed() {
     support::wait_until(
         Duration::from_secs(10),
         "the new revision is served",
-        || async { metric(&sluice, "sluice_revisions_applied_total").await >= 2.0 },
+        || async { sluice.metric("sluice_revisions_applied_total").await >= 2.0 },
     )
     .await;
 

@@ -191,6 +191,35 @@ impl Sluice {
         }
     }
 
+    /// The sample `name` (labels included, e.g. `sluice_xds_nacks_total{type="rds"}`) of
+    /// `/metrics`; panics when it is missing.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics_text().await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+    }
+
+    /// The sum of every sample of metric `name`, whatever its labels.
+    pub async fn metric_sum(&self, name: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with([' ', '{']))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    async fn metrics_text(&self) -> String {
+        match self.get("/metrics").await {
+            Ok((200, Value::String(text))) => text,
+            other => panic!("GET /metrics: {other:?}"),
+        }
+    }
+
     /// This node's entry in `/debug/syncz`, if it is connected.
     pub async fn syncz_node(&self, node_id: &str) -> anyhow::Result<Option<Value>> {
         let syncz = self.get_json("/debug/syncz").await?;

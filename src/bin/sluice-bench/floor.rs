@@ -21,12 +21,10 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use anyhow::{anyhow, Context};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryResponse, DiscoveryResponse, Resource as DeltaResource,
-};
 use prost::bytes::Bytes;
 use sluice::manifest::{self, LoadOptions};
 use sluice::node::NodeInfo;
+use sluice::xds::reply::{DeltaReply, Reply, SotwReply};
 use sluice::xds::resource::{ResourceType, Snapshot, SnapshotView};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
@@ -107,44 +105,40 @@ fn diagnostics(errors: Vec<manifest::Diagnostic>) -> anyhow::Error {
     anyhow!("the mesh does not compile:\n{}", lines.join("\n"))
 }
 
+/// Each type's responses, encoded the way Sluice writes them (its own reply types), without a
+/// nonce: an empty proto3 string is not written, so the stream's nonce can be appended.
 fn encode_type(snapshot: &Snapshot, t: ResourceType) -> TypeResponses {
-    let resources = snapshot.resources(t);
+    let resources: Vec<_> = snapshot.resources(t).values().cloned().collect();
     let version = format!("floor-{}", snapshot.type_version(t));
-    let delta = DeltaDiscoveryResponse {
+    let delta = |resources: Vec<_>| DeltaReply {
         system_version_info: version.clone(),
-        resources: resources
-            .values()
-            .map(|r| DeltaResource {
-                name: r.name.clone(),
-                version: r.version.clone(),
-                resource: Some(r.body.clone()),
-                ..Default::default()
-            })
-            .collect(),
-        type_url: t.type_url().to_string(),
-        ..Default::default()
+        resource_type: t,
+        resources,
+        removed_resources: Vec::new(),
+        nonce: String::new(),
     };
-    let delta_empty = DeltaDiscoveryResponse {
-        system_version_info: version.clone(),
-        type_url: t.type_url().to_string(),
-        ..Default::default()
-    };
-    let sotw = DiscoveryResponse {
-        version_info: version,
-        resources: resources.values().map(|r| r.body.clone()).collect(),
-        type_url: t.type_url().to_string(),
-        ..Default::default()
+    let sotw = SotwReply {
+        version_info: version.clone(),
+        resource_type: t,
+        resources: resources.clone(),
+        nonce: String::new(),
     };
     TypeResponses {
-        delta: wire::encode(&delta),
-        delta_empty: wire::encode(&delta_empty),
-        sotw: wire::encode(&sotw),
         versions: VersionsDigest::of(
             resources
-                .values()
+                .iter()
                 .map(|r| (r.name.as_str(), r.version.as_str())),
         ),
+        delta: encode(&delta(resources)),
+        delta_empty: encode(&delta(Vec::new())),
+        sotw: encode(&sotw),
     }
+}
+
+fn encode(reply: &impl Reply) -> Bytes {
+    let mut buf = Vec::with_capacity(reply.encoded_len());
+    reply.encode_to(&mut buf);
+    Bytes::from(buf)
 }
 
 impl Floor {
