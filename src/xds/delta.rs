@@ -65,6 +65,14 @@ struct TypeState {
     /// Nonce of the latest response already ACKed or NACKed, so a repeated request with that
     /// nonce is not counted twice.
     answered_nonce: Option<String>,
+    /// The snapshot type version this type was last planned against, while nothing the plan
+    /// depends on (subscription, `held`, `force`, a rejection) has changed since: planning
+    /// again against the same content would send nothing, so it is skipped. This keeps ACKs
+    /// and changes to other types from comparing thousands of names per stream.
+    settled: Option<String>,
+    /// How often the type was planned in full (not skipped as settled).
+    #[cfg(test)]
+    full_plans: usize,
 }
 
 /// A response as remembered for ACK and NACK handling.
@@ -186,22 +194,28 @@ impl DeltaStream {
         if !state.requested {
             return None;
         }
+        let type_version = snapshot.type_version(t);
+        if state.settled.as_deref() == Some(type_version) {
+            return None;
+        }
+        state.settled = Some(type_version.to_string());
+        #[cfg(test)]
+        {
+            state.full_plans += 1;
+        }
         let desired = state.desired(t, snapshot);
-        let hash = content_hash(
-            desired
-                .iter()
-                .map(|(name, resource)| (*name, resource.version.as_str())),
-        );
-        if state.rejected_hash.as_ref().is_some_and(|h| *h != hash) {
-            // The config moved on from what was rejected: the next change is sent (rule 4).
-            state.rejected_hash = None;
+        if let Some(rejected) = &state.rejected_hash {
+            if *rejected != desired.hash() {
+                // The config moved on from what was rejected: the next change is sent (rule 4).
+                state.rejected_hash = None;
+            }
         }
         let suppressed = state.rejected_hash.is_some();
         let added: Vec<Arc<Resource>> = desired
             .iter()
             .filter(|(name, resource)| {
-                state.force.contains(**name)
-                    || (!suppressed && state.held.get(**name) != Some(&resource.version))
+                state.force.contains(*name)
+                    || (!suppressed && state.held.get(*name) != Some(&resource.version))
             })
             .map(|(_, resource)| Arc::clone(resource))
             .collect();
@@ -211,7 +225,7 @@ impl DeltaStream {
             state
                 .held
                 .keys()
-                .filter(|name| !desired.contains_key(name.as_str()))
+                .filter(|name| !desired.contains(name))
                 .cloned()
                 .collect()
         };
@@ -220,7 +234,7 @@ impl DeltaStream {
             if state.status.sent_version.is_none() && !suppressed && !state.held.is_empty() {
                 // A reconnecting client declared exactly what it should hold (rule 23): nothing
                 // is sent, and it is in sync with this snapshot, which the debug API must show.
-                let version = response_version(&snapshot.revision, &hash);
+                let version = response_version(&snapshot.revision, &desired.hash());
                 state.status.sent_version = Some(version.clone());
                 state.status.acked_version = Some(version);
             }
@@ -250,6 +264,7 @@ impl DeltaStream {
                 && snapshot.get(ResourceType::Endpoint, &name).is_some()
             {
                 endpoints.force.insert(name);
+                endpoints.settled = None;
             }
         }
     }
@@ -309,6 +324,47 @@ impl DeltaStream {
     }
 }
 
+/// What the client should hold of one type: the snapshot's whole map (wildcard), or the
+/// subscribed names that exist. The wildcard case borrows the map instead of copying it.
+enum Desired<'a> {
+    All {
+        resources: &'a BTreeMap<String, Arc<Resource>>,
+        /// The snapshot's type version, which is the content hash of the whole map.
+        hash: &'a str,
+    },
+    Named(BTreeMap<&'a str, &'a Arc<Resource>>),
+}
+
+impl<'a> Desired<'a> {
+    fn iter(&self) -> impl Iterator<Item = (&str, &Arc<Resource>)> {
+        let (all, named) = match self {
+            Desired::All { resources, .. } => (Some(resources.iter()), None),
+            Desired::Named(map) => (None, Some(map.iter())),
+        };
+        let all = all.into_iter().flatten().map(|(n, r)| (n.as_str(), r));
+        let named = named.into_iter().flatten().map(|(n, r)| (*n, *r));
+        all.chain(named)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        match self {
+            Desired::All { resources, .. } => resources.contains_key(name),
+            Desired::Named(map) => map.contains_key(name),
+        }
+    }
+
+    /// The content hash of the client's state once it holds exactly this.
+    fn hash(&self) -> String {
+        match self {
+            Desired::All { hash, .. } => (*hash).to_string(),
+            Desired::Named(_) => content_hash(
+                self.iter()
+                    .map(|(name, resource)| (name, resource.version.as_str())),
+            ),
+        }
+    }
+}
+
 impl TypeState {
     fn subscribed(&self) -> bool {
         self.wildcard || !self.names.is_empty()
@@ -320,19 +376,20 @@ impl TypeState {
 
     /// What the client should hold: every resource in wildcard mode, else the subscribed names
     /// that exist. Always from the current snapshot (rule 12).
-    fn desired<'a>(
-        &self,
-        t: ResourceType,
-        snapshot: &'a Snapshot,
-    ) -> BTreeMap<&'a str, &'a Arc<Resource>> {
+    fn desired<'a>(&self, t: ResourceType, snapshot: &'a Snapshot) -> Desired<'a> {
         let all = snapshot.resources(t);
         if self.wildcard {
-            return all.iter().map(|(name, r)| (name.as_str(), r)).collect();
+            return Desired::All {
+                resources: all,
+                hash: snapshot.type_version(t),
+            };
         }
-        self.names
-            .iter()
-            .filter_map(|name| all.get_key_value(name).map(|(k, r)| (k.as_str(), r)))
-            .collect()
+        Desired::Named(
+            self.names
+                .iter()
+                .filter_map(|name| all.get_key_value(name).map(|(k, r)| (k.as_str(), r)))
+                .collect(),
+        )
     }
 
     /// ACK and NACK are told apart by `error_detail` alone (rule 3).
@@ -397,6 +454,7 @@ impl TypeState {
         let version = record.version.clone();
         let rejected = record.changes.iter().map(|(n, _)| n.clone()).collect();
         self.rejected_hash = Some(record.hash.clone());
+        self.settled = None;
         for (name, before) in restore {
             match before {
                 Some(v) => self.held.insert(name, v),
@@ -410,6 +468,12 @@ impl TypeState {
     /// on the first request of the type, the versions the client already holds (rule 23).
     fn update_subscription(&mut self, t: ResourceType, request: &DeltaDiscoveryRequest) {
         let first = !self.requested;
+        if first
+            || !request.resource_names_subscribe.is_empty()
+            || !request.resource_names_unsubscribe.is_empty()
+        {
+            self.settled = None;
+        }
         if first {
             self.requested = true;
             self.must_answer = true;
@@ -446,6 +510,17 @@ impl TypeState {
         // The client drops what it no longer subscribes to; no removal is sent for it.
         let (wildcard, names) = (self.wildcard, &self.names);
         self.held.retain(|name, _| wildcard || names.contains(name));
+        if !request.resource_names_unsubscribe.is_empty() {
+            // Also from the state it would go back to on a NACK of a response sent before
+            // this request: a name subscribed again later is not held from back then.
+            for record in &mut self.recent {
+                for (name, before) in &mut record.changes {
+                    if !(wildcard || names.contains(name)) {
+                        *before = None;
+                    }
+                }
+            }
+        }
         self.status.subscribed = self.subscribed();
     }
 }
@@ -642,6 +717,55 @@ mod tests {
             assert!(h.ack(&out.responses[0]).responses.is_empty());
         }
         h
+    }
+
+    #[test]
+    fn acks_and_changes_of_other_types_do_not_plan_unchanged_types_again() {
+        let mut h = synced();
+        let plans = |h: &Harness| ResourceType::ALL.map(|t| h.stream.types[t.index()].full_plans);
+        let before = plans(&h);
+        let routes_changed = snapshot(
+            "rev2",
+            &[
+                (C, "a", 0),
+                (C, "b", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 1),
+            ],
+        );
+        let out = h.publish(routes_changed);
+        assert_eq!(summary(&out), vec![s(R, &["r"], &[])]);
+        assert!(h.ack(&out.responses[0]).responses.is_empty());
+        let after = plans(&h);
+        for t in [C, E, L] {
+            assert_eq!(after[t.index()], before[t.index()], "{t} planned again");
+        }
+        assert_eq!(after[R.index()], before[R.index()] + 1);
+        assert_eq!(h.stream.status(R).state(), SyncState::Synced);
+    }
+
+    #[test]
+    fn nack_after_unsubscribing_does_not_bring_back_what_the_client_dropped() {
+        let mut h = Harness::new(snapshot("rev1", &[(L, "a", 0)]));
+        let first = h.subscribe(L, &[]);
+        let changed = h.publish(snapshot("rev2", &[(L, "c", 0)]));
+        assert_eq!(summary(&changed), vec![s(L, &["c"], &["a"])]);
+        // Off the wildcard (the client drops "a" and "c"), then back on "a" alone, both
+        // requests still naming the first response's nonce.
+        let stale = first.responses[0].nonce.clone();
+        assert!(h
+            .request(request(L, &[], &["*"], &stale))
+            .responses
+            .is_empty());
+        assert!(h
+            .request(request(L, &["a"], &[], &stale))
+            .responses
+            .is_empty());
+        // The client rejects the change; it held "a" before it, but dropped it since.
+        let out = h.nack(&changed.responses[0]);
+        assert!(out.responses.is_empty(), "{:?}", summary(&out));
     }
 
     #[test]

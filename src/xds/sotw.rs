@@ -77,6 +77,14 @@ struct TypeState {
     /// Nonce of the latest response already ACKed or NACKed, so a repeated request with that
     /// nonce is not counted twice.
     answered_nonce: Option<String>,
+    /// The snapshot type version this type was last planned against, while nothing the plan
+    /// depends on (subscription, `held`, `force`, a rejection) has changed since: planning
+    /// again against the same content would send nothing, so it is skipped. This keeps ACKs
+    /// and changes to other types from hashing thousands of names per stream.
+    settled: Option<String>,
+    /// How often the type was planned in full (not skipped as settled).
+    #[cfg(test)]
+    full_plans: usize,
 }
 
 /// A response as remembered for ACK and NACK handling.
@@ -198,6 +206,15 @@ impl SotwStream {
             // Rule 18: EDS/RDS with no names is an unsubscription; nothing is sent.
             return None;
         }
+        let type_version = snapshot.type_version(t);
+        if state.settled.as_deref() == Some(type_version) {
+            return None;
+        }
+        state.settled = Some(type_version.to_string());
+        #[cfg(test)]
+        {
+            state.full_plans += 1;
+        }
         let desired = state.desired(t, snapshot);
         let hash = hash_of(&desired);
         if state.rejected_hash.as_ref().is_some_and(|h| *h != hash) {
@@ -228,7 +245,9 @@ impl SotwStream {
                     && snapshot.get(ResourceType::Endpoint, name).is_some()
             });
         if any {
-            self.types[ResourceType::Endpoint.index()].force = true;
+            let endpoints = &mut self.types[ResourceType::Endpoint.index()];
+            endpoints.force = true;
+            endpoints.settled = None;
         }
     }
 
@@ -289,6 +308,29 @@ impl SotwStream {
 }
 
 impl TypeState {
+    /// Whether `resource_names` is the subscription already in force (as
+    /// [`Self::update_subscription`] would read it), without copying a name: a SotW ACK
+    /// repeats every name it subscribes to.
+    fn asks_for_the_same(&self, t: ResourceType, resource_names: &[String]) -> bool {
+        let mut wildcard = false;
+        let mut names = BTreeSet::new();
+        for name in resource_names {
+            if t.is_wildcard_type() && name == "*" {
+                wildcard = true;
+            } else {
+                names.insert(name.as_str());
+            }
+        }
+        if t.is_wildcard_type() {
+            let ever_named = self.ever_named || !resource_names.is_empty();
+            if ever_named != self.ever_named || (wildcard || !ever_named) != self.wildcard {
+                return false;
+            }
+        }
+        names.len() == self.names.len()
+            && names.iter().zip(&self.names).all(|(a, b)| *a == b.as_str())
+    }
+
     fn subscribed(&self) -> bool {
         self.wildcard || !self.names.is_empty()
     }
@@ -333,6 +375,7 @@ impl TypeState {
             let rejected = record.map(|r| r.names.clone()).unwrap_or_default();
             if let (true, Some(record)) = (is_latest, record) {
                 self.rejected_hash = Some(record.hash.clone());
+                self.settled = None;
                 if let Some((known, before)) = self.held_before_latest.take() {
                     self.held_known = known;
                     self.held = before;
@@ -363,7 +406,26 @@ impl TypeState {
         if !self.requested {
             self.requested = true;
             self.must_answer = true;
+            self.settled = None;
         }
+        // An ACK repeats the subscription: then nothing the plan depends on moves here.
+        if !self.asks_for_the_same(t, resource_names) {
+            self.settled = None;
+            self.replace_names(t, resource_names);
+        }
+        if !self.subscribed() {
+            // Nothing asked for: the client holds nothing of the type any more, and a later
+            // subscription starts afresh, even for content it once rejected.
+            self.held.clear();
+            self.held_known = true;
+            self.held_before_latest = None;
+            self.rejected_hash = None;
+            self.settled = None;
+        }
+        self.status.subscribed = self.subscribed();
+    }
+
+    fn replace_names(&mut self, t: ResourceType, resource_names: &[String]) {
         let mut names: BTreeSet<String> = resource_names.iter().cloned().collect();
         if t.is_wildcard_type() {
             // Rule 25, the protocol's wildcard rules: `*` subscribes to everything; an empty
@@ -385,15 +447,6 @@ impl TypeState {
                 before.retain(|name, _| names.contains(name));
             }
         }
-        if !self.subscribed() {
-            // Nothing asked for: the client holds nothing of the type any more, and a later
-            // subscription starts afresh, even for content it once rejected.
-            self.held.clear();
-            self.held_known = true;
-            self.held_before_latest = None;
-            self.rejected_hash = None;
-        }
-        self.status.subscribed = self.subscribed();
     }
 }
 
@@ -583,6 +636,33 @@ mod tests {
             assert!(h.ack(&out.responses[0], names).responses.is_empty());
         }
         h
+    }
+
+    #[test]
+    fn acks_and_changes_of_other_types_do_not_plan_unchanged_types_again() {
+        let mut h = synced();
+        let plans = |h: &Harness| ResourceType::ALL.map(|t| h.stream.types[t.index()].full_plans);
+        let before = plans(&h);
+        let routes_changed = snapshot(
+            "rev2",
+            &[
+                (C, "a", 0),
+                (C, "b", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 1),
+            ],
+        );
+        let out = h.publish(routes_changed);
+        assert_eq!(summary(&out), vec![s(R, &["r"])]);
+        assert!(h.ack(&out.responses[0], &["r"]).responses.is_empty());
+        let after = plans(&h);
+        for t in [C, E, L] {
+            assert_eq!(after[t.index()], before[t.index()], "{t} planned again");
+        }
+        assert_eq!(after[R.index()], before[R.index()] + 1);
+        assert_eq!(h.stream.status(R).state(), SyncState::Synced);
     }
 
     #[test]
