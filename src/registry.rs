@@ -22,7 +22,8 @@ pub struct Workload {
 /// published.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Workloads {
-    pub by_node: BTreeMap<String, Workload>,
+    /// Shared with the registry and earlier sets: publishing a set copies no workload.
+    pub by_node: BTreeMap<String, Arc<Workload>>,
 }
 
 use std::collections::HashMap;
@@ -70,12 +71,19 @@ pub struct Registry {
     rx: mpsc::UnboundedReceiver<Change>,
     publish: watch::Sender<Arc<Workloads>>,
     grace: Duration,
-    /// Open streams by id, with the workload each contributes (none without an address).
-    streams: HashMap<u64, Option<Workload>>,
-    /// Open streams with a workload, per node id.
-    open_by_node: HashMap<String, usize>,
+    /// Open streams by id, with the node of the workload each contributes (none without an
+    /// address).
+    streams: HashMap<u64, Option<String>>,
+    /// Open streams with a workload, per node id, by stream id: the newest stream's workload
+    /// is the node's.
+    open_by_node: HashMap<String, BTreeMap<u64, Arc<Workload>>>,
     /// Workloads whose last stream closed, with when their endpoints go.
-    lingering: HashMap<String, (Workload, Instant)>,
+    lingering: HashMap<String, (Arc<Workload>, Instant)>,
+    /// The set as it stands, kept up to date node by node, so a burst costs what it touches
+    /// and publishing copies the map, not the workloads.
+    current: BTreeMap<String, Arc<Workload>>,
+    /// `current` changed since it was last published.
+    dirty: bool,
 }
 
 impl Registry {
@@ -89,6 +97,8 @@ impl Registry {
             streams: HashMap::new(),
             open_by_node: HashMap::new(),
             lingering: HashMap::new(),
+            current: BTreeMap::new(),
+            dirty: false,
         };
         (registry, RegistryHandle { tx }, workloads)
     }
@@ -118,7 +128,11 @@ impl Registry {
     fn apply(&mut self, change: Change) {
         match change {
             Change::Connected { stream_id, node } => {
-                let workload = node.address.map(|address| Workload {
+                let Some(address) = node.address else {
+                    self.streams.insert(stream_id, None);
+                    return;
+                };
+                let workload = Arc::new(Workload {
                     node_id: node.id.clone(),
                     namespace: node.namespace.clone(),
                     labels: node.labels.clone(),
@@ -127,75 +141,86 @@ impl Registry {
                     region: node.region.clone(),
                 });
                 self.lingering.remove(&node.id);
-                if workload.is_some() {
-                    *self.open_by_node.entry(node.id.clone()).or_default() += 1;
-                }
-                self.streams.insert(stream_id, workload);
+                self.open_by_node
+                    .entry(node.id.clone())
+                    .or_default()
+                    .insert(stream_id, workload);
+                self.streams.insert(stream_id, Some(node.id.clone()));
+                self.refresh(&node.id);
             }
             Change::Disconnected { stream_id } => {
-                let Some(Some(workload)) = self.streams.remove(&stream_id) else {
+                let Some(Some(node_id)) = self.streams.remove(&stream_id) else {
                     return;
                 };
-                if !self.close(&workload.node_id) {
-                    debug!(node = %workload.node_id, grace = ?self.grace, "keeping endpoints of a disconnected sidecar for the grace period");
-                    let until = Instant::now() + self.grace;
-                    self.lingering
-                        .insert(workload.node_id.clone(), (workload, until));
+                let Some(open) = self.open_by_node.get_mut(&node_id) else {
+                    return;
+                };
+                let closed = open.remove(&stream_id);
+                if open.is_empty() {
+                    self.open_by_node.remove(&node_id);
+                    if let Some(workload) = closed {
+                        debug!(node = %node_id, grace = ?self.grace, "keeping endpoints of a disconnected sidecar for the grace period");
+                        let until = Instant::now() + self.grace;
+                        self.lingering.insert(node_id.clone(), (workload, until));
+                    }
                 }
-            }
-        }
-    }
-
-    /// Counts one stream of `node_id` closed; true while the node has other open streams.
-    fn close(&mut self, node_id: &str) -> bool {
-        match self.open_by_node.get_mut(node_id) {
-            Some(open) if *open > 1 => {
-                *open -= 1;
-                true
-            }
-            _ => {
-                self.open_by_node.remove(node_id);
-                false
+                self.refresh(&node_id);
             }
         }
     }
 
     fn expire(&mut self, now: Instant) {
+        let mut expired = Vec::new();
         self.lingering.retain(|node_id, (_, until)| {
             let keep = *until > now;
             if !keep {
                 debug!(node = %node_id, "grace period over: endpoints removed");
+                expired.push(node_id.clone());
             }
             keep
         });
+        for node_id in expired {
+            self.refresh(&node_id);
+        }
     }
 
-    fn current(&self) -> Workloads {
-        let mut by_node = std::collections::BTreeMap::new();
-        for (workload, _) in self.lingering.values() {
-            by_node.insert(workload.node_id.clone(), workload.clone());
-        }
-        // A connected stream wins over a lingering entry of the same node; of two open streams of
-        // one node, the newest (highest id) wins.
-        let mut open: Vec<(&u64, &Workload)> = self
-            .streams
-            .iter()
-            .filter_map(|(id, w)| w.as_ref().map(|w| (id, w)))
-            .collect();
-        open.sort_by_key(|(id, _)| **id);
-        for (_, workload) in open {
-            by_node.insert(workload.node_id.clone(), workload.clone());
-        }
-        Workloads { by_node }
+    /// Brings `current` up to date for one node: the workload of its newest open stream, else
+    /// the lingering one, else none.
+    fn refresh(&mut self, node_id: &str) {
+        let workload = self
+            .open_by_node
+            .get(node_id)
+            .and_then(|open| open.last_key_value())
+            .map(|(_, workload)| workload)
+            .or_else(|| self.lingering.get(node_id).map(|(workload, _)| workload));
+        let changed = match workload {
+            Some(workload) => {
+                if self.current.get(node_id) == Some(workload) {
+                    false
+                } else {
+                    self.current
+                        .insert(node_id.to_string(), Arc::clone(workload));
+                    true
+                }
+            }
+            None => self.current.remove(node_id).is_some(),
+        };
+        self.dirty |= changed;
     }
 
-    fn publish_if_changed(&self) {
-        let next = self.current();
+    fn publish_if_changed(&mut self) {
+        if !std::mem::take(&mut self.dirty) {
+            return;
+        }
+        let current = &self.current;
         self.publish.send_if_modified(|published| {
-            if **published == next {
+            // A burst may have undone its own changes (a reconnect within the grace period).
+            if published.by_node == *current {
                 false
             } else {
-                *published = Arc::new(next);
+                *published = Arc::new(Workloads {
+                    by_node: current.clone(),
+                });
                 true
             }
         });
@@ -278,6 +303,47 @@ mod tests {
         handle.disconnected(2);
         tokio::time::sleep(Duration::from_secs(11)).await;
         assert!(workloads.borrow().by_node.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_is_published_once_and_untouched_workloads_are_shared() {
+        let (registry, handle, mut workloads) = Registry::new(Duration::from_secs(10));
+        handle.connected(1, &node("a", [127, 0, 10, 1]));
+        handle.connected(2, &node("b", [127, 0, 10, 2]));
+        tokio::spawn(registry.run());
+        workloads.changed().await.expect("registry publishes");
+        let first = workloads.borrow_and_update().clone();
+        assert_eq!(first.by_node.len(), 2, "the burst is published whole");
+
+        handle.connected(3, &node("c", [127, 0, 10, 3]));
+        workloads.changed().await.expect("registry publishes");
+        let second = workloads.borrow_and_update().clone();
+        assert_eq!(second.by_node.len(), 3);
+        assert!(Arc::ptr_eq(&first.by_node["a"], &second.by_node["a"]));
+        assert!(Arc::ptr_eq(&first.by_node["b"], &second.by_node["b"]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_newest_stream_of_a_node_gives_its_endpoint() {
+        let (registry, handle, mut workloads) = Registry::new(Duration::from_secs(10));
+        tokio::spawn(registry.run());
+        let address = |w: &watch::Receiver<Arc<Workloads>>| w.borrow().by_node["a"].address;
+        handle.connected(1, &node("a", [127, 0, 10, 1]));
+        workloads.changed().await.expect("registry publishes");
+        handle.connected(2, &node("a", [127, 0, 10, 2]));
+        workloads.changed().await.expect("registry publishes");
+        assert_eq!(address(&workloads), IpAddr::from([127, 0, 10, 2]));
+
+        handle.disconnected(2);
+        workloads.changed().await.expect("registry publishes");
+        assert_eq!(address(&workloads), IpAddr::from([127, 0, 10, 1]));
+
+        // The last stream closes: its workload lingers, unchanged, so nothing is published.
+        workloads.borrow_and_update();
+        handle.disconnected(1);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!workloads.has_changed().expect("registry alive"));
+        assert_eq!(address(&workloads), IpAddr::from([127, 0, 10, 1]));
     }
 
     #[tokio::test(start_paused = true)]

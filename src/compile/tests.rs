@@ -456,7 +456,10 @@ fn workload(
 
 fn workloads(list: Vec<Workload>) -> Workloads {
     Workloads {
-        by_node: list.into_iter().map(|w| (w.node_id.clone(), w)).collect(),
+        by_node: list
+            .into_iter()
+            .map(|w| (w.node_id.clone(), std::sync::Arc::new(w)))
+            .collect(),
     }
 }
 
