@@ -26,7 +26,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 pub use load::{
-    is_manifest_name, load_dir, load_files, read_dir, LoadOptions, SourceFile, EMPTY_REVISION,
+    is_manifest_name, load_dir, load_files, load_files_cached, read_dir, LoadOptions, ParseCache,
+    SourceFile, EMPTY_REVISION,
 };
 pub use span::{Pos, Spanned};
 

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::manifest::{Diagnostic, Revision};
+use crate::manifest::{self, Diagnostic, LoadOptions, ParseCache, Revision, SourceFile};
 
 /// One state of the source, loaded (or not) as a whole.
 #[derive(Debug)]
@@ -23,6 +23,28 @@ pub struct Candidate {
 
 pub type CandidateSender = tokio::sync::watch::Sender<Option<Arc<Candidate>>>;
 pub type CandidateReceiver = tokio::sync::watch::Receiver<Option<Arc<Candidate>>>;
+
+/// A source's parsed files, kept from one load to the next so a one-file change parses one
+/// file. Loads of one source run one at a time, so the lock is never contended.
+#[derive(Clone, Debug, Default)]
+pub struct Parsed(Arc<std::sync::Mutex<ParseCache>>);
+
+impl Parsed {
+    /// [`manifest::load_files`], reusing what earlier loads parsed. Blocking.
+    pub fn load(
+        &self,
+        files: &[SourceFile],
+        options: &LoadOptions,
+    ) -> Result<Revision, Vec<Diagnostic>> {
+        let mut cache = self.0.lock().unwrap_or_else(|poisoned| {
+            // A load that panicked may have left the cache half updated: start afresh.
+            let mut cache = poisoned.into_inner();
+            *cache = ParseCache::default();
+            cache
+        });
+        manifest::load_files_cached(files, options, &mut cache)
+    }
+}
 
 /// How fetching the source goes, for `/debug/source` (`fetch`) and `/readyz`. Owned by the
 /// source task; times are RFC 3339.

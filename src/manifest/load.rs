@@ -6,7 +6,7 @@
 //! costs bounded time and memory.
 
 use std::collections::btree_map::Entry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -354,11 +354,23 @@ fn follow_symlink(
 /// On success the warnings are in [`Revision::warnings`]; on failure every error and warning
 /// found is returned, sorted by file, line and column.
 pub fn load_files(files: &[SourceFile], opts: &LoadOptions) -> Result<Revision, Vec<Diagnostic>> {
+    load_files_cached(files, opts, &mut ParseCache::default())
+}
+
+/// [`load_files`], parsing only the files whose bytes differ from those `cache` saw in the
+/// previous load: a one-file change in a large mesh parses one file. The revision is still
+/// checked whole, so the result is exactly what [`load_files`] returns.
+pub fn load_files_cached(
+    files: &[SourceFile],
+    opts: &LoadOptions,
+    cache: &mut ParseCache,
+) -> Result<Revision, Vec<Diagnostic>> {
     let mut diags = Vec::new();
     let limits = yaml::Limits {
         max_bytes: opts.max_file_bytes,
         max_depth: opts.max_depth,
     };
+    cache.set_limits(&limits);
     let mut sorted: Vec<&SourceFile> = files.iter().collect();
     sorted.sort_by(|a, b| a.path.cmp(&b.path));
 
@@ -380,16 +392,11 @@ pub fn load_files(files: &[SourceFile], opts: &LoadOptions) -> Result<Revision, 
             diags.push(total_too_big(&f.path, opts.max_total_bytes));
             break;
         }
-        let file: Arc<str> = Arc::from(f.path.as_str());
-        match yaml::parse(&file, &f.bytes, &limits) {
-            Ok(documents) => {
-                for doc in documents {
-                    dispatch(&file, doc.root, false, &mut docs, &mut diags);
-                }
-            }
-            Err(errors) => diags.extend(errors),
-        }
+        let parsed = cache.parse(f, &limits);
+        docs.extend(parsed.docs.iter().cloned());
+        diags.extend(parsed.diags.iter().cloned());
     }
+    cache.keep_only(&sorted);
 
     let mut rev = Revision::default();
     let mut trees = Trees::new();
@@ -446,6 +453,76 @@ pub fn load_files(files: &[SourceFile], opts: &LoadOptions) -> Result<Revision, 
     Ok(rev)
 }
 
+/// Files of the previous load, parsed: their documents as typed objects with their trees, and
+/// the problems found in them. Keyed by path and checked against the whole content, so only a
+/// file with exactly the same bytes is reused. Holds only the files of the latest load.
+#[derive(Debug, Default)]
+pub struct ParseCache {
+    /// The limits the entries were parsed with; other limits start afresh.
+    limits: Option<(usize, usize)>,
+    files: HashMap<String, Parsed>,
+    /// Files parsed (not reused) so far.
+    #[cfg(test)]
+    parsed: usize,
+}
+
+#[derive(Debug)]
+struct Parsed {
+    bytes: Vec<u8>,
+    docs: Vec<Loaded>,
+    diags: Vec<Diagnostic>,
+}
+
+impl ParseCache {
+    fn set_limits(&mut self, limits: &yaml::Limits) {
+        let key = Some((limits.max_bytes, limits.max_depth));
+        if self.limits != key {
+            self.files.clear();
+            self.limits = key;
+        }
+    }
+
+    fn parse(&mut self, f: &SourceFile, limits: &yaml::Limits) -> &Parsed {
+        let fresh = self
+            .files
+            .get(&f.path)
+            .is_some_and(|parsed| parsed.bytes == f.bytes);
+        if !fresh {
+            #[cfg(test)]
+            {
+                self.parsed += 1;
+            }
+            let file: Arc<str> = Arc::from(f.path.as_str());
+            let mut docs = Vec::new();
+            let mut diags = Vec::new();
+            match yaml::parse(&file, &f.bytes, limits) {
+                Ok(documents) => {
+                    for doc in documents {
+                        dispatch(&file, doc.root, false, &mut docs, &mut diags);
+                    }
+                }
+                Err(errors) => diags.extend(errors),
+            }
+            let parsed = Parsed {
+                bytes: f.bytes.clone(),
+                docs,
+                diags,
+            };
+            self.files.insert(f.path.clone(), parsed);
+        }
+        &self.files[&f.path]
+    }
+
+    /// Forgets files that are not in `files` (deleted or renamed away).
+    fn keep_only(&mut self, files: &[&SourceFile]) {
+        if self.files.len() == files.len() {
+            return;
+        }
+        let paths: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        self.files.retain(|path, _| paths.contains(path.as_str()));
+    }
+}
+
 /// Gateway API precedence: oldest `creationTimestamp` first (routes without one after those
 /// with one), then `namespace/name`.
 fn sort_routes<T>(routes: &mut [Object<T>], meta: impl Fn(&T) -> &ObjectMeta) {
@@ -462,6 +539,7 @@ fn sort_routes<T>(routes: &mut [Object<T>], meta: impl Fn(&T) -> &ObjectMeta) {
     });
 }
 
+#[derive(Clone, Debug)]
 enum Typed {
     Service(Service),
     EndpointSlice(EndpointSlice),
@@ -470,11 +548,13 @@ enum Typed {
 }
 
 /// One object read from a document, with its tree for positioning later findings.
+#[derive(Clone, Debug)]
 struct Loaded {
     kind: Kind,
     key: ObjectKey,
     pos: Pos,
-    root: Node,
+    /// Shared with the [`ParseCache`]: a file that did not change costs no tree copy.
+    root: Arc<Node>,
     object: Typed,
 }
 
@@ -585,7 +665,7 @@ fn dispatch(
                 kind,
                 key,
                 pos,
-                root,
+                root: Arc::new(root),
                 object,
             });
         }
@@ -660,6 +740,50 @@ mod tests {
             "{ECHO}apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: r\nspec:\n  parentRefs:\n  - {{group: \"\", kind: Service, name: echo, port: 80}}\n  rules:\n  - {}\n",
             rule.trim_start().replace('\n', "\n    ")
         )
+    }
+
+    #[test]
+    fn cached_loads_parse_only_changed_files_and_equal_fresh_loads() {
+        let file = |path: &str, text: &str| SourceFile {
+            path: path.into(),
+            bytes: text.as_bytes().to_vec(),
+        };
+        let other = ECHO.replace("name: echo", "name: other");
+        let broken = "apiVersion: v1\nkind: Service\nmetadata:\n  name: [\n";
+        let opts = LoadOptions::default();
+        let revisions = [
+            vec![file("a.yaml", ECHO), file("b.yaml", &other)],
+            // Unchanged: nothing parsed.
+            vec![file("a.yaml", ECHO), file("b.yaml", &other)],
+            // One file breaks, then is fixed; one is renamed.
+            vec![file("a.yaml", ECHO), file("b.yaml", broken)],
+            vec![file("a.yaml", ECHO), file("c.yaml", &other)],
+            // The same content under the old name again: parsed, its path was forgotten.
+            vec![file("a.yaml", ECHO), file("b.yaml", &other)],
+        ];
+        let mut cache = ParseCache::default();
+        let mut parsed = Vec::new();
+        for files in &revisions {
+            let before = cache.parsed;
+            let cached = load_files_cached(files, &opts, &mut cache);
+            assert_eq!(cached, load_files(files, &opts), "cached load differs");
+            parsed.push(cache.parsed - before);
+        }
+        assert_eq!(parsed, [2, 0, 1, 1, 1]);
+        assert_eq!(
+            cache.files.len(),
+            2,
+            "only the latest load's files are kept"
+        );
+
+        // Other limits: everything is parsed again, and the limits hold.
+        let tight = LoadOptions {
+            max_depth: 2,
+            ..LoadOptions::default()
+        };
+        let before = cache.parsed;
+        assert!(load_files_cached(&revisions[0], &tight, &mut cache).is_err());
+        assert_eq!(cache.parsed - before, 2);
     }
 
     #[test]

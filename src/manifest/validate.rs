@@ -45,7 +45,7 @@ impl fmt::Display for Kind {
 }
 
 /// The YAML tree of each object's document, to position findings on fields.
-pub(crate) type Trees = HashMap<(Kind, ObjectKey), Node>;
+pub(crate) type Trees = HashMap<(Kind, ObjectKey), Arc<Node>>;
 
 /// Gateway API's maximum weight.
 pub const MAX_WEIGHT: u32 = 1_000_000;
@@ -99,7 +99,7 @@ impl<'a> Ctx<'a> {
             out,
             kind,
             key: &obj.key,
-            root: trees.get(&(kind, obj.key.clone())),
+            root: trees.get(&(kind, obj.key.clone())).map(AsRef::as_ref),
             fallback: &obj.pos,
         }
     }

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 use xxhash_rust::xxh3::Xxh3;
 
-use super::{Candidate, CandidateSender};
+use super::{Candidate, CandidateSender, Parsed};
 use crate::manifest::{self, LoadOptions};
 use crate::metrics::Metrics;
 
@@ -36,6 +36,7 @@ pub struct DirSource {
     options: LoadOptions,
     publish: CandidateSender,
     metrics: Arc<Metrics>,
+    parsed: Parsed,
 }
 
 impl DirSource {
@@ -50,6 +51,7 @@ impl DirSource {
             options,
             publish,
             metrics,
+            parsed: Parsed::default(),
         }
     }
 
@@ -128,15 +130,15 @@ impl DirSource {
             Ok(files) => {
                 let revision_id = revision_id(&files);
                 let options = self.options.clone();
-                let loaded =
-                    tokio::task::spawn_blocking(move || manifest::load_files(&files, &options))
-                        .await
-                        .unwrap_or_else(|err| {
-                            Err(vec![manifest::Diagnostic::error(
-                                manifest::Pos::default(),
-                                format!("loading the revision failed: {err}"),
-                            )])
-                        });
+                let parsed = self.parsed.clone();
+                let loaded = tokio::task::spawn_blocking(move || parsed.load(&files, &options))
+                    .await
+                    .unwrap_or_else(|err| {
+                        Err(vec![manifest::Diagnostic::error(
+                            manifest::Pos::default(),
+                            format!("loading the revision failed: {err}"),
+                        )])
+                    });
                 Candidate {
                     revision_id,
                     loaded: loaded.map(Arc::new),

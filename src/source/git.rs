@@ -31,8 +31,8 @@ use tracing::{debug, info, warn};
 
 pub use remote::{Credentials, FetchError, Repo, RepoError, Ssh};
 
-use super::{Candidate, CandidateSender, FetchStatus};
-use crate::manifest::{self, Diagnostic, LoadOptions, Pos};
+use super::{Candidate, CandidateSender, FetchStatus, Parsed};
+use crate::manifest::{Diagnostic, LoadOptions, Pos};
 use crate::metrics::Metrics;
 use crate::publisher::rfc3339;
 
@@ -90,6 +90,7 @@ pub struct GitSource {
     status: watch::Sender<FetchStatus>,
     metrics: Arc<Metrics>,
     trigger: Arc<Notify>,
+    parsed: Parsed,
     /// The default cache: removed when the source is dropped.
     _cache: Option<tempfile::TempDir>,
 }
@@ -125,6 +126,7 @@ impl GitSource {
             status,
             metrics,
             trigger: Arc::new(Notify::new()),
+            parsed: Parsed::default(),
             _cache: temp,
         })
     }
@@ -211,9 +213,10 @@ impl GitSource {
         let fetcher = self.fetcher.clone();
         let scope = self.scope.clone();
         let load = self.load.clone();
+        let parsed = self.parsed.clone();
         tokio::task::spawn_blocking(move || {
             let (commit, repo) = fetcher.cached()?;
-            Some((commit, read_commit(&repo, commit, &scope, &load)))
+            Some((commit, read_commit(&repo, commit, &scope, &load, &parsed)))
         })
         .await
         .ok()
@@ -228,10 +231,11 @@ impl GitSource {
         let fetcher = self.fetcher.clone();
         let scope = self.scope.clone();
         let load = self.load.clone();
+        let parsed = self.parsed.clone();
         let interrupt = Arc::new(AtomicBool::new(false));
         let handle = tokio::task::spawn_blocking({
             let interrupt = interrupt.clone();
-            move || sync(&fetcher, &scope, &load, last, &interrupt)
+            move || sync(&fetcher, &scope, (&load, &parsed), last, &interrupt)
         });
         match tokio::time::timeout(FETCH_TIMEOUT, handle).await {
             Ok(Ok(result)) => result,
@@ -256,7 +260,7 @@ impl GitSource {
 fn sync(
     fetcher: &remote::Fetcher,
     scope: &[String],
-    load: &LoadOptions,
+    (load, parsed): (&LoadOptions, &Parsed),
     last: Option<ObjectId>,
     interrupt: &AtomicBool,
 ) -> Result<Option<(ObjectId, Candidate)>, FetchError> {
@@ -264,7 +268,10 @@ fn sync(
     if last == Some(commit) {
         return Ok(None);
     }
-    Ok(Some((commit, read_commit(&repo, commit, scope, load))))
+    Ok(Some((
+        commit,
+        read_commit(&repo, commit, scope, load, parsed),
+    )))
 }
 
 /// Reads and loads one commit: the candidate revision it makes.
@@ -273,12 +280,13 @@ fn read_commit(
     commit: ObjectId,
     scope: &[String],
     load: &LoadOptions,
+    parsed: &Parsed,
 ) -> Candidate {
     let seen_at = SystemTime::now();
     let loaded = tree::commit_tree(repo, commit)
         .map_err(|message| vec![Diagnostic::error(Pos::default(), message)])
         .and_then(|root| tree::read_tree(repo, root, scope, load))
-        .and_then(|files| manifest::load_files(&files, load));
+        .and_then(|files| parsed.load(&files, load));
     Candidate {
         revision_id: commit.to_string(),
         loaded: loaded.map(Arc::new),
