@@ -211,24 +211,28 @@ impl DeltaStream {
             }
         }
         let suppressed = state.rejected_hash.is_some();
-        let added: Vec<Arc<Resource>> = desired
-            .iter()
-            .filter(|(name, resource)| {
-                state.force.contains(*name)
-                    || (!suppressed && state.held.get(*name) != Some(&resource.version))
-            })
-            .map(|(_, resource)| Arc::clone(resource))
-            .collect();
-        let removed: Vec<String> = if suppressed {
-            Vec::new()
-        } else {
-            state
-                .held
-                .keys()
-                .filter(|name| !desired.contains(name))
-                .cloned()
-                .collect()
-        };
+        // One ordered walk over what the client should hold and what it holds (both sorted by
+        // name): thousands of names cost one comparison each, not a tree search each.
+        let mut added: Vec<Arc<Resource>> = Vec::new();
+        let mut removed: Vec<String> = Vec::new();
+        let mut held = state.held.iter().peekable();
+        for (name, resource) in desired.iter() {
+            while let Some((gone, _)) = held.next_if(|(h, _)| h.as_str() < name) {
+                if !suppressed {
+                    removed.push(gone.clone());
+                }
+            }
+            let version = held
+                .next_if(|(h, _)| h.as_str() == name)
+                .map(|(_, version)| version);
+            let forced = !state.force.is_empty() && state.force.contains(name);
+            if forced || (!suppressed && version != Some(&resource.version)) {
+                added.push(Arc::clone(resource));
+            }
+        }
+        if !suppressed {
+            removed.extend(held.map(|(gone, _)| gone.clone()));
+        }
         let answer = state.must_answer && t.is_wildcard_type() && state.subscribed();
         if added.is_empty() && removed.is_empty() && !answer {
             if state.status.sent_version.is_none() && !suppressed && !state.held.is_empty() {
@@ -344,13 +348,6 @@ impl<'a> Desired<'a> {
         let all = all.into_iter().flatten().map(|(n, r)| (n.as_str(), r));
         let named = named.into_iter().flatten().map(|(n, r)| (*n, *r));
         all.chain(named)
-    }
-
-    fn contains(&self, name: &str) -> bool {
-        match self {
-            Desired::All { resources, .. } => resources.contains_key(name),
-            Desired::Named(map) => map.contains_key(name),
-        }
     }
 
     /// The content hash of the client's state once it holds exactly this.
