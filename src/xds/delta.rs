@@ -47,9 +47,9 @@ struct TypeState {
     wildcard: bool,
     /// Names the client subscribed to explicitly, without `*`.
     names: BTreeSet<String>,
-    /// Name and version of every resource the client holds as far as the server knows. Only
-    /// these may appear in `removed_resources` (rule 22).
-    held: BTreeMap<String, String>,
+    /// Every resource the client holds as far as the server knows, by name. Only these may
+    /// appear in `removed_resources` (rule 22).
+    held: BTreeSet<Held>,
     /// Names to send even if the client holds them at the current version: a subscribe is
     /// always answered (rule 20), and a changed cluster's endpoints are sent again (rule 11).
     force: BTreeSet<String>,
@@ -84,9 +84,61 @@ struct SentRecord {
     version: String,
     /// Content hash of the client's state once it applied the response.
     hash: String,
-    /// Every name the response added or removed, with the version the client held before
-    /// (`None`: it did not hold it), so a NACK can restore the client's previous state.
-    changes: Vec<(String, Option<String>)>,
+    /// Every resource the response added or removed, with what the client held of that name
+    /// before (`None`: nothing), so a NACK can restore the client's previous state.
+    changes: Vec<(Held, Option<Held>)>,
+}
+
+/// A resource the client holds: one Sluice sent, shared with the snapshot it came from (no
+/// copy of its name or version per stream), or one the client declared on reconnect. Ordered
+/// and compared by name alone, so a set of them is a map from name to version.
+#[derive(Clone, Debug)]
+enum Held {
+    Sent(Arc<Resource>),
+    /// Name and version, from `initial_resource_versions`.
+    Declared(Box<(String, String)>),
+}
+
+impl Held {
+    fn name(&self) -> &str {
+        match self {
+            Held::Sent(resource) => &resource.name,
+            Held::Declared(declared) => &declared.0,
+        }
+    }
+
+    fn version(&self) -> &str {
+        match self {
+            Held::Sent(resource) => &resource.version,
+            Held::Declared(declared) => &declared.1,
+        }
+    }
+}
+
+impl std::borrow::Borrow<str> for Held {
+    fn borrow(&self) -> &str {
+        self.name()
+    }
+}
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name()
+    }
+}
+
+impl Eq for Held {}
+
+impl PartialOrd for Held {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Held {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.name().cmp(other.name())
+    }
 }
 
 /// What one type sends in one sync.
@@ -217,21 +269,19 @@ impl DeltaStream {
         let mut removed: Vec<String> = Vec::new();
         let mut held = state.held.iter().peekable();
         for (name, resource) in desired.iter() {
-            while let Some((gone, _)) = held.next_if(|(h, _)| h.as_str() < name) {
+            while let Some(gone) = held.next_if(|h| h.name() < name) {
                 if !suppressed {
-                    removed.push(gone.clone());
+                    removed.push(gone.name().to_string());
                 }
             }
-            let version = held
-                .next_if(|(h, _)| h.as_str() == name)
-                .map(|(_, version)| version);
+            let version = held.next_if(|h| h.name() == name).map(Held::version);
             let forced = !state.force.is_empty() && state.force.contains(name);
-            if forced || (!suppressed && version != Some(&resource.version)) {
+            if forced || (!suppressed && version != Some(resource.version.as_str())) {
                 added.push(Arc::clone(resource));
             }
         }
         if !suppressed {
-            removed.extend(held.map(|(gone, _)| gone.clone()));
+            removed.extend(held.map(|gone| gone.name().to_string()));
         }
         let answer = state.must_answer && t.is_wildcard_type() && state.subscribed();
         if added.is_empty() && removed.is_empty() && !answer {
@@ -258,7 +308,10 @@ impl DeltaStream {
         let changed: Vec<String> = clusters
             .added
             .iter()
-            .filter(|c| held.get(&c.name).is_some_and(|v| *v != c.version))
+            .filter(|c| {
+                held.get(c.name.as_str())
+                    .is_some_and(|h| h.version() != c.version)
+            })
             .map(|c| c.name.clone())
             .collect();
         let endpoints = &mut self.types[ResourceType::Endpoint.index()];
@@ -286,17 +339,18 @@ impl DeltaStream {
         let state = &mut self.types[t.index()];
         let mut changes = Vec::with_capacity(added.len() + removed.len());
         for resource in &added {
-            let before = state
-                .held
-                .insert(resource.name.clone(), resource.version.clone());
-            changes.push((resource.name.clone(), before));
-            state.force.remove(&resource.name);
+            let before = state.held.replace(Held::Sent(Arc::clone(resource)));
+            changes.push((Held::Sent(Arc::clone(resource)), before));
+            if !state.force.is_empty() {
+                state.force.remove(&resource.name);
+            }
         }
         for name in &removed {
-            let before = state.held.remove(name);
-            changes.push((name.clone(), before));
+            if let Some(before) = state.held.take(name.as_str()) {
+                changes.push((before.clone(), Some(before)));
+            }
         }
-        let hash = content_hash(state.held.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        let hash = content_hash(state.held.iter().map(|h| (h.name(), h.version())));
         let version = response_version(&snapshot.revision, &hash);
         let response = DeltaReply {
             system_version_info: version.clone(),
@@ -437,26 +491,35 @@ impl TypeState {
             .recent
             .iter()
             .skip(position + 1)
-            .flat_map(|r| r.changes.iter().map(|(name, _)| name.as_str()))
+            .flat_map(|r| r.changes.iter().map(|(entry, _)| entry.name()))
             .collect();
         let Some(record) = self.recent.get(position) else {
             return (String::new(), Vec::new());
         };
         let mut restore = Vec::new();
-        for (name, before) in &record.changes {
-            if !later.contains(name.as_str()) && (self.wildcard || self.names.contains(name)) {
-                restore.push((name.clone(), before.clone()));
+        for (entry, before) in &record.changes {
+            let name = entry.name();
+            if !later.contains(name) && self.covers(name) {
+                restore.push((name.to_string(), before.clone()));
             }
         }
         let version = record.version.clone();
-        let rejected = record.changes.iter().map(|(n, _)| n.clone()).collect();
+        let rejected = record
+            .changes
+            .iter()
+            .map(|(entry, _)| entry.name().to_string())
+            .collect();
         self.rejected_hash = Some(record.hash.clone());
         self.settled = None;
         for (name, before) in restore {
             match before {
-                Some(v) => self.held.insert(name, v),
-                None => self.held.remove(&name),
-            };
+                Some(before) => {
+                    self.held.replace(before);
+                }
+                None => {
+                    self.held.remove(name.as_str());
+                }
+            }
         }
         (version, rejected)
     }
@@ -480,7 +543,8 @@ impl TypeState {
                 self.wildcard = true;
             }
             for (name, version) in &request.initial_resource_versions {
-                self.held.insert(name.clone(), version.clone());
+                self.held
+                    .replace(Held::Declared(Box::new((name.clone(), version.clone()))));
             }
         }
         for name in &request.resource_names_subscribe {
@@ -506,13 +570,13 @@ impl TypeState {
         }
         // The client drops what it no longer subscribes to; no removal is sent for it.
         let (wildcard, names) = (self.wildcard, &self.names);
-        self.held.retain(|name, _| wildcard || names.contains(name));
+        self.held.retain(|h| wildcard || names.contains(h.name()));
         if !request.resource_names_unsubscribe.is_empty() {
             // Also from the state it would go back to on a NACK of a response sent before
             // this request: a name subscribed again later is not held from back then.
             for record in &mut self.recent {
-                for (name, before) in &mut record.changes {
-                    if !(wildcard || names.contains(name)) {
+                for (entry, before) in &mut record.changes {
+                    if !(wildcard || names.contains(entry.name())) {
                         *before = None;
                     }
                 }
