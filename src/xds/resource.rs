@@ -123,7 +123,9 @@ pub fn content_version(bytes: &[u8]) -> String {
 pub struct Snapshot {
     /// The source revision (commit SHA or directory digest) this snapshot was compiled from.
     pub revision: String,
-    resources: [BTreeMap<String, Arc<Resource>>; 4],
+    /// Shared, so a state-of-the-world stream that holds every resource of a type (a wildcard
+    /// subscription) holds the snapshot's map rather than a copy of it.
+    resources: [Arc<BTreeMap<String, Arc<Resource>>>; 4],
     /// Per type, a hash over every (name, version) pair: the type's version.
     type_versions: [String; 4],
 }
@@ -151,12 +153,20 @@ impl Snapshot {
         let type_versions = ResourceType::ALL.map(|t| type_version(&maps[t.index()]));
         Snapshot {
             revision: revision.into(),
-            resources: maps,
+            resources: maps.map(Arc::new),
             type_versions,
         }
     }
 
     pub fn resources(&self, resource_type: ResourceType) -> &BTreeMap<String, Arc<Resource>> {
+        &self.resources[resource_type.index()]
+    }
+
+    /// Every resource of the type, as a map other holders may share.
+    pub fn shared_resources(
+        &self,
+        resource_type: ResourceType,
+    ) -> &Arc<BTreeMap<String, Arc<Resource>>> {
         &self.resources[resource_type.index()]
     }
 

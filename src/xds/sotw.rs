@@ -26,7 +26,8 @@ use super::stream::{
 const RECENT_RESPONSES: usize = 4;
 
 /// Resources by name, as the client holds them or should.
-type Held = BTreeMap<String, Arc<Resource>>;
+/// Shared with the snapshot when it is all of a type (a wildcard subscription).
+type Held = Arc<BTreeMap<String, Arc<Resource>>>;
 
 /// One SotW ADS stream.
 #[derive(Debug, Default)]
@@ -176,10 +177,11 @@ impl SotwStream {
             if !removed.is_empty() && others_sent {
                 // Keep them, at the content the client has, until the other types have moved
                 // off them; the final CDS then drops them.
-                let mut union = clusters.clone();
+                let mut union = BTreeMap::clone(&clusters);
                 for (name, resource) in removed {
                     union.insert(name.clone(), resource.clone());
                 }
+                let union = Arc::new(union);
                 if hash_of(&union) != hash_of(held) {
                     self.emit(ResourceType::Cluster, union, snapshot, &mut out);
                 }
@@ -216,12 +218,18 @@ impl SotwStream {
             state.full_plans += 1;
         }
         let desired = state.desired(t, snapshot);
-        let hash = hash_of(&desired);
+        let hash = if state.wildcard {
+            // The whole map's hash, already computed once for the snapshot.
+            snapshot.type_version(t).to_string()
+        } else {
+            hash_of(&desired)
+        };
         if state.rejected_hash.as_ref().is_some_and(|h| *h != hash) {
             // The config moved on from what was rejected: the next change is sent (rule 4).
             state.rejected_hash = None;
         }
-        let changed = !state.held_known || hash != hash_of(&state.held);
+        let changed = !state.held_known
+            || !(Arc::ptr_eq(&desired, &state.held) || hash == hash_of(&state.held));
         let wanted = state.must_answer || state.force || (changed && state.rejected_hash.is_none());
         // SotW cannot delete EDS/RDS resources, so an empty response tells the client nothing;
         // names requested before they exist are sent once they appear (rule 19). An empty LDS
@@ -344,16 +352,18 @@ impl TypeState {
     /// one (rule 12).
     fn desired(&self, t: ResourceType, snapshot: &Snapshot) -> Held {
         if self.wildcard {
-            return snapshot.resources(t).clone();
+            return Arc::clone(snapshot.shared_resources(t));
         }
-        self.names
-            .iter()
-            .filter_map(|name| {
-                snapshot
-                    .get(t, name)
-                    .map(|resource| (name.clone(), resource.clone()))
-            })
-            .collect()
+        Arc::new(
+            self.names
+                .iter()
+                .filter_map(|name| {
+                    snapshot
+                        .get(t, name)
+                        .map(|resource| (name.clone(), resource.clone()))
+                })
+                .collect(),
+        )
     }
 
     /// ACK and NACK are told apart by `error_detail` alone (rule 3). Only an answer to the
@@ -416,7 +426,7 @@ impl TypeState {
         if !self.subscribed() {
             // Nothing asked for: the client holds nothing of the type any more, and a later
             // subscription starts afresh, even for content it once rejected.
-            self.held.clear();
+            self.held = Held::default();
             self.held_known = true;
             self.held_before_latest = None;
             self.rejected_hash = None;
@@ -442,9 +452,11 @@ impl TypeState {
             // client deletes what a response lacks, so a changed subscription changes what it
             // should hold and the next response is sent.
             let names = &self.names;
-            self.held.retain(|name, _| names.contains(name));
+            if self.held.keys().any(|name| !names.contains(name)) {
+                Arc::make_mut(&mut self.held).retain(|name, _| names.contains(name));
+            }
             if let Some((_, before)) = &mut self.held_before_latest {
-                before.retain(|name, _| names.contains(name));
+                Arc::make_mut(before).retain(|name, _| names.contains(name));
             }
         }
     }
@@ -663,6 +675,20 @@ mod tests {
         }
         assert_eq!(after[R.index()], before[R.index()] + 1);
         assert_eq!(h.stream.status(R).state(), SyncState::Synced);
+    }
+
+    #[test]
+    fn a_wildcard_stream_holds_the_snapshots_map_not_a_copy() {
+        let h = synced();
+        for t in [C, L] {
+            assert!(
+                Arc::ptr_eq(
+                    &h.stream.types[t.index()].held,
+                    h.snapshot.shared_resources(t)
+                ),
+                "{t}"
+            );
+        }
     }
 
     #[test]
