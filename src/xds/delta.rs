@@ -594,7 +594,7 @@ mod tests {
     use prost::Message;
 
     use super::*;
-    use crate::xds::stream::testing::{any_name, nack_detail, snapshot, to_proto};
+    use crate::xds::stream::testing::{any_name, base_with_route, nack_detail, snapshot, to_proto};
     use crate::xds::stream::SyncState;
     use ResourceType::{Cluster as C, Endpoint as E, Listener as L, Route as R};
 
@@ -751,17 +751,7 @@ mod tests {
 
     /// Clusters a and b with their endpoints, listener l and route r.
     fn base(revision: &str) -> Snapshot {
-        snapshot(
-            revision,
-            &[
-                (C, "a", 0),
-                (C, "b", 0),
-                (E, "a", 0),
-                (E, "b", 0),
-                (L, "l", 0),
-                (R, "r", 0),
-            ],
-        )
+        base_with_route(revision, 0)
     }
 
     /// A harness subscribed to every type of [`base`], every response ACKed.
@@ -785,18 +775,7 @@ mod tests {
         let mut h = synced();
         let plans = |h: &Harness| ResourceType::ALL.map(|t| h.stream.types[t.index()].full_plans);
         let before = plans(&h);
-        let routes_changed = snapshot(
-            "rev2",
-            &[
-                (C, "a", 0),
-                (C, "b", 0),
-                (E, "a", 0),
-                (E, "b", 0),
-                (L, "l", 0),
-                (R, "r", 1),
-            ],
-        );
-        let out = h.publish(routes_changed);
+        let out = h.publish(base_with_route("rev2", 1));
         assert_eq!(summary(&out), vec![s(R, &["r"], &[])]);
         assert!(h.ack(&out.responses[0]).responses.is_empty());
         let after = plans(&h);

@@ -390,6 +390,23 @@ pub(crate) mod testing {
         )
     }
 
+    /// The small mesh most state-machine tests start from: clusters and endpoints `a` and `b`,
+    /// listener `l`, route configuration `r` at content `route_variant`.
+    pub fn base_with_route(revision: &str, route_variant: u32) -> Snapshot {
+        use ResourceType::{Cluster as C, Endpoint as E, Listener as L, Route as R};
+        snapshot(
+            revision,
+            &[
+                (C, "a", 0),
+                (C, "b", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", route_variant),
+            ],
+        )
+    }
+
     /// The resource name inside an `Any` of type `t`; panics when the body is not a `t`, which
     /// is what rule 8 checks.
     pub fn any_name(t: ResourceType, any: &Any) -> String {
