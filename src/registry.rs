@@ -71,9 +71,9 @@ pub struct Registry {
     rx: mpsc::UnboundedReceiver<Change>,
     publish: watch::Sender<Arc<Workloads>>,
     grace: Duration,
-    /// Open streams by id, with the node of the workload each contributes (none without an
-    /// address).
-    streams: HashMap<u64, Option<String>>,
+    /// Open streams that contribute a workload (sidecars with an address), by id, with their
+    /// node id.
+    streams: HashMap<u64, String>,
     /// Open streams with a workload, per node id, by stream id: the newest stream's workload
     /// is the node's.
     open_by_node: HashMap<String, BTreeMap<u64, Arc<Workload>>>,
@@ -129,7 +129,6 @@ impl Registry {
         match change {
             Change::Connected { stream_id, node } => {
                 let Some(address) = node.address else {
-                    self.streams.insert(stream_id, None);
                     return;
                 };
                 let workload = Arc::new(Workload {
@@ -145,11 +144,11 @@ impl Registry {
                     .entry(node.id.clone())
                     .or_default()
                     .insert(stream_id, workload);
-                self.streams.insert(stream_id, Some(node.id.clone()));
+                self.streams.insert(stream_id, node.id.clone());
                 self.refresh(&node.id);
             }
             Change::Disconnected { stream_id } => {
-                let Some(Some(node_id)) = self.streams.remove(&stream_id) else {
+                let Some(node_id) = self.streams.remove(&stream_id) else {
                     return;
                 };
                 let Some(open) = self.open_by_node.get_mut(&node_id) else {

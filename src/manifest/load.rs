@@ -515,9 +515,6 @@ impl ParseCache {
 
     /// Forgets files that are not in `files` (deleted or renamed away).
     fn keep_only(&mut self, files: &[&SourceFile]) {
-        if self.files.len() == files.len() {
-            return;
-        }
         let paths: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
         self.files.retain(|path, _| paths.contains(path.as_str()));
     }

@@ -18,7 +18,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use super::reply::{DeltaReply, Reply};
 use super::resource::{Resource, ResourceType, Snapshot};
 use super::stream::{
-    content_hash, response_version, Event, NackRecord, NonceCounter, Output, TypeStatus,
+    content_hash, response_version, Event, NackRecord, NonceCounter, Output, Settled, TypeStatus,
 };
 
 /// How many responses per type are remembered: a NACK may answer a response older than the
@@ -65,14 +65,8 @@ struct TypeState {
     /// Nonce of the latest response already ACKed or NACKed, so a repeated request with that
     /// nonce is not counted twice.
     answered_nonce: Option<String>,
-    /// The snapshot type version this type was last planned against, while nothing the plan
-    /// depends on (subscription, `held`, `force`, a rejection) has changed since: planning
-    /// again against the same content would send nothing, so it is skipped. This keeps ACKs
-    /// and changes to other types from comparing thousands of names per stream.
-    settled: Option<String>,
-    /// How often the type was planned in full (not skipped as settled).
-    #[cfg(test)]
-    full_plans: usize,
+    /// Skips planning while the snapshot content and the plan's inputs are unchanged.
+    settled: Settled,
 }
 
 /// A response as remembered for ACK and NACK handling.
@@ -246,14 +240,8 @@ impl DeltaStream {
         if !state.requested {
             return None;
         }
-        let type_version = snapshot.type_version(t);
-        if state.settled.as_deref() == Some(type_version) {
+        if state.settled.skip(snapshot.type_version(t)) {
             return None;
-        }
-        state.settled = Some(type_version.to_string());
-        #[cfg(test)]
-        {
-            state.full_plans += 1;
         }
         let desired = state.desired(t, snapshot);
         if let Some(rejected) = &state.rejected_hash {
@@ -321,7 +309,7 @@ impl DeltaStream {
                 && snapshot.get(ResourceType::Endpoint, &name).is_some()
             {
                 endpoints.force.insert(name);
-                endpoints.settled = None;
+                endpoints.settled.clear();
             }
         }
     }
@@ -510,7 +498,7 @@ impl TypeState {
             .map(|(entry, _)| entry.name().to_string())
             .collect();
         self.rejected_hash = Some(record.hash.clone());
-        self.settled = None;
+        self.settled.clear();
         for (name, before) in restore {
             match before {
                 Some(before) => {
@@ -532,7 +520,7 @@ impl TypeState {
             || !request.resource_names_subscribe.is_empty()
             || !request.resource_names_unsubscribe.is_empty()
         {
-            self.settled = None;
+            self.settled.clear();
         }
         if first {
             self.requested = true;
@@ -773,7 +761,8 @@ mod tests {
     #[test]
     fn acks_and_changes_of_other_types_do_not_plan_unchanged_types_again() {
         let mut h = synced();
-        let plans = |h: &Harness| ResourceType::ALL.map(|t| h.stream.types[t.index()].full_plans);
+        let plans =
+            |h: &Harness| ResourceType::ALL.map(|t| h.stream.types[t.index()].settled.full_plans);
         let before = plans(&h);
         let out = h.publish(base_with_route("rev2", 1));
         assert_eq!(summary(&out), vec![s(R, &["r"], &[])]);

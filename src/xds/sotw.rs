@@ -18,7 +18,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use super::reply::{Reply, SotwReply};
 use super::resource::{Resource, ResourceType, Snapshot};
 use super::stream::{
-    content_hash, response_version, Event, NackRecord, NonceCounter, Output, TypeStatus,
+    content_hash, response_version, Event, NackRecord, NonceCounter, Output, Settled, TypeStatus,
 };
 
 /// How many responses per type are remembered, to name the version and resources of a NACK
@@ -78,14 +78,8 @@ struct TypeState {
     /// Nonce of the latest response already ACKed or NACKed, so a repeated request with that
     /// nonce is not counted twice.
     answered_nonce: Option<String>,
-    /// The snapshot type version this type was last planned against, while nothing the plan
-    /// depends on (subscription, `held`, `force`, a rejection) has changed since: planning
-    /// again against the same content would send nothing, so it is skipped. This keeps ACKs
-    /// and changes to other types from hashing thousands of names per stream.
-    settled: Option<String>,
-    /// How often the type was planned in full (not skipped as settled).
-    #[cfg(test)]
-    full_plans: usize,
+    /// Skips planning while the snapshot content and the plan's inputs are unchanged.
+    settled: Settled,
 }
 
 /// A response as remembered for ACK and NACK handling.
@@ -208,14 +202,8 @@ impl SotwStream {
             // Rule 18: EDS/RDS with no names is an unsubscription; nothing is sent.
             return None;
         }
-        let type_version = snapshot.type_version(t);
-        if state.settled.as_deref() == Some(type_version) {
+        if state.settled.skip(snapshot.type_version(t)) {
             return None;
-        }
-        state.settled = Some(type_version.to_string());
-        #[cfg(test)]
-        {
-            state.full_plans += 1;
         }
         let desired = state.desired(t, snapshot);
         let hash = if state.wildcard {
@@ -255,7 +243,7 @@ impl SotwStream {
         if any {
             let endpoints = &mut self.types[ResourceType::Endpoint.index()];
             endpoints.force = true;
-            endpoints.settled = None;
+            endpoints.settled.clear();
         }
     }
 
@@ -385,7 +373,7 @@ impl TypeState {
             let rejected = record.map(|r| r.names.clone()).unwrap_or_default();
             if let (true, Some(record)) = (is_latest, record) {
                 self.rejected_hash = Some(record.hash.clone());
-                self.settled = None;
+                self.settled.clear();
                 if let Some((known, before)) = self.held_before_latest.take() {
                     self.held_known = known;
                     self.held = before;
@@ -416,11 +404,11 @@ impl TypeState {
         if !self.requested {
             self.requested = true;
             self.must_answer = true;
-            self.settled = None;
+            self.settled.clear();
         }
         // An ACK repeats the subscription: then nothing the plan depends on moves here.
         if !self.asks_for_the_same(t, resource_names) {
-            self.settled = None;
+            self.settled.clear();
             self.replace_names(t, resource_names);
         }
         if !self.subscribed() {
@@ -430,7 +418,7 @@ impl TypeState {
             self.held_known = true;
             self.held_before_latest = None;
             self.rejected_hash = None;
-            self.settled = None;
+            self.settled.clear();
         }
         self.status.subscribed = self.subscribed();
     }
@@ -643,7 +631,8 @@ mod tests {
     #[test]
     fn acks_and_changes_of_other_types_do_not_plan_unchanged_types_again() {
         let mut h = synced();
-        let plans = |h: &Harness| ResourceType::ALL.map(|t| h.stream.types[t.index()].full_plans);
+        let plans =
+            |h: &Harness| ResourceType::ALL.map(|t| h.stream.types[t.index()].settled.full_plans);
         let before = plans(&h);
         let out = h.publish(base_with_route("rev2", 1));
         assert_eq!(summary(&out), vec![s(R, &["r"])]);

@@ -175,6 +175,40 @@ pub fn content_hash<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> 
     content_version(&buf)
 }
 
+/// Whether one type of a stream needs planning against a snapshot. It remembers the snapshot
+/// type version the type was last planned against; while nothing the plan depends on
+/// (subscription, what the client holds, forced resends, a rejection) changes, planning again
+/// against the same content would send nothing, so it is skipped. This keeps ACKs and changes to
+/// other types from comparing thousands of names per stream. Whoever changes a plan input calls
+/// [`Settled::clear`].
+#[derive(Debug, Default)]
+pub(crate) struct Settled {
+    at: Option<String>,
+    /// How often the type was planned in full (not skipped as settled).
+    #[cfg(test)]
+    pub(crate) full_plans: usize,
+}
+
+impl Settled {
+    /// True when the type was last planned against `type_version` and nothing moved since;
+    /// otherwise remembers `type_version` for the plan about to run.
+    pub(crate) fn skip(&mut self, type_version: &str) -> bool {
+        if self.at.as_deref() == Some(type_version) {
+            return true;
+        }
+        self.at = Some(type_version.to_string());
+        #[cfg(test)]
+        {
+            self.full_plans += 1;
+        }
+        false
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.at = None;
+    }
+}
+
 /// Per-stream nonce source: a counter, so every response gets a fresh nonce.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct NonceCounter {
