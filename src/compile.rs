@@ -12,11 +12,11 @@
 //! # Names
 //! - Cluster (and its `ClusterLoadAssignment`): `outbound|PORT||NAME.NS.svc.cluster.local`,
 //!   as Istio names them, so dashboards and habits carry over ([`cluster_name`]).
-//! - Listener: [`LISTENER_NAME`], with an HTTP connection manager that fetches the route
-//!   configuration [`ROUTE_CONFIG_NAME`] over ADS.
-//! - Virtual host: `NAME.NS:PORT`, and last the catch-all `passthrough`, which sends requests
-//!   addressed to an `IP:PORT` to that address through the `ORIGINAL_DST` cluster
-//!   [`PASSTHROUGH_CLUSTER`] (see the `passthrough` module).
+//! - Listener: [`LISTENER_NAME`], with an HTTP connection manager whose routes are scoped per
+//!   Service port ([`SCOPED_ROUTES_NAME`]; see the `listener` module).
+//! - Scope, route configuration and its one virtual host: `NAME.NS:PORT`, and `passthrough`,
+//!   which sends requests addressed to an `IP:PORT` to that address through the `ORIGINAL_DST`
+//!   cluster [`PASSTHROUGH_CLUSTER`] (see the `passthrough` module).
 //! - Route: `NS/ROUTE/rule-I[/match-J]` (or the rule's `name` instead of `rule-I`).
 
 mod endpoints;
@@ -52,8 +52,9 @@ use services::ServiceIndex;
 
 /// The name of every sidecar's outbound HTTP listener.
 pub const LISTENER_NAME: &str = "sluice_outbound";
-/// The name of the route configuration the outbound listener fetches over RDS.
-pub const ROUTE_CONFIG_NAME: &str = "sluice_outbound";
+/// The name of the outbound listener's scoped routes (Envoy groups scopes by it in its dumps).
+pub const SCOPED_ROUTES_NAME: &str = "sluice_outbound";
+pub use listener::{scope_name, PASSTHROUGH_SCOPE, SCOPE_HEADER};
 
 /// The cluster (and `ClusterLoadAssignment`) name of one Service port.
 pub fn cluster_name(name: &str, namespace: &str, port: u16) -> String {
@@ -67,9 +68,14 @@ pub struct CompiledRevision {
     /// CDS resources, the same for every sidecar.
     clusters: Vec<Arc<Resource>>,
     endpoints: endpoints::EndpointPlan,
-    /// Every HTTP/gRPC Service port, sorted by Service then port: one virtual host each.
-    vhosts: Vec<listener::VhostSource>,
-    tables: RouteTables,
+    /// One scope per HTTP/gRPC Service port, and the passthrough scope; the same for every
+    /// sidecar.
+    scopes: Vec<Arc<Resource>>,
+    /// The route configuration of each scope as clients without consumer routes see it.
+    routes: Vec<Arc<Resource>>,
+    /// Per client namespace with consumer routes, the route configurations that differ for it
+    /// (every port of each Service those routes attach to).
+    consumer_routes: HashMap<String, Vec<Arc<Resource>>>,
     warnings: Vec<Diagnostic>,
 }
 
@@ -78,7 +84,7 @@ impl fmt::Debug for CompiledRevision {
         f.debug_struct("CompiledRevision")
             .field("revision", &self.revision)
             .field("clusters", &self.clusters.len())
-            .field("virtual_hosts", &self.vhosts.len())
+            .field("scopes", &self.scopes.len())
             .field("warnings", &self.warnings.len())
             .finish()
     }
@@ -192,8 +198,15 @@ impl Mesh {
 
     fn build_snapshot(&self, key: &ConfigKey) -> Snapshot {
         let compiled = &self.compiled;
-        let mut resources: Vec<(ResourceType, Arc<Resource>)> =
-            Vec::with_capacity(compiled.clusters.len() + self.endpoints.len() + 2);
+        let consumer = compiled.consumer_routes.get(&key.namespace);
+        let mut resources: Vec<(ResourceType, Arc<Resource>)> = Vec::with_capacity(
+            compiled.clusters.len()
+                + self.endpoints.len()
+                + 1
+                + compiled.scopes.len()
+                + compiled.routes.len()
+                + consumer.map_or(0, Vec::len),
+        );
         resources.extend(
             compiled
                 .clusters
@@ -206,14 +219,21 @@ impl Mesh {
                 .map(|r| (ResourceType::Endpoint, r.clone())),
         );
         resources.push((ResourceType::Listener, Arc::new(listener::to_listener(key))));
-        resources.push((
-            ResourceType::Route,
-            Arc::new(listener::to_route_configuration(
-                &key.namespace,
-                &compiled.vhosts,
-                &compiled.tables,
-            )),
-        ));
+        resources.extend(
+            compiled
+                .scopes
+                .iter()
+                .map(|r| (ResourceType::ScopedRoute, r.clone())),
+        );
+        // A consumer route configuration comes after the shared one of the same name and
+        // replaces it.
+        resources.extend(
+            compiled
+                .routes
+                .iter()
+                .chain(consumer.into_iter().flatten())
+                .map(|r| (ResourceType::Route, r.clone())),
+        );
         Snapshot::from_shared(compiled.revision.clone(), resources)
     }
 }
@@ -260,12 +280,40 @@ pub fn compile_revision(
         return Err(findings.into_all());
     }
 
+    let mut scopes = Vec::with_capacity(vhosts.len() + 1);
+    let mut routes = Vec::with_capacity(vhosts.len() + 1);
+    for source in &vhosts {
+        let table = tables.producer_routes(&source.service, source.port);
+        scopes.push(Arc::new(listener::to_scope(
+            &source.scope_name(),
+            vec![source.origin.clone()],
+        )));
+        routes.push(Arc::new(listener::to_route_configuration(source, table)));
+    }
+    scopes.push(Arc::new(listener::to_scope(PASSTHROUGH_SCOPE, Vec::new())));
+    routes.push(Arc::new(listener::to_passthrough_route_configuration()));
+    let mut consumer_routes = HashMap::new();
+    for (namespace, services) in &tables.consumer {
+        let replaced: Vec<Arc<Resource>> = vhosts
+            .iter()
+            .filter(|source| {
+                source.service.namespace != *namespace && services.contains_key(&source.service)
+            })
+            .map(|source| {
+                let table = tables.for_clients(namespace, &source.service, source.port);
+                Arc::new(listener::to_route_configuration(source, table))
+            })
+            .collect();
+        consumer_routes.insert(namespace.clone(), replaced);
+    }
+
     Ok(Arc::new(CompiledRevision {
         revision: revision_id.to_string(),
         clusters,
         endpoints,
-        vhosts,
-        tables,
+        scopes,
+        routes,
+        consumer_routes,
         warnings: findings.warnings,
     }))
 }

@@ -12,13 +12,13 @@ pub struct Metrics {
     /// ADS streams currently open.
     pub connected_streams: AtomicU64,
     /// Responses sent, per resource type.
-    pub pushes: [AtomicU64; 4],
+    pub pushes: [AtomicU64; ResourceType::COUNT],
     /// Resources sent (added or updated), per type.
-    pub resources_sent: [AtomicU64; 4],
+    pub resources_sent: [AtomicU64; ResourceType::COUNT],
     /// Encoded bytes of responses sent, per type.
-    pub bytes_sent: [AtomicU64; 4],
+    pub bytes_sent: [AtomicU64; ResourceType::COUNT],
     /// NACKs received, per type.
-    pub nacks: [AtomicU64; 4],
+    pub nacks: [AtomicU64; ResourceType::COUNT],
     /// Requests for a type URL Sluice does not serve.
     pub unknown_type_requests: AtomicU64,
     /// Revisions compiled and published.
@@ -217,7 +217,7 @@ fn counter(out: &mut String, name: &str, help: &str, value: u64) {
     let _ = writeln!(out, "{name} {value}");
 }
 
-fn per_type(out: &mut String, name: &str, help: &str, values: &[AtomicU64; 4]) {
+fn per_type(out: &mut String, name: &str, help: &str, values: &[AtomicU64; ResourceType::COUNT]) {
     header(out, name, help, "counter");
     for resource_type in ResourceType::ALL {
         let value = values[resource_type.index()].load(Relaxed);

@@ -662,10 +662,12 @@ spec:
     )
 }
 
-/// The client Envoy's own count of rejected route configuration updates.
+/// The client Envoy's own count of rejected updates of `echo-v1`'s route configuration. (Envoy
+/// counts a rejected RDS response against every route configuration it subscribes to, so this
+/// counts responses.)
 async fn envoy_rds_rejections(envoy: &Envoy) -> anyhow::Result<u64> {
     let (_, stats) = envoy
-        .admin_get("/stats?filter=rds.*update_rejected")
+        .admin_get("/stats?filter=^http\\.outbound\\.rds\\.echo-v1\\.default_80\\.update_rejected$")
         .await?;
     Ok(stats
         .lines()

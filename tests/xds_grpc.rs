@@ -25,7 +25,11 @@ use tonic::Streaming;
 const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+const SRDS: &str = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration";
 const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+/// The route configuration (and scope) of port 80 of the `echo` Service, which the weighted
+/// route attaches to.
+const ECHO_ROUTES: &str = "echo.default:80";
 
 const SERVICES: &str = r#"
 apiVersion: v1
@@ -195,7 +199,15 @@ async fn delta_sync(delta: &mut Delta, id: &str) -> DeltaDiscoveryResponse {
     let lds = delta.subscribe(LDS, &[], None).await;
     assert_eq!(lds.resources.len(), 1);
     delta.ack(&lds).await;
-    let rds = delta.subscribe(RDS, &["sluice_outbound"], None).await;
+    // The listener's scoped routes: a wildcard subscription to the scopes, one per Service port.
+    let srds = delta.subscribe(SRDS, &[], None).await;
+    assert!(
+        srds.resources.iter().any(|r| r.name == ECHO_ROUTES),
+        "a scope for echo:80"
+    );
+    delta.ack(&srds).await;
+    // Envoy subscribes to every scope's route configuration; the tests follow echo's.
+    let rds = delta.subscribe(RDS, &[ECHO_ROUTES], None).await;
     assert_eq!(rds.resources.len(), 1);
     delta.ack(&rds).await;
     rds
@@ -204,11 +216,8 @@ async fn delta_sync(delta: &mut Delta, id: &str) -> DeltaDiscoveryResponse {
 fn weights(route: &DeltaDiscoveryResponse) -> Vec<u32> {
     let any = route.resources[0].resource.as_ref().expect("resource body");
     let config = RouteConfiguration::decode(any.value.as_slice()).expect("a RouteConfiguration");
-    let vhost = config
-        .virtual_hosts
-        .iter()
-        .find(|v| v.domains.iter().any(|d| d == "echo"))
-        .expect("a virtual host for echo");
+    assert_eq!(config.name, ECHO_ROUTES);
+    let vhost = &config.virtual_hosts[0];
     use envoy_types::pb::envoy::config::route::v3::{
         route::Action, route_action::ClusterSpecifier,
     };
@@ -234,7 +243,7 @@ async fn delta_stream_syncs_and_shows_synced_in_syncz() {
     assert_eq!(weights(&rds), vec![90, 10]);
 
     let node = sluice.wait_synced("grpc-delta").await;
-    for t in ["cds", "eds", "lds", "rds"] {
+    for t in ["cds", "eds", "lds", "srds", "rds"] {
         assert_eq!(node["types"][t]["status"], "SYNCED", "{t}: {node}");
     }
     assert_eq!(node["protocol"], "delta");
@@ -387,19 +396,14 @@ async fn sotw_stream_syncs_and_a_nack_is_not_resent() {
     tx.send(request(LDS, &[], &lds.version_info, &lds.nonce))
         .await
         .expect("ack");
-    tx.send(request(RDS, &["sluice_outbound"], "", ""))
+    tx.send(request(RDS, &[ECHO_ROUTES], "", ""))
         .await
         .expect("send");
     let rds = next(&mut rx).await;
     assert_eq!(rds.type_url, RDS);
-    tx.send(request(
-        RDS,
-        &["sluice_outbound"],
-        &rds.version_info,
-        &rds.nonce,
-    ))
-    .await
-    .expect("ack");
+    tx.send(request(RDS, &[ECHO_ROUTES], &rds.version_info, &rds.nonce))
+        .await
+        .expect("ack");
     silent(&mut rx, Duration::from_millis(300)).await;
 
     dir.write("route.yaml", &route(50, 50));
@@ -407,7 +411,7 @@ async fn sotw_stream_syncs_and_a_nack_is_not_resent() {
     assert_eq!(update.type_url, RDS);
     assert_ne!(update.version_info, rds.version_info);
     assert_ne!(update.nonce, rds.nonce, "every response has a fresh nonce");
-    let mut nack = request(RDS, &["sluice_outbound"], &rds.version_info, &update.nonce);
+    let mut nack = request(RDS, &[ECHO_ROUTES], &rds.version_info, &update.nonce);
     nack.error_detail = Some(RpcStatus {
         code: 3,
         message: "rejected".to_string(),
@@ -496,7 +500,7 @@ async fn client_status_discovery_reports_each_sidecar_and_resource() {
     let route = config
         .generic_xds_configs
         .iter()
-        .find(|c| c.type_url == RDS && c.name == "sluice_outbound")
+        .find(|c| c.type_url == RDS && c.name == ECHO_ROUTES)
         .expect("the route configuration is reported");
     assert_eq!(route.config_status, ConfigStatus::Synced as i32);
     assert!(!route.version_info.is_empty());
@@ -504,7 +508,7 @@ async fn client_status_discovery_reports_each_sidecar_and_resource() {
         route.xds_config.is_some(),
         "contents are included unless excluded"
     );
-    for type_url in [CDS, EDS, LDS, RDS] {
+    for type_url in [CDS, EDS, LDS, SRDS, RDS] {
         assert!(
             config
                 .generic_xds_configs
@@ -563,17 +567,27 @@ async fn sigterm_closes_streams_and_exits_0() {
 /// a backlog, and never delays the others.
 #[tokio::test]
 async fn rule_15_a_stuck_sidecar_gets_the_newest_config_not_a_backlog() {
-    // Enough Services that each route configuration is large: the transport's flow-control
-    // windows fill after a few responses, so the stuck stream really stops taking data.
-    let mut many = String::from(SERVICES);
-    for i in 0..300 {
-        many.push_str(&format!(
-            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: filler-{i}, namespace: default}}\nspec:\n  selector: {{app: filler-{i}}}\n  ports: [{{name: http, port: 80, targetPort: 8080, appProtocol: http}}]\n"
-        ));
-    }
+    // A route with enough matches that each of its route configurations is large (~100 KB):
+    // the transport's flow-control windows fill after a few responses, so the stuck stream
+    // really stops taking data.
+    // (Gateway API allows 16 rules of 64 matches; the weighted rule comes first.)
+    let big_route = |v1: u32, v2: u32| {
+        let mut text = route(v1, v2);
+        for rule in 0..15 {
+            text.push_str(&format!(
+                "  - backendRefs: [{{name: echo-v1, port: 80, weight: {v1}}}, {{name: echo-v2, port: 80, weight: {v2}}}]\n    matches:\n"
+            ));
+            for i in 0..64 {
+                text.push_str(&format!(
+                    "    - path: {{type: PathPrefix, value: /some/rather/long/prefix/{rule}/{i}}}\n"
+                ));
+            }
+        }
+        text
+    };
     let dir = ManifestDir::new();
-    dir.write("services.yaml", &many);
-    dir.write("route.yaml", &route(99, 1));
+    dir.write("services.yaml", SERVICES);
+    dir.write("route.yaml", &big_route(99, 1));
     let sluice = Sluice::start(dir.path()).await;
     sluice.wait_ready().await;
 
@@ -599,7 +613,7 @@ async fn rule_15_a_stuck_sidecar_gets_the_newest_config_not_a_backlog() {
     // The stuck sidecar reads nothing while 30 changes land; the live one follows each at once.
     let changes = 30;
     for i in 2..=changes + 1 {
-        dir.write("route.yaml", &route(100 - i, i));
+        dir.write("route.yaml", &big_route(100 - i, i));
         let update = next(&mut live.rx).await;
         assert_eq!(
             weights(&update),

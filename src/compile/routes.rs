@@ -71,6 +71,12 @@ impl RouteTables {
                 return by_port.get(&port);
             }
         }
+        self.producer_routes(service, port)
+    }
+
+    /// The producer routes of `port` of `service`: what clients without consumer routes for
+    /// it use. `None` means the Service's default route.
+    pub fn producer_routes(&self, service: &ObjectKey, port: u16) -> Option<&PortRoutes> {
         self.producer
             .get(service)
             .and_then(|by_port| by_port.get(&port))

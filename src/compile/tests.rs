@@ -26,7 +26,16 @@ use envoy_types::pb::envoy::config::route::v3::redirect_action::{
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::{ClusterSpecifier, HostRewriteSpecifier};
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
-use envoy_types::pb::envoy::config::route::v3::{Route, RouteAction, RouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::config::route::v3::scoped_route_configuration::key::fragment as scope_fragment;
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, ScopedRouteConfiguration, VirtualHost,
+};
+use envoy_types::pb::envoy::config::core::v3::data_source::Specifier as DataSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::ConfigSource;
+use envoy_types::pb::envoy::extensions::filters::http::lua::v3::Lua;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfigType;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::scoped_routes::scope_key_builder::fragment_builder::Type as FragmentType;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::scoped_routes::ConfigSpecifier as ScopedConfigSpecifier;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
     CodecType, RouteSpecifier,
 };
@@ -481,12 +490,20 @@ fn decode<M: Message + Default>(snapshot: &Snapshot, resource_type: ResourceType
     M::decode(resource.body.value.as_slice()).expect("the resource decodes")
 }
 
+/// Every route configuration a sidecar in `namespace` gets, as one: each has exactly one
+/// virtual host, named as the configuration (and its scope) is.
 fn route_config(mesh: &Mesh, namespace: &str) -> RouteConfiguration {
-    decode(
-        &mesh.snapshot_for_key(&key(namespace)),
-        ResourceType::Route,
-        ROUTE_CONFIG_NAME,
-    )
+    let snapshot = mesh.snapshot_for_key(&key(namespace));
+    let mut all = RouteConfiguration::default();
+    for (name, resource) in snapshot.resources(ResourceType::Route) {
+        let config = RouteConfiguration::decode(resource.body.value.as_slice()).expect("decodes");
+        assert_eq!(&config.name, name);
+        assert_eq!(config.virtual_hosts.len(), 1, "one virtual host in {name}");
+        assert_eq!(&config.virtual_hosts[0].name, name);
+        assert_eq!(config.request_headers_to_remove, [SCOPE_HEADER]);
+        all.virtual_hosts.extend(config.virtual_hosts);
+    }
+    all
 }
 
 fn vhost<'a>(config: &'a RouteConfiguration, name: &str) -> &'a VirtualHost {
@@ -702,21 +719,62 @@ fn the_listener_fetches_routes_over_ads() {
     let manager = HttpConnectionManager::decode(any.value.as_slice()).expect("hcm decodes");
     assert_eq!(manager.stat_prefix, "outbound");
     assert_eq!(manager.codec_type, CodecType::Auto as i32);
+    let ads = |source: Option<ConfigSource>| {
+        matches!(
+            source.and_then(|s| s.config_source_specifier),
+            Some(ConfigSourceSpecifier::Ads(_))
+        )
+    };
     match manager.route_specifier {
-        Some(RouteSpecifier::Rds(rds)) => {
-            assert_eq!(rds.route_config_name, ROUTE_CONFIG_NAME);
-            let source = rds.config_source.expect("config source");
-            assert!(matches!(
-                source.config_source_specifier,
-                Some(ConfigSourceSpecifier::Ads(_))
-            ));
+        Some(RouteSpecifier::ScopedRoutes(scoped)) => {
+            assert_eq!(scoped.name, SCOPED_ROUTES_NAME);
+            assert!(
+                ads(scoped.rds_config_source),
+                "route configurations over ADS"
+            );
+            match scoped.config_specifier {
+                Some(ScopedConfigSpecifier::ScopedRds(srds)) => {
+                    assert!(ads(srds.scoped_rds_config_source), "scopes over ADS");
+                }
+                other => panic!("expected scoped RDS, got {other:?}"),
+            }
+            let builder = scoped.scope_key_builder.expect("a scope key builder");
+            assert_eq!(builder.fragments.len(), 1);
+            let Some(FragmentType::HeaderValueExtractor(extractor)) = &builder.fragments[0].r#type
+            else {
+                panic!("not a header extractor: {builder:?}");
+            };
+            assert_eq!(extractor.name, SCOPE_HEADER);
+            assert_eq!(
+                extractor.element_separator, "",
+                "the whole value is the key"
+            );
         }
-        other => panic!("expected RDS, got {other:?}"),
+        other => panic!("expected scoped routes, got {other:?}"),
     }
-    assert_eq!(manager.http_filters.len(), 1);
-    assert_eq!(manager.http_filters[0].name, "envoy.filters.http.router");
+    let filters: Vec<&str> = manager
+        .http_filters
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
+    assert_eq!(
+        filters,
+        ["envoy.filters.http.lua", "envoy.filters.http.router"],
+        "the scope key is written before the router runs"
+    );
+    let Some(HttpFilterConfigType::TypedConfig(lua)) = &manager.http_filters[0].config_type else {
+        panic!("no Lua config");
+    };
+    let lua = Lua::decode(lua.value.as_slice()).expect("Lua decodes");
+    let code = match lua.default_source_code.and_then(|c| c.specifier) {
+        Some(DataSourceSpecifier::InlineString(code)) => code,
+        other => panic!("no inline Lua: {other:?}"),
+    };
+    assert!(code.contains(r#"local own_namespace = "mesh""#), "{code}");
+    assert!(code.contains(SCOPE_HEADER));
 
-    // The listener depends on the listen address only; the routes on the namespace only.
+    // The listener depends on the listen address and namespace; scopes and route
+    // configurations are shared by every sidecar.
     let other = mesh.snapshot_for_key(&key("mesh"));
     assert_ne!(
         other
@@ -726,70 +784,74 @@ fn the_listener_fetches_routes_over_ads() {
             .get(ResourceType::Listener, LISTENER_NAME)
             .map(|r| r.version.clone())
     );
+    let elsewhere = mesh.snapshot_for_key(&key("elsewhere"));
+    for t in [ResourceType::ScopedRoute, ResourceType::Route] {
+        assert_eq!(other.resources(t), snapshot.resources(t));
+        for (name, resource) in snapshot.resources(t) {
+            assert!(
+                Arc::ptr_eq(resource, &elsewhere.resources(t)[name]),
+                "{t} {name} shared"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_lua_scope_filter_cannot_be_escaped_by_a_namespace() {
+    let code = listener::scope_lua("a\"..os.exit()--\nb");
+    assert!(
+        code.contains(r#"local own_namespace = "a\034\046\046os\046exit\040\041--\010b""#),
+        "{code}"
+    );
     assert_eq!(
-        other.get(ResourceType::Route, ROUTE_CONFIG_NAME),
-        snapshot.get(ResourceType::Route, ROUTE_CONFIG_NAME)
+        code.matches('"').count(),
+        listener::scope_lua("x").matches('"').count()
     );
 }
 
 #[test]
-fn virtual_host_domains_depend_on_the_client_namespace() {
+fn one_scope_per_service_port_keyed_and_named_as_its_route_configuration() {
     let mesh = Rev::default().echo_services().compile();
+    let snapshot = mesh.snapshot_for_key(&key("mesh"));
+    let scopes = snapshot.resources(ResourceType::ScopedRoute);
+    let routes = snapshot.resources(ResourceType::Route);
+    assert_eq!(
+        scopes.keys().collect::<Vec<_>>(),
+        routes.keys().collect::<Vec<_>>(),
+        "a route configuration per scope"
+    );
+    assert!(scopes.contains_key("echo.mesh:80") && scopes.contains_key("echo-v1.mesh:8080"));
+    assert!(scopes.contains_key(PASSTHROUGH_SCOPE));
+    for (name, resource) in scopes {
+        let scope =
+            ScopedRouteConfiguration::decode(resource.body.value.as_slice()).expect("decodes");
+        assert_eq!(&scope.name, name);
+        assert_eq!(&scope.route_configuration_name, name);
+        assert!(
+            !scope.on_demand,
+            "every scope's routes are fetched up front"
+        );
+        let fragments = scope.key.expect("a key").fragments;
+        assert_eq!(fragments.len(), 1);
+        assert_eq!(
+            fragments[0].r#type,
+            Some(scope_fragment::Type::StringKey(name.clone()))
+        );
+    }
+    assert_eq!(scopes["echo.mesh:80"].origins, ["mesh.yaml:10"]);
+}
 
+#[test]
+fn each_route_configuration_has_one_catch_all_virtual_host() {
+    let mesh = Rev::default().echo_services().compile();
     let own = route_config(&mesh, "mesh");
-    assert_eq!(
-        vhost(&own, "echo.mesh:80").domains,
-        [
-            "echo",
-            "echo:80",
-            "echo.mesh",
-            "echo.mesh:80",
-            "echo.mesh.svc",
-            "echo.mesh.svc:80",
-            "echo.mesh.svc.cluster.local",
-            "echo.mesh.svc.cluster.local:80",
-        ]
-    );
-    assert_eq!(
-        vhost(&own, "echo.mesh:8080").domains,
-        [
-            "echo:8080",
-            "echo.mesh:8080",
-            "echo.mesh.svc:8080",
-            "echo.mesh.svc.cluster.local:8080"
-        ]
-    );
-
-    // Elsewhere the bare name is not the Service's (Kubernetes DNS would not resolve it).
     let elsewhere = route_config(&mesh, "elsewhere");
     assert_eq!(
-        vhost(&elsewhere, "echo.mesh:8080").domains,
-        [
-            "echo.mesh:8080",
-            "echo.mesh.svc:8080",
-            "echo.mesh.svc.cluster.local:8080"
-        ]
+        own, elsewhere,
+        "the scope, not the domain, picks the Service port"
     );
-    assert_eq!(
-        elsewhere.virtual_hosts.len(),
-        own.virtual_hosts.len(),
-        "every Service is reachable"
-    );
-
-    for config in [own, elsewhere] {
-        let mut all: Vec<&String> = config
-            .virtual_hosts
-            .iter()
-            .flat_map(|v| &v.domains)
-            .collect();
-        let count = all.len();
-        all.sort();
-        all.dedup();
-        assert_eq!(
-            all.len(),
-            count,
-            "domains are unique in the route configuration"
-        );
+    for vhost in &own.virtual_hosts {
+        assert_eq!(vhost.domains, ["*"], "{}", vhost.name);
     }
 }
 
@@ -798,8 +860,7 @@ fn requests_addressed_to_an_ip_and_port_pass_through_unrouted() {
     let mesh = Rev::default().echo_services().compile();
     let snapshot = mesh.snapshot_for_key(&key("mesh"));
     let config = route_config(&mesh, "mesh");
-    let last = config.virtual_hosts.last().expect("virtual hosts");
-    assert_eq!(last.name, "passthrough", "the catch-all comes last");
+    let last = vhost(&config, PASSTHROUGH_SCOPE);
     assert_eq!(last.domains, ["*"]);
     assert_eq!(last.routes.len(), 1);
     let route = &last.routes[0];
@@ -990,9 +1051,11 @@ fn a_namespace_without_objects_still_reaches_every_service() {
     assert_eq!(snapshot.resources(ResourceType::Endpoint).len(), 10);
     let config = route_config(&mesh, "empty");
     assert_eq!(config.virtual_hosts.len(), 11);
-    assert!(vhost(&config, "cart.shop:80")
-        .domains
-        .contains(&"cart.shop".to_string()));
+    assert_eq!(snapshot.resources(ResourceType::ScopedRoute).len(), 11);
+    assert_eq!(
+        cluster_of(&vhost(&config, "cart.shop:80").routes[0]),
+        "outbound|80||cart.shop.svc.cluster.local"
+    );
     assert_eq!(snapshot.revision, "rev-1");
     assert_eq!(mesh.revision(), "rev-1");
 }
@@ -1408,19 +1471,35 @@ fn consumer_routes_replace_producer_routes_for_their_namespace_only() {
         Some("producer")
     );
 
-    let consumer_config = route_config(&mesh, "consumer");
-    let origins = &mesh
-        .snapshot_for_key(&key("consumer"))
-        .get(ResourceType::Route, ROUTE_CONFIG_NAME)
-        .expect("route config")
-        .origins
-        .clone();
+    let snapshot = mesh.snapshot_for_key(&key("consumer"));
+    let origins = |name: &str| {
+        snapshot
+            .get(ResourceType::Route, name)
+            .expect("route config")
+            .origins
+            .clone()
+    };
     assert_eq!(
-        origins,
-        &["mesh.yaml:50"],
-        "only the consumer route contributes (5th object)"
+        origins("echo-v1.mesh:80"),
+        ["mesh.yaml:20", "mesh.yaml:50"],
+        "the Service and only the consumer route contribute (5th object)"
     );
-    assert_eq!(consumer_config.name, ROUTE_CONFIG_NAME);
+    assert_eq!(origins("echo-v1.mesh:8080"), ["mesh.yaml:20"]);
+    // Only the route configurations of the Service the consumer route attaches to differ.
+    let producer_view = mesh.snapshot_for_key(&key("third"));
+    let differ: Vec<&String> = snapshot
+        .resources(ResourceType::Route)
+        .iter()
+        .filter(|(name, r)| {
+            producer_view.resources(ResourceType::Route)[*name].version != r.version
+        })
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(
+        differ,
+        ["echo-v1.mesh:7070", "echo-v1.mesh:80", "echo-v1.mesh:8080"],
+        "every port of echo-v1"
+    );
 }
 
 /// The conformance test MeshPorts.
@@ -2179,8 +2258,12 @@ fn resources_carry_their_origins() {
         ["mesh.yaml:10", "mesh.yaml:40"]
     );
     assert_eq!(
-        origins(ResourceType::Route, ROUTE_CONFIG_NAME),
-        ["mesh.yaml:50"]
+        origins(ResourceType::Route, "echo.mesh:80"),
+        ["mesh.yaml:10", "mesh.yaml:50"]
+    );
+    assert_eq!(
+        origins(ResourceType::Route, "echo.mesh:8080"),
+        ["mesh.yaml:10"]
     );
 }
 
@@ -2256,7 +2339,8 @@ fn changing_one_weight_changes_only_the_route_configuration() {
         .collect();
     assert_eq!(
         changed,
-        [&(ResourceType::Route, ROUTE_CONFIG_NAME.to_string())]
+        [&(ResourceType::Route, "echo.mesh:80".to_string())],
+        "one route configuration, the weighted port's"
     );
 }
 
@@ -2484,7 +2568,12 @@ fn the_consistency_check_refuses_a_route_to_a_missing_cluster() {
     let rev = Rev::default().echo_services();
     let mesh = rev.compile();
     let compiled = mesh.compiled();
-    let mut tables = compiled.tables.clone();
+    let mut findings = findings::Findings::default();
+    let services = ServiceIndex::build(&rev.revision, &mut findings);
+    let vhosts = listener::vhost_sources(&services);
+    let clean_tables = routes::compile_routes(&rev.revision, &services, &mut findings);
+    assert!(findings.errors.is_empty());
+    let mut tables = clean_tables.clone();
     let mut broken = routes_of(&mesh, "mesh", "echo.mesh:80").remove(0);
     broken.action = Some(Action::Route(RouteAction {
         cluster_specifier: Some(ClusterSpecifier::Cluster(
@@ -2507,7 +2596,7 @@ fn the_consistency_check_refuses_a_route_to_a_missing_cluster() {
     check_consistency(
         &compiled.clusters,
         &compiled.endpoints,
-        &compiled.vhosts,
+        &vhosts,
         &tables,
         &mut findings,
     );
@@ -2520,8 +2609,8 @@ fn the_consistency_check_refuses_a_route_to_a_missing_cluster() {
     check_consistency(
         &compiled.clusters,
         &compiled.endpoints.without(ECHO_80),
-        &compiled.vhosts,
-        &compiled.tables,
+        &vhosts,
+        &clean_tables,
         &mut findings,
     );
     assert_eq!(findings.errors.len(), 1, "{:?}", findings.errors);

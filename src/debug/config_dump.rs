@@ -19,7 +19,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use envoy_types::pb::envoy::admin::v3::{
     clusters_config_dump, endpoints_config_dump, listeners_config_dump, routes_config_dump,
-    ClustersConfigDump, ConfigDump, EndpointsConfigDump, ListenersConfigDump, RoutesConfigDump,
+    scoped_routes_config_dump, ClustersConfigDump, ConfigDump, EndpointsConfigDump,
+    ListenersConfigDump, RoutesConfigDump, ScopedRoutesConfigDump,
 };
 use envoy_types::pb::google::protobuf::{value::Kind, Any, Struct, Timestamp, Value as PbValue};
 use prost::{Message, Name};
@@ -27,6 +28,7 @@ use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Serialize
 use serde_json::{json, Value};
 
 use crate::bootstrap::XdsProtocol;
+use crate::compile::SCOPED_ROUTES_NAME;
 use crate::xds::resource::{Resource, ResourceType, Snapshot};
 
 /// Envoy's protos, as `build.rs` compiled them from the `envoy-types` sources.
@@ -39,12 +41,13 @@ static DESCRIPTORS: LazyLock<DescriptorPool> = LazyLock::new(|| {
 const PRINT: SerializeOptions = SerializeOptions::new().use_proto_field_name(true);
 
 /// The order of Envoy's own dump (`/config_dump?include_eds`, Envoy 1.40): clusters,
-/// endpoints, listeners, routes. Envoy's bootstrap, scoped-routes and secrets dumps have no
+/// endpoints, listeners, scoped routes, routes. Envoy's bootstrap and secrets dumps have no
 /// counterpart in what Sluice serves.
-pub const DUMP_ORDER: [ResourceType; 4] = [
+pub const DUMP_ORDER: [ResourceType; ResourceType::COUNT] = [
     ResourceType::Cluster,
     ResourceType::Endpoint,
     ResourceType::Listener,
+    ResourceType::ScopedRoute,
     ResourceType::Route,
 ];
 
@@ -151,6 +154,24 @@ fn build_dump(
                         .collect(),
                     ..Default::default()
                 }),
+                ResourceType::ScopedRoute => {
+                    let scopes: Vec<Any> = resources.map(|r| body(r)).collect();
+                    pack(&ScopedRoutesConfigDump {
+                        // Envoy groups scopes by the listener's `scoped_routes` name.
+                        dynamic_scoped_route_configs: if scopes.is_empty() {
+                            Vec::new()
+                        } else {
+                            vec![scoped_routes_config_dump::DynamicScopedRouteConfigs {
+                                name: SCOPED_ROUTES_NAME.into(),
+                                version_info: top_version,
+                                scoped_route_configs: scopes,
+                                last_updated,
+                                ..Default::default()
+                            }]
+                        },
+                        ..Default::default()
+                    })
+                }
                 ResourceType::Route => pack(&RoutesConfigDump {
                     dynamic_route_configs: resources
                         .map(|r| routes_config_dump::DynamicRouteConfig {
@@ -271,8 +292,8 @@ mod tests {
     };
     use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
     use envoy_types::pb::envoy::config::route::v3::{
-        route, route_action, route_match, Route, RouteAction, RouteConfiguration, RouteMatch,
-        VirtualHost,
+        route, route_action, route_match, scoped_route_configuration, Route, RouteAction,
+        RouteConfiguration, RouteMatch, ScopedRouteConfiguration, VirtualHost,
     };
     use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -449,11 +470,30 @@ mod tests {
                     Resource::new(ResourceType::Listener, "outbound", &listener()),
                 ),
                 (
+                    ResourceType::ScopedRoute,
+                    Resource::new(ResourceType::ScopedRoute, "outbound", &scope()),
+                ),
+                (
                     ResourceType::Route,
                     Resource::new(ResourceType::Route, "outbound", &routes()),
                 ),
             ],
         )
+    }
+
+    fn scope() -> ScopedRouteConfiguration {
+        ScopedRouteConfiguration {
+            name: "outbound".into(),
+            route_configuration_name: "outbound".into(),
+            key: Some(scoped_route_configuration::Key {
+                fragments: vec![scoped_route_configuration::key::Fragment {
+                    r#type: Some(scoped_route_configuration::key::fragment::Type::StringKey(
+                        "outbound".into(),
+                    )),
+                }],
+            }),
+            ..Default::default()
+        }
     }
 
     fn only(snapshot: &Snapshot, t: ResourceType) -> &Resource {
@@ -563,6 +603,7 @@ mod tests {
                 "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
                 "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
                 "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+                "type.googleapis.com/envoy.admin.v3.ScopedRoutesConfigDump",
                 "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
             ]
         );
@@ -589,9 +630,17 @@ mod tests {
                 }
             }])
         );
+        let scope = only(&snapshot, ResourceType::ScopedRoute);
+        assert_eq!(
+            configs[3]["dynamic_scoped_route_configs"],
+            json!([{
+                "name": "sluice_outbound",
+                "scoped_route_configs": [resource_to_json(scope)],
+            }])
+        );
         let route = only(&snapshot, ResourceType::Route);
         assert_eq!(
-            configs[3]["dynamic_route_configs"][0]["route_config"],
+            configs[4]["dynamic_route_configs"][0]["route_config"],
             resource_to_json(route)
         );
         let cla = only(&snapshot, ResourceType::Endpoint);
@@ -605,7 +654,7 @@ mod tests {
     fn an_empty_snapshot_dumps_empty_sections() {
         let dump = config_dump(&Snapshot::default(), None);
         let configs = dump["configs"].as_array().expect("configs is a list");
-        assert_eq!(configs.len(), 4);
+        assert_eq!(configs.len(), 5);
         for config in configs {
             let fields: Vec<&String> = config.as_object().expect("object").keys().collect();
             assert_eq!(fields, ["@type"], "{config}");
@@ -649,8 +698,12 @@ mod tests {
             listeners["dynamic_listeners"][0]["active_state"]["last_updated"],
             "2026-09-21T14:13:20.123Z"
         );
+        // Scopes carry the version of the last scoped-RDS update per group.
+        let scopes = &delta["configs"][3]["dynamic_scoped_route_configs"][0];
+        assert_eq!(scopes["version_info"], "0123456789ab-srds");
+        assert_eq!(scopes["last_updated"], "2026-09-21T14:13:20.123Z");
         // Envoy's routes and endpoints dumps have no dump-level version.
-        assert!(delta["configs"][3].get("version_info").is_none());
+        assert!(delta["configs"][4].get("version_info").is_none());
 
         let sotw = config_dump(&snapshot, Some(&acked(XdsProtocol::Sotw)));
         assert_eq!(
@@ -658,7 +711,7 @@ mod tests {
             "0123456789ab-cds"
         );
         assert_eq!(
-            sotw["configs"][3]["dynamic_route_configs"][0]["version_info"],
+            sotw["configs"][4]["dynamic_route_configs"][0]["version_info"],
             "0123456789ab-rds"
         );
     }
@@ -676,7 +729,7 @@ mod tests {
             DynamicMessage::deserialize_with_options(descriptor, &mut deserializer, &options)
                 .expect("the dump is valid proto JSON for envoy.admin.v3.ConfigDump");
         let decoded = ConfigDump::decode(message.encode_to_vec().as_slice()).expect("decodes");
-        assert_eq!(decoded.configs.len(), 4);
+        assert_eq!(decoded.configs.len(), 5);
         let clusters = ClustersConfigDump::decode(decoded.configs[0].value.as_slice())
             .expect("a ClustersConfigDump");
         let cluster_any = clusters.dynamic_active_clusters[0]

@@ -32,7 +32,7 @@ pub struct DeltaStream {
     nonces: NonceCounter,
     /// Per-type state, indexed by [`ResourceType::index`]; a NACK of one type leaves the others
     /// alone (rule 24).
-    types: [TypeState; 4],
+    types: [TypeState; ResourceType::COUNT],
 }
 
 /// The protocol state of one type on the stream.
@@ -196,7 +196,7 @@ impl DeltaStream {
 
     /// Decides, per type, what to send, and emits it in make-before-break order (rule 9).
     fn sync(&mut self, snapshot: &Snapshot) -> Output<DeltaReply> {
-        let mut plans: [Option<Plan>; 4] = Default::default();
+        let mut plans: [Option<Plan>; ResourceType::COUNT] = Default::default();
         for t in ResourceType::ALL {
             plans[t.index()] = self.plan(t, snapshot);
             if t == ResourceType::Cluster {
@@ -1349,7 +1349,7 @@ mod proptests {
     const NAMES: [&str; 3] = ["a", "b", "c"];
 
     /// Per type, per name: absent or a content variant.
-    type Spec = [[Option<u32>; 3]; 4];
+    type Spec = [[Option<u32>; 3]; ResourceType::COUNT];
 
     #[derive(Clone, Debug)]
     enum Step {
@@ -1375,7 +1375,7 @@ mod proptests {
     }
 
     fn spec() -> impl Strategy<Value = Spec> {
-        proptest::array::uniform4(proptest::array::uniform3(proptest::option::of(0u32..3)))
+        proptest::array::uniform5(proptest::array::uniform3(proptest::option::of(0u32..3)))
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -1438,7 +1438,7 @@ mod proptests {
         stream: DeltaStream,
         snapshot: Snapshot,
         revision: u32,
-        client: [ClientType; 4],
+        client: [ClientType; ResourceType::COUNT],
         nonces: HashSet<String>,
     }
 

@@ -14,22 +14,29 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use xxhash_rust::xxh3::xxh3_64;
 
-/// The four resource types Sluice serves, in make-before-break order: a sidecar must have a
+/// The five resource types Sluice serves, in make-before-break order: a sidecar must have a
 /// cluster before its endpoints, and a cluster before a route may name it (routes are not
-/// warmed). Listeners come before routes because RDS subscriptions come from listeners.
+/// warmed). Listeners come before route scopes because the scoped-RDS subscription comes from
+/// the listener, and scopes before routes because each scope names the route configuration it
+/// fetches over RDS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResourceType {
     Cluster,
     Endpoint,
     Listener,
+    ScopedRoute,
     Route,
 }
 
 impl ResourceType {
-    pub const ALL: [ResourceType; 4] = [
+    /// How many types there are: the length of every per-type array.
+    pub const COUNT: usize = 5;
+
+    pub const ALL: [ResourceType; ResourceType::COUNT] = [
         ResourceType::Cluster,
         ResourceType::Endpoint,
         ResourceType::Listener,
+        ResourceType::ScopedRoute,
         ResourceType::Route,
     ];
 
@@ -40,6 +47,9 @@ impl ResourceType {
                 "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
             }
             ResourceType::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
+            ResourceType::ScopedRoute => {
+                "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
+            }
             ResourceType::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
         }
     }
@@ -54,14 +64,18 @@ impl ResourceType {
             ResourceType::Cluster => "cds",
             ResourceType::Endpoint => "eds",
             ResourceType::Listener => "lds",
+            ResourceType::ScopedRoute => "srds",
             ResourceType::Route => "rds",
         }
     }
 
-    /// LDS and CDS are wildcard types: a client that names nothing gets everything, and a
-    /// state-of-the-world response always holds the full set.
+    /// LDS, CDS and scoped RDS are wildcard types: a client that names nothing gets everything,
+    /// and a state-of-the-world response always holds the full set.
     pub const fn is_wildcard_type(self) -> bool {
-        matches!(self, ResourceType::Cluster | ResourceType::Listener)
+        matches!(
+            self,
+            ResourceType::Cluster | ResourceType::Listener | ResourceType::ScopedRoute
+        )
     }
 
     pub const fn index(self) -> usize {
@@ -125,9 +139,9 @@ pub struct Snapshot {
     pub revision: String,
     /// Shared, so a state-of-the-world stream that holds every resource of a type (a wildcard
     /// subscription) holds the snapshot's map rather than a copy of it.
-    resources: [Arc<BTreeMap<String, Arc<Resource>>>; 4],
+    resources: [Arc<BTreeMap<String, Arc<Resource>>>; ResourceType::COUNT],
     /// Per type, a hash over every (name, version) pair: the type's version.
-    type_versions: [String; 4],
+    type_versions: [String; ResourceType::COUNT],
 }
 
 impl Snapshot {
@@ -146,7 +160,7 @@ impl Snapshot {
         revision: impl Into<String>,
         resources: Vec<(ResourceType, Arc<Resource>)>,
     ) -> Snapshot {
-        let mut maps: [BTreeMap<String, Arc<Resource>>; 4] = Default::default();
+        let mut maps: [BTreeMap<String, Arc<Resource>>; ResourceType::COUNT] = Default::default();
         for (resource_type, resource) in resources {
             maps[resource_type.index()].insert(resource.name.clone(), resource);
         }

@@ -53,11 +53,11 @@ pub struct StreamEntry {
     pub protocol: Protocol,
     pub connected_at: SystemTime,
     /// Per resource type, indexed by [`ResourceType::index`].
-    pub types: [TypeStatus; 4],
+    pub types: [TypeStatus; ResourceType::COUNT],
     /// When the client last ACKed each type.
-    pub acked_at: [Option<SystemTime>; 4],
+    pub acked_at: [Option<SystemTime>; ResourceType::COUNT],
     /// Manifest origins of the resources in the last rejected response, per type.
-    pub nack_origins: [Vec<String>; 4],
+    pub nack_origins: [Vec<String>; ResourceType::COUNT],
     /// The snapshot the stream is serving.
     pub snapshot: Option<Arc<Snapshot>>,
 }
@@ -408,8 +408,8 @@ impl<M: StateMachine> StreamTask<M> {
     /// order. Returns why the stream must end, if it must.
     async fn emit(&mut self, output: Output<M::Response>, snapshot: &Arc<Snapshot>) -> Option<End> {
         let metrics = &self.shared.metrics;
-        let mut nack_origins: [Option<Vec<String>>; 4] = Default::default();
-        let mut acked_at: [Option<SystemTime>; 4] = Default::default();
+        let mut nack_origins: [Option<Vec<String>>; ResourceType::COUNT] = Default::default();
+        let mut acked_at: [Option<SystemTime>; ResourceType::COUNT] = Default::default();
         for event in &output.events {
             match event {
                 Event::Sent {

@@ -36,7 +36,7 @@ pub struct SotwStream {
     nonces: NonceCounter,
     /// Per-type state, indexed by [`ResourceType::index`]; types never mix (rule 24 holds here
     /// too).
-    types: [TypeState; 4],
+    types: [TypeState; ResourceType::COUNT],
 }
 
 /// The protocol state of one type on the stream.
@@ -145,7 +145,7 @@ impl SotwStream {
 
     /// Decides, per type, what to send, and emits it in make-before-break order (rule 9).
     fn sync(&mut self, snapshot: &Snapshot) -> Output<SotwReply> {
-        let mut plans: [Option<Held>; 4] = Default::default();
+        let mut plans: [Option<Held>; ResourceType::COUNT] = Default::default();
         for t in ResourceType::ALL {
             plans[t.index()] = self.plan(t, snapshot);
             if t == ResourceType::Cluster {
@@ -1246,7 +1246,7 @@ mod proptests {
     const NAMES: [&str; 3] = ["a", "b", "c"];
 
     /// Per type, per name: absent or a content variant.
-    type Spec = [[Option<u32>; 3]; 4];
+    type Spec = [[Option<u32>; 3]; ResourceType::COUNT];
 
     #[derive(Clone, Debug)]
     enum Step {
@@ -1272,7 +1272,7 @@ mod proptests {
     }
 
     fn spec() -> impl Strategy<Value = Spec> {
-        proptest::array::uniform4(proptest::array::uniform3(proptest::option::of(0u32..3)))
+        proptest::array::uniform5(proptest::array::uniform3(proptest::option::of(0u32..3)))
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -1350,7 +1350,7 @@ mod proptests {
         stream: SotwStream,
         snapshot: Snapshot,
         revision: u32,
-        client: [ClientType; 4],
+        client: [ClientType; ResourceType::COUNT],
         nonces: HashSet<String>,
     }
 

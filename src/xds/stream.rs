@@ -332,7 +332,9 @@ pub(crate) mod testing {
         ClusterLoadAssignment, LocalityLbEndpoints,
     };
     use envoy_types::pb::envoy::config::listener::v3::Listener;
-    use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+    use envoy_types::pb::envoy::config::route::v3::{
+        RouteConfiguration, ScopedRouteConfiguration, VirtualHost,
+    };
     use envoy_types::pb::google::protobuf::{Any, Duration};
     use envoy_types::pb::google::rpc::Status;
     use prost::Message;
@@ -398,6 +400,15 @@ pub(crate) mod testing {
                     ..Default::default()
                 },
             ),
+            ResourceType::ScopedRoute => Resource::new(
+                t,
+                name,
+                &ScopedRouteConfiguration {
+                    name: name.into(),
+                    route_configuration_name: format!("v{variant}"),
+                    ..Default::default()
+                },
+            ),
             ResourceType::Route => Resource::new(
                 t,
                 name,
@@ -454,6 +465,7 @@ pub(crate) mod testing {
             ResourceType::Cluster => Cluster::decode(bytes).map(|m| m.name),
             ResourceType::Endpoint => ClusterLoadAssignment::decode(bytes).map(|m| m.cluster_name),
             ResourceType::Listener => Listener::decode(bytes).map(|m| m.name),
+            ResourceType::ScopedRoute => ScopedRouteConfiguration::decode(bytes).map(|m| m.name),
             ResourceType::Route => RouteConfiguration::decode(bytes).map(|m| m.name),
         }
         .unwrap_or_else(|e| panic!("undecodable {t} resource: {e}"))

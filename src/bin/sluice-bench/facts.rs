@@ -21,6 +21,7 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType,
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::ScopedRouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
@@ -315,7 +316,7 @@ impl NameSet {
 
 /// The request piece holding only `type_url`, per type: delta.
 pub fn delta_type_part(t: ResourceType) -> Bytes {
-    static PARTS: LazyLock<[Bytes; 4]> = LazyLock::new(|| {
+    static PARTS: LazyLock<[Bytes; ResourceType::COUNT]> = LazyLock::new(|| {
         ResourceType::ALL.map(|t| {
             wire::encode(&DeltaDiscoveryRequest {
                 type_url: t.type_url().to_string(),
@@ -328,7 +329,7 @@ pub fn delta_type_part(t: ResourceType) -> Bytes {
 
 /// The request piece holding only `type_url`, per type: SotW.
 pub fn sotw_type_part(t: ResourceType) -> Bytes {
-    static PARTS: LazyLock<[Bytes; 4]> = LazyLock::new(|| {
+    static PARTS: LazyLock<[Bytes; ResourceType::COUNT]> = LazyLock::new(|| {
         ResourceType::ALL.map(|t| {
             wire::encode(&DiscoveryRequest {
                 type_url: t.type_url().to_string(),
@@ -381,6 +382,9 @@ fn decode_follow(t: ResourceType, body: &[u8]) -> Result<Vec<String>, prost::Dec
             }
             Ok(names)
         }
+        ResourceType::ScopedRoute => Ok(vec![
+            ScopedRouteConfiguration::decode(body)?.route_configuration_name,
+        ]),
         ResourceType::Endpoint | ResourceType::Route => Ok(Vec::new()),
     }
 }

@@ -74,7 +74,7 @@ struct TypeResponses {
 
 /// Everything the floor serves, by variant (the route weights) and type.
 struct Floor {
-    variants: [[TypeResponses; 4]; 2],
+    variants: [[TypeResponses; ResourceType::COUNT]; 2],
     /// The current variant; a change moves it and wakes every stream.
     variant: watch::Sender<usize>,
     bytes_sent: AtomicU64,
@@ -83,7 +83,10 @@ struct Floor {
 
 /// Loads the mesh with `svc-0001`'s weights of `variant`, compiles it with the Sluice library as
 /// `sluice serve` would for a sidecar in namespace `default`, and encodes the responses.
-fn compile_variant(root: &Path, variant: usize) -> anyhow::Result<[TypeResponses; 4]> {
+fn compile_variant(
+    root: &Path,
+    variant: usize,
+) -> anyhow::Result<[TypeResponses; ResourceType::COUNT]> {
     let options = LoadOptions::default();
     let mut files = manifest::read_dir(root, &options).map_err(diagnostics)?;
     let changed = mesh::file_name(mesh::CHANGED_SERVICE);
@@ -302,7 +305,7 @@ async fn run_stream(
     tx: mpsc::Sender<Result<Prebuilt, Status>>,
 ) {
     floor.streams.fetch_add(1, Relaxed);
-    let mut answered = [false; 4];
+    let mut answered = [false; ResourceType::COUNT];
     let mut nonce = 0u64;
     let mut variant = floor.variant.subscribe();
     variant.borrow_and_update();

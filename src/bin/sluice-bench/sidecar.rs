@@ -177,7 +177,7 @@ pub struct Sidecar {
     /// Its own loopback address: the connection's source and the node's `address`.
     pub ip: Ipv4Addr,
     /// Per type, what it holds (see [`crate::facts`]); kept across reconnects.
-    held: [StateId; 4],
+    held: [StateId; ResourceType::COUNT],
     /// The last change it recorded an ACK for.
     last_change: u64,
 }
@@ -194,12 +194,12 @@ struct Phase {
 /// The progress of one stream.
 #[derive(Debug, Default)]
 struct Progress {
-    requested: [bool; 4],
-    acked: [bool; 4],
+    requested: [bool; ResourceType::COUNT],
+    acked: [bool; ResourceType::COUNT],
     /// EDS and RDS: the names subscribed to on this stream.
-    subscribed: [Option<Arc<NameSet>>; 4],
+    subscribed: [Option<Arc<NameSet>>; ResourceType::COUNT],
     /// SotW: the nonce of the latest response per type, sent again with a subscription change.
-    nonces: [Bytes; 4],
+    nonces: [Bytes; ResourceType::COUNT],
     configured: bool,
 }
 
@@ -208,7 +208,7 @@ impl Sidecar {
         Sidecar {
             index,
             ip: loopback_address(index),
-            held: [EMPTY; 4],
+            held: [EMPTY; ResourceType::COUNT],
             last_change: 0,
         }
     }
@@ -251,7 +251,7 @@ impl Sidecar {
                 _ = stop.wait_for(|stop| *stop) => return self,
             }
             if self.held.contains(&EMPTY) {
-                self.held = [EMPTY; 4];
+                self.held = [EMPTY; ResourceType::COUNT];
                 mode = Mode::Initial;
             } else {
                 mode = Mode::Reconnect;
@@ -387,7 +387,7 @@ impl Sidecar {
             facts::delta_type_part(LDS),
             listeners.delta_initial(),
         ]));
-        progress.requested = [true; 4];
+        progress.requested = [true; ResourceType::COUNT];
         requests
     }
 
@@ -570,7 +570,7 @@ impl Sidecar {
             facts::sotw_type_part(LDS),
             version(&listeners),
         ]));
-        progress.requested = [true; 4];
+        progress.requested = [true; ResourceType::COUNT];
         requests
     }
 
