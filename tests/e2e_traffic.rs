@@ -563,7 +563,22 @@ fn dynamic_routes_and_clusters(dump: &Value) -> anyhow::Result<Value> {
             })
             .collect()
     };
+    // Scopes: one group per listener `scoped_routes` name, its version and its scopes.
+    let scopes: BTreeMap<String, Value> = of_type(".ScopedRoutesConfigDump")
+        .and_then(|s| s["dynamic_scoped_route_configs"].as_array())
+        .into_iter()
+        .flatten()
+        .map(|group| {
+            let name = group["name"].as_str().unwrap_or_default().to_owned();
+            let kept = json!({
+                "version_info": group["version_info"],
+                "scoped_route_configs": group["scoped_route_configs"],
+            });
+            (name, kept)
+        })
+        .collect();
     Ok(json!({
+        "scoped_routes": scopes,
         "route_configs": by_name(of_type(".RoutesConfigDump"), "dynamic_route_configs", "route_config"),
         "clusters": by_name(of_type(".ClustersConfigDump"), "dynamic_active_clusters", "cluster"),
     }))
@@ -594,7 +609,7 @@ async fn config_dump_parity(protocol: Protocol) -> anyhow::Result<()> {
         "Sluice's /debug/config_dump?node=client (left) differs from the client Envoy's own \
          /config_dump (right)"
     );
-    for kind in ["route_configs", "clusters"] {
+    for kind in ["scoped_routes", "route_configs", "clusters"] {
         let entries = ours[kind].as_object().expect("map");
         assert!(
             !entries.is_empty(),
@@ -620,6 +635,65 @@ async fn config_dump_matches_envoy_delta() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_dump_matches_envoy_sotw() -> anyhow::Result<()> {
     config_dump_parity(Protocol::Sotw).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// D2: the names a request may use for a Service, and requests addressed to an IP and port.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_names_pick_the_service_port_and_addresses_pass_through() {
+    // One flavour is enough: the scope is chosen in the sidecar, not over the stream.
+    let mesh = Mesh::start(Protocol::Delta).await;
+    let v1_addr = mesh.v1.echo.addr();
+    let expectations: Vec<(String, Option<&str>)> = vec![
+        // Every spelling Kubernetes DNS resolves, in any case, with or without the port.
+        ("echo-v1".into(), Some("echo-v1")),
+        ("echo-v1:80".into(), Some("echo-v1")),
+        ("echo-v1.default".into(), Some("echo-v1")),
+        ("echo-v1.default:80".into(), Some("echo-v1")),
+        ("echo-v1.default.svc".into(), Some("echo-v1")),
+        ("Echo-V1.Default.SVC.cluster.local".into(), Some("echo-v1")),
+        (
+            "echo-v2.default.svc.cluster.local:80".into(),
+            Some("echo-v2"),
+        ),
+        // An address with a port goes straight there, whatever the routes say.
+        (v1_addr.to_string(), Some("echo-v1")),
+        // No such port, namespace or host: Envoy's 404.
+        ("echo-v1:8080".into(), None),
+        ("echo-v1.elsewhere".into(), None),
+        ("echo-v1.default.svc.cluster".into(), None),
+        ("example.org".into(), None),
+        (v1_addr.ip().to_string(), None),
+    ];
+    for (host, expected) in &expectations {
+        let answer = mesh.http.send(host, "/hosts").await;
+        match (expected, answer) {
+            (Some(pod), Ok((200, answered))) => assert_eq!(&answered, pod, "Host: {host}"),
+            (None, Ok((404, answered))) => assert_eq!(answered, "", "Host: {host}"),
+            (expected, answer) => panic!("Host: {host}: expected {expected:?}, got {answer:?}"),
+        }
+    }
+    // The scope header is Sluice's own: the sidecar writes it and removes it before upstream,
+    // and a client cannot choose a scope by sending it.
+    let spoofed = mesh
+        .http
+        .send_with(
+            "echo-v1",
+            "/spoofed",
+            &[("x-sluice-scope", "echo-v2.default:80")],
+        )
+        .await
+        .expect("a spoofed scope header");
+    assert_eq!(spoofed, (200, "echo-v1".to_string()));
+    let received = mesh.v1.echo.received();
+    assert!(received.len() >= 8, "{received:?}");
+    for request in &received {
+        assert!(
+            !request.headers.contains_key("x-sluice-scope"),
+            "the scope header reached the upstream: {request:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

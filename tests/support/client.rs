@@ -30,11 +30,22 @@ impl MeshClient {
     /// header; empty when Envoy answered itself, e.g. a 503 without upstream). An error means
     /// the request failed below HTTP (connection refused or reset, timeout).
     pub async fn send(&self, host: &str, path: &str) -> anyhow::Result<(u16, String)> {
+        self.send_with(host, path, &[]).await
+    }
+
+    /// [`MeshClient::send`] with extra request headers.
+    pub async fn send_with(
+        &self,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, String)> {
         let url = format!("http://{}{}", self.outbound, path);
-        let response = self
-            .http
-            .get(&url)
-            .header(HOST, host)
+        let mut request = self.http.get(&url).header(HOST, host);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request
             .send()
             .await
             .with_context(|| format!("GET {url} (Host: {host})"))?;

@@ -37,6 +37,8 @@ pub struct Received {
     /// Path and query.
     pub url: String,
     pub host: String,
+    /// Every request header, lowercase names, first value of each.
+    pub headers: BTreeMap<String, String>,
 }
 
 struct Shared {
@@ -148,6 +150,7 @@ async fn echo(State(shared): State<Arc<Shared>>, request: Request) -> impl IntoR
             method: method.clone(),
             url: url.clone(),
             host: host.clone(),
+            headers: headers.clone(),
         });
     let identity = &shared.identity;
     let body = json!({
