@@ -43,7 +43,7 @@ use envoy_types::pb::envoy::config::route::v3::Route;
 use crate::manifest::{Diagnostic, Pos, Revision};
 use crate::node::{ConfigKey, NodeInfo};
 use crate::registry::Workloads;
-use crate::xds::resource::{Resource, ResourceType, Snapshot, SnapshotView};
+use crate::xds::resource::{Resource, ResourceType, Snapshot, SnapshotView, TypeResources};
 
 use findings::Findings;
 pub use passthrough::PASSTHROUGH_CLUSTER;
@@ -66,16 +66,16 @@ pub fn cluster_name(name: &str, namespace: &str, port: u16) -> String {
 pub struct CompiledRevision {
     revision: String,
     /// CDS resources, the same for every sidecar.
-    clusters: Vec<Arc<Resource>>,
+    clusters: TypeResources,
     endpoints: endpoints::EndpointPlan,
     /// One scope per HTTP/gRPC Service port, and the passthrough scope; the same for every
     /// sidecar.
-    scopes: Vec<Arc<Resource>>,
+    scopes: TypeResources,
     /// The route configuration of each scope as clients without consumer routes see it.
-    routes: Vec<Arc<Resource>>,
-    /// Per client namespace with consumer routes, the route configurations that differ for it
-    /// (every port of each Service those routes attach to).
-    consumer_routes: HashMap<String, Vec<Arc<Resource>>>,
+    routes: TypeResources,
+    /// Per client namespace with consumer routes, its route configurations: those above with
+    /// every port of each Service those routes attach to replaced.
+    consumer_routes: HashMap<String, TypeResources>,
     warnings: Vec<Diagnostic>,
 }
 
@@ -83,8 +83,8 @@ impl fmt::Debug for CompiledRevision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CompiledRevision")
             .field("revision", &self.revision)
-            .field("clusters", &self.clusters.len())
-            .field("scopes", &self.scopes.len())
+            .field("clusters", &self.clusters.resources().len())
+            .field("scopes", &self.scopes.resources().len())
             .field("warnings", &self.warnings.len())
             .finish()
     }
@@ -104,16 +104,13 @@ impl CompiledRevision {
 
     /// The mesh with `workloads` connected: this revision plus their endpoints. Cannot fail.
     pub fn mesh(self: &Arc<Self>, workloads: &Workloads) -> Mesh {
-        let endpoints = self
-            .endpoints
-            .assignments(workloads)
-            .into_iter()
-            .map(|(name, (assignment, origins))| {
+        let endpoints = TypeResources::new(self.endpoints.assignments(workloads).into_iter().map(
+            |(name, (assignment, origins))| {
                 Arc::new(
                     Resource::new(ResourceType::Endpoint, name, &assignment).with_origins(origins),
                 )
-            })
-            .collect();
+            },
+        ));
         Mesh {
             compiled: self.clone(),
             endpoints,
@@ -127,8 +124,8 @@ impl CompiledRevision {
 /// built on first use per [`ConfigKey`] and cached.
 pub struct Mesh {
     compiled: Arc<CompiledRevision>,
-    /// EDS resources, the same for every sidecar, sorted by name.
-    endpoints: Vec<Arc<Resource>>,
+    /// EDS resources, the same for every sidecar.
+    endpoints: TypeResources,
     /// Built snapshots per configuration key. Filled outside the lock, so two sidecars with the
     /// same new key may both build it; the first one stored wins and both get equal content.
     cache: Mutex<HashMap<ConfigKey, Arc<Snapshot>>>,
@@ -143,7 +140,7 @@ impl fmt::Debug for Mesh {
             .len();
         f.debug_struct("Mesh")
             .field("compiled", &self.compiled)
-            .field("endpoints", &self.endpoints.len())
+            .field("endpoints", &self.endpoints.resources().len())
             .field("cached_snapshots", &cached)
             .finish()
     }
@@ -169,12 +166,7 @@ impl Mesh {
     /// is nothing to publish.
     pub fn serves_the_same_as(&self, other: &Mesh) -> bool {
         Arc::ptr_eq(&self.compiled, &other.compiled)
-            && self.endpoints.len() == other.endpoints.len()
-            && self
-                .endpoints
-                .iter()
-                .zip(&other.endpoints)
-                .all(|(a, b)| a.name == b.name && a.version == b.version)
+            && self.endpoints.version() == other.endpoints.version()
     }
 
     /// The snapshot of every sidecar whose configuration key is `key`.
@@ -198,43 +190,22 @@ impl Mesh {
 
     fn build_snapshot(&self, key: &ConfigKey) -> Snapshot {
         let compiled = &self.compiled;
-        let consumer = compiled.consumer_routes.get(&key.namespace);
-        let mut resources: Vec<(ResourceType, Arc<Resource>)> = Vec::with_capacity(
-            compiled.clusters.len()
-                + self.endpoints.len()
-                + 1
-                + compiled.scopes.len()
-                + compiled.routes.len()
-                + consumer.map_or(0, Vec::len),
-        );
-        resources.extend(
-            compiled
-                .clusters
-                .iter()
-                .map(|r| (ResourceType::Cluster, r.clone())),
-        );
-        resources.extend(
-            self.endpoints
-                .iter()
-                .map(|r| (ResourceType::Endpoint, r.clone())),
-        );
-        resources.push((ResourceType::Listener, Arc::new(listener::to_listener(key))));
-        resources.extend(
-            compiled
-                .scopes
-                .iter()
-                .map(|r| (ResourceType::ScopedRoute, r.clone())),
-        );
-        // A consumer route configuration comes after the shared one of the same name and
-        // replaces it.
-        resources.extend(
-            compiled
-                .routes
-                .iter()
-                .chain(consumer.into_iter().flatten())
-                .map(|r| (ResourceType::Route, r.clone())),
-        );
-        Snapshot::from_shared(compiled.revision.clone(), resources)
+        let listener = TypeResources::new([Arc::new(listener::to_listener(key))]);
+        let routes = compiled
+            .consumer_routes
+            .get(&key.namespace)
+            .unwrap_or(&compiled.routes);
+        // In `ResourceType::ALL` order; everything but the listener is shared with other keys.
+        Snapshot::from_types(
+            compiled.revision.clone(),
+            [
+                compiled.clusters.clone(),
+                self.endpoints.clone(),
+                listener,
+                compiled.scopes.clone(),
+                routes.clone(),
+            ],
+        )
     }
 }
 
@@ -274,6 +245,7 @@ pub fn compile_revision(
         &passthrough::to_passthrough_cluster(),
     )));
     let vhosts = listener::vhost_sources(&services);
+    let clusters = TypeResources::new(clusters);
 
     check_consistency(&clusters, &endpoints, &vhosts, &tables, &mut findings);
     if !findings.errors.is_empty() {
@@ -292,9 +264,10 @@ pub fn compile_revision(
     }
     scopes.push(Arc::new(listener::to_scope(PASSTHROUGH_SCOPE, Vec::new())));
     routes.push(Arc::new(listener::to_passthrough_route_configuration()));
+    let routes = TypeResources::new(routes);
     let mut consumer_routes = HashMap::new();
     for (namespace, services) in &tables.consumer {
-        let replaced: Vec<Arc<Resource>> = vhosts
+        let replaced = vhosts
             .iter()
             .filter(|source| {
                 source.service.namespace != *namespace && services.contains_key(&source.service)
@@ -302,16 +275,15 @@ pub fn compile_revision(
             .map(|source| {
                 let table = tables.for_clients(namespace, &source.service, source.port);
                 Arc::new(listener::to_route_configuration(source, table))
-            })
-            .collect();
-        consumer_routes.insert(namespace.clone(), replaced);
+            });
+        consumer_routes.insert(namespace.clone(), routes.with(replaced));
     }
 
     Ok(Arc::new(CompiledRevision {
         revision: revision_id.to_string(),
         clusters,
         endpoints,
-        scopes,
+        scopes: TypeResources::new(scopes),
         routes,
         consumer_routes,
         warnings: findings.warnings,
@@ -337,13 +309,13 @@ fn origin(pos: &Pos) -> String {
 /// passthrough) has a `ClusterLoadAssignment`. A failure here is a compiler bug, reported rather
 /// than served.
 fn check_consistency(
-    clusters: &[Arc<Resource>],
+    clusters: &TypeResources,
     endpoints: &endpoints::EndpointPlan,
     vhosts: &[listener::VhostSource],
     tables: &RouteTables,
     findings: &mut Findings,
 ) {
-    let clusters: BTreeSet<&str> = clusters.iter().map(|r| r.name.as_str()).collect();
+    let clusters: BTreeSet<&str> = clusters.resources().keys().map(String::as_str).collect();
     let assignments: BTreeSet<&str> = endpoints.clusters().collect();
     for cluster in &clusters {
         if *cluster != PASSTHROUGH_CLUSTER && !assignments.contains(cluster) {

@@ -785,14 +785,16 @@ fn the_listener_fetches_routes_over_ads() {
             .map(|r| r.version.clone())
     );
     let elsewhere = mesh.snapshot_for_key(&key("elsewhere"));
-    for t in [ResourceType::ScopedRoute, ResourceType::Route] {
-        assert_eq!(other.resources(t), snapshot.resources(t));
-        for (name, resource) in snapshot.resources(t) {
-            assert!(
-                Arc::ptr_eq(resource, &elsewhere.resources(t)[name]),
-                "{t} {name} shared"
-            );
-        }
+    for t in [
+        ResourceType::Cluster,
+        ResourceType::Endpoint,
+        ResourceType::ScopedRoute,
+        ResourceType::Route,
+    ] {
+        assert!(
+            Arc::ptr_eq(snapshot.shared_resources(t), elsewhere.shared_resources(t)),
+            "every sidecar's snapshot shares the {t} map"
+        );
     }
 }
 

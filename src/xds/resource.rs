@@ -164,10 +164,19 @@ impl Snapshot {
         for (resource_type, resource) in resources {
             maps[resource_type.index()].insert(resource.name.clone(), resource);
         }
-        let type_versions = ResourceType::ALL.map(|t| type_version(&maps[t.index()]));
+        Snapshot::from_types(revision, maps.map(TypeResources::from_map))
+    }
+
+    /// A snapshot whose per-type maps other snapshots may share too (in [`ResourceType::ALL`]
+    /// order): nothing is copied or hashed again.
+    pub fn from_types(
+        revision: impl Into<String>,
+        types: [TypeResources; ResourceType::COUNT],
+    ) -> Snapshot {
+        let type_versions = types.each_ref().map(|t| t.version.clone());
         Snapshot {
             revision: revision.into(),
-            resources: maps.map(Arc::new),
+            resources: types.map(|t| t.map),
             type_versions,
         }
     }
@@ -191,6 +200,50 @@ impl Snapshot {
     /// A hash of every resource of the type: it moves when, and only when, one of them changes.
     pub fn type_version(&self, resource_type: ResourceType) -> &str {
         &self.type_versions[resource_type.index()]
+    }
+}
+
+/// Every resource of one type, sorted by name, with the type's version: one snapshot's part,
+/// which snapshots of sidecars that get the same resources share.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TypeResources {
+    map: Arc<BTreeMap<String, Arc<Resource>>>,
+    version: String,
+}
+
+impl TypeResources {
+    pub fn new(resources: impl IntoIterator<Item = Arc<Resource>>) -> TypeResources {
+        TypeResources::from_map(
+            resources
+                .into_iter()
+                .map(|resource| (resource.name.clone(), resource))
+                .collect(),
+        )
+    }
+
+    fn from_map(map: BTreeMap<String, Arc<Resource>>) -> TypeResources {
+        TypeResources {
+            version: type_version(&map),
+            map: Arc::new(map),
+        }
+    }
+
+    /// These resources with `replacements` put in place of (or beside) those of their names.
+    pub fn with(&self, replacements: impl IntoIterator<Item = Arc<Resource>>) -> TypeResources {
+        let mut map = BTreeMap::clone(&self.map);
+        for resource in replacements {
+            map.insert(resource.name.clone(), resource);
+        }
+        TypeResources::from_map(map)
+    }
+
+    pub fn resources(&self) -> &BTreeMap<String, Arc<Resource>> {
+        &self.map
+    }
+
+    /// A hash of every (name, version) pair, as [`Snapshot::type_version`] reports it.
+    pub fn version(&self) -> &str {
+        &self.version
     }
 }
 
