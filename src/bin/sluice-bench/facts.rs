@@ -3,7 +3,8 @@
 //! Ten thousand sidecars receive the same clusters, endpoints, listeners and routes. Decoding
 //! every response in every sidecar would make the generator, not the server, the bottleneck.
 //! So what a sidecar needs from a response (which clusters are EDS clusters and what their
-//! endpoints are called, which route configurations a listener fetches over RDS) is decoded
+//! endpoints are called, whether a listener fetches route scopes over scoped RDS or names route
+//! configurations itself, which route configuration each scope fetches over RDS) is decoded
 //! once per distinct resource: keyed by `(type, name, version)` in delta, and by a hash of the
 //! resource's bytes in SotW.
 //!
@@ -19,10 +20,13 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::ConfigSource;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::ScopedRouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::scoped_routes::ConfigSpecifier;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use prost::bytes::Bytes;
@@ -51,13 +55,22 @@ pub struct NameSet {
     pub sotw_names: Bytes,
 }
 
+/// What one resource makes a sidecar ask for next.
+#[derive(Clone, Debug)]
+struct Follow {
+    /// Names of the next type: an EDS cluster's endpoints, the route configurations a listener
+    /// names itself (`rds`), a scope's route configuration.
+    names: Arc<[Arc<str>]>,
+    /// A listener whose connection manager reads its routes through scoped RDS over ADS: the
+    /// sidecar subscribes to every route scope (a wildcard subscription).
+    scoped_rds: bool,
+}
+
 /// One resource as a delta sidecar holds it.
 #[derive(Clone, Debug)]
 struct Entry {
     version: Arc<str>,
-    /// Names this resource makes the sidecar ask for next (an EDS cluster's endpoints, a
-    /// listener's route configurations).
-    follow: Arc<[Arc<str>]>,
+    follow: Follow,
 }
 
 /// What a sidecar holds of one type. Immutable once interned.
@@ -67,8 +80,12 @@ pub struct Held {
     entries: BTreeMap<Arc<str>, Entry>,
     /// SotW: the `version_info` of the response. Empty in delta.
     pub version_info: Bytes,
-    /// The names the next type must subscribe to (from CDS: EDS; from LDS: RDS).
+    /// The names the next type must subscribe to (from CDS: EDS; from LDS: the RDS names its
+    /// listeners name themselves; from scoped RDS: the RDS names of the scopes).
     pub follow: Arc<NameSet>,
+    /// LDS: some listener reads its routes through scoped RDS over ADS, so the sidecar
+    /// subscribes to the route scopes, and to the route configurations they name.
+    pub scoped_rds: bool,
     /// `initial_resource_versions` with every entry, encoded on first use (delta reconnect).
     delta_initial: OnceLock<Bytes>,
 }
@@ -107,7 +124,7 @@ struct Inner {
     /// SotW: state by type and the response's key (a hash of all of it but the nonce).
     sotw_by_response: HashMap<(u8, u64), StateId>,
     /// What each distinct resource makes a sidecar follow, by `(type, resource key)`.
-    follows: HashMap<(u8, u64), Arc<[Arc<str>]>>,
+    follows: HashMap<(u8, u64), Follow>,
     name_sets: HashMap<u64, Arc<NameSet>>,
     strings: HashSet<Arc<str>>,
     /// Resources decoded (each distinct one once).
@@ -126,6 +143,7 @@ impl Default for Facts {
             entries: BTreeMap::new(),
             version_info: Bytes::new(),
             follow: empty_set,
+            scoped_rds: false,
             delta_initial: OnceLock::new(),
         });
         let mut delta_by_content = HashMap::new();
@@ -192,11 +210,13 @@ impl Facts {
         let after = match inner.delta_by_content.get(&hash) {
             Some(id) => *id,
             None => {
-                let follow = inner.name_set(entries.values().flat_map(|e| e.follow.iter()));
+                let follow = inner.name_set(entries.values().flat_map(|e| e.follow.names.iter()));
+                let scoped_rds = entries.values().any(|e| e.follow.scoped_rds);
                 let id = inner.push(Held {
                     entries,
                     version_info: Bytes::new(),
                     follow,
+                    scoped_rds,
                     delta_initial: OnceLock::new(),
                 });
                 inner.delta_by_content.insert(hash, id);
@@ -225,16 +245,38 @@ impl Facts {
             let resource_key = xxhash_rust::xxh3::xxh3_64(&any.value);
             follows.push(inner.follow(t, resource_key, &any.value));
         }
-        let follow = inner.name_set(follows.iter().flat_map(|f| f.iter()));
+        let follow = inner.name_set(follows.iter().flat_map(|f| f.names.iter()));
+        let scoped_rds = follows.iter().any(|f| f.scoped_rds);
         let id = inner.push(Held {
             entries: BTreeMap::new(),
             // A copy: the response's bytes point into a receive buffer that must be freed.
             version_info: Bytes::copy_from_slice(&response.version_info),
             follow,
+            scoped_rds,
             delta_initial: OnceLock::new(),
         });
         inner.sotw_by_response.insert((t as u8, key), id);
         Ok(id)
+    }
+
+    /// The route configurations a sidecar subscribes to over RDS, holding the listeners
+    /// `listeners` and the route scopes `scopes`: those its listeners name, and, when a listener
+    /// reads its routes through scoped RDS, those its scopes name.
+    pub fn route_names(&self, listeners: &Held, scopes: &Held) -> Arc<NameSet> {
+        if !listeners.scoped_rds || scopes.follow.names.is_empty() {
+            return listeners.follow.clone();
+        }
+        if listeners.follow.names.is_empty() {
+            return scopes.follow.clone();
+        }
+        let mut inner = self.lock();
+        inner.name_set(
+            listeners
+                .follow
+                .names
+                .iter()
+                .chain(scopes.follow.names.iter()),
+        )
     }
 
     /// How many distinct resources were decoded, and how many of those failed.
@@ -266,22 +308,29 @@ impl Inner {
     }
 
     /// What a resource makes a sidecar follow, decoding it the first time it is seen.
-    fn follow(&mut self, t: ResourceType, resource_key: u64, body: &[u8]) -> Arc<[Arc<str>]> {
+    fn follow(&mut self, t: ResourceType, resource_key: u64, body: &[u8]) -> Follow {
         if let Some(found) = self.follows.get(&(t as u8, resource_key)) {
             return found.clone();
         }
         self.decoded += 1;
-        let names = match decode_follow(t, body) {
-            Ok(names) => names,
+        let decoded = match decode_follow(t, body) {
+            Ok(decoded) => decoded,
             Err(err) => {
                 self.decode_errors += 1;
                 if self.first_errors.len() < 5 {
                     self.first_errors.push(format!("{t}: {err}"));
                 }
-                Vec::new()
+                Decoded::default()
             }
         };
-        let follow: Arc<[Arc<str>]> = names.iter().map(|n| self.intern(n.as_bytes())).collect();
+        let follow = Follow {
+            names: decoded
+                .names
+                .iter()
+                .map(|n| self.intern(n.as_bytes()))
+                .collect(),
+            scoped_rds: decoded.scoped_rds,
+        };
         self.follows.insert((t as u8, resource_key), follow.clone());
         follow
     }
@@ -340,11 +389,23 @@ pub fn sotw_type_part(t: ResourceType) -> Bytes {
     PARTS[t.index()].clone()
 }
 
-/// Decodes a resource for the names it makes a sidecar ask for next: an EDS cluster's
-/// `ClusterLoadAssignment` name (its `service_name`, else its own name); the route
-/// configurations a listener's HTTP connection managers fetch over RDS. Other clusters (such as
-/// `ORIGINAL_DST` passthrough) and other types ask for nothing.
-fn decode_follow(t: ResourceType, body: &[u8]) -> Result<Vec<String>, prost::DecodeError> {
+/// What [`decode_follow`] found in one resource.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Decoded {
+    names: Vec<String>,
+    scoped_rds: bool,
+}
+
+/// Decodes a resource for what it makes a sidecar ask for next: an EDS cluster's
+/// `ClusterLoadAssignment` name (its `service_name`, else its own name); for a listener, the
+/// route configurations its HTTP connection managers name (`rds`) and whether one reads its
+/// routes through scoped RDS over ADS (`scoped_routes` with `scoped_rds`); a scope's route
+/// configuration, unless the scope is `on_demand` (Envoy fetches those at the first request
+/// that needs them). Other clusters (such as `ORIGINAL_DST` passthrough) and other types ask for
+/// nothing; so do connection managers with inline routes or inline scopes, or whose scopes or
+/// routes come from elsewhere than ADS.
+fn decode_follow(t: ResourceType, body: &[u8]) -> Result<Decoded, prost::DecodeError> {
+    let mut decoded = Decoded::default();
     match t {
         ResourceType::Cluster => {
             let cluster = Cluster::decode(body)?;
@@ -352,18 +413,16 @@ fn decode_follow(t: ResourceType, body: &[u8]) -> Result<Vec<String>, prost::Dec
                 cluster.cluster_discovery_type,
                 Some(ClusterDiscoveryType::Type(kind)) if kind == DiscoveryType::Eds as i32
             );
-            if !eds {
-                return Ok(Vec::new());
+            if eds {
+                let service_name = cluster
+                    .eds_cluster_config
+                    .map(|eds| eds.service_name)
+                    .filter(|name| !name.is_empty());
+                decoded.names.push(service_name.unwrap_or(cluster.name));
             }
-            let service_name = cluster
-                .eds_cluster_config
-                .map(|eds| eds.service_name)
-                .filter(|name| !name.is_empty());
-            Ok(vec![service_name.unwrap_or(cluster.name)])
         }
         ResourceType::Listener => {
             let listener = Listener::decode(body)?;
-            let mut names = Vec::new();
             let chains = listener
                 .filter_chains
                 .iter()
@@ -375,18 +434,39 @@ fn decode_follow(t: ResourceType, body: &[u8]) -> Result<Vec<String>, prost::Dec
                 if any.type_url != HCM_TYPE_URL {
                     continue;
                 }
-                let hcm = HttpConnectionManager::decode(&any.value[..])?;
-                if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier {
-                    names.push(rds.route_config_name);
+                match HttpConnectionManager::decode(&any.value[..])?.route_specifier {
+                    Some(RouteSpecifier::Rds(rds)) => decoded.names.push(rds.route_config_name),
+                    Some(RouteSpecifier::ScopedRoutes(scoped)) => {
+                        let scopes_over_ads = matches!(
+                            &scoped.config_specifier,
+                            Some(ConfigSpecifier::ScopedRds(srds))
+                                if is_ads(srds.scoped_rds_config_source.as_ref())
+                        );
+                        if scopes_over_ads && is_ads(scoped.rds_config_source.as_ref()) {
+                            decoded.scoped_rds = true;
+                        }
+                    }
+                    _ => {}
                 }
             }
-            Ok(names)
         }
-        ResourceType::ScopedRoute => Ok(vec![
-            ScopedRouteConfiguration::decode(body)?.route_configuration_name,
-        ]),
-        ResourceType::Endpoint | ResourceType::Route => Ok(Vec::new()),
+        ResourceType::ScopedRoute => {
+            let scope = ScopedRouteConfiguration::decode(body)?;
+            if !scope.on_demand && !scope.route_configuration_name.is_empty() {
+                decoded.names.push(scope.route_configuration_name);
+            }
+        }
+        ResourceType::Endpoint | ResourceType::Route => {}
     }
+    Ok(decoded)
+}
+
+/// Whether a config source is the ADS stream (`ads: {}`).
+fn is_ads(source: Option<&ConfigSource>) -> bool {
+    matches!(
+        source.and_then(|s| s.config_source_specifier.as_ref()),
+        Some(ConfigSourceSpecifier::Ads(_))
+    )
 }
 
 fn delta_resource_key(name: &[u8], version: &[u8]) -> u64 {
@@ -507,6 +587,122 @@ mod tests {
             2,
             "each (name, version) decoded once"
         );
+    }
+
+    fn listener(route_specifier: RouteSpecifier) -> Vec<u8> {
+        use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain};
+        use envoy_types::pb::google::protobuf::Any;
+        let hcm = HttpConnectionManager {
+            route_specifier: Some(route_specifier),
+            ..Default::default()
+        };
+        Listener {
+            name: "l".into(),
+            filter_chains: vec![FilterChain {
+                filters: vec![Filter {
+                    name: "hcm".into(),
+                    config_type: Some(ConfigType::TypedConfig(Any {
+                        type_url: HCM_TYPE_URL.into(),
+                        value: hcm.encode_to_vec(),
+                    })),
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn scope(name: &str, on_demand: bool) -> Vec<u8> {
+        ScopedRouteConfiguration {
+            name: name.into(),
+            route_configuration_name: name.into(),
+            on_demand,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn ads() -> Option<ConfigSource> {
+        use envoy_types::pb::envoy::config::core::v3::AggregatedConfigSource;
+        Some(ConfigSource {
+            config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_listener_with_scoped_rds_over_ads_asks_for_scopes_and_one_with_rds_for_its_routes() {
+        use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+            Rds, ScopedRds, ScopedRoutes,
+        };
+        let scoped = listener(RouteSpecifier::ScopedRoutes(ScopedRoutes {
+            name: "s".into(),
+            rds_config_source: ads(),
+            config_specifier: Some(ConfigSpecifier::ScopedRds(ScopedRds {
+                scoped_rds_config_source: ads(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }));
+        let decoded = decode_follow(ResourceType::Listener, &scoped).expect("decodes");
+        assert_eq!(
+            decoded,
+            Decoded {
+                names: Vec::new(),
+                scoped_rds: true
+            }
+        );
+        let classic = listener(RouteSpecifier::Rds(Rds {
+            route_config_name: "r".into(),
+            config_source: ads(),
+        }));
+        let decoded = decode_follow(ResourceType::Listener, &classic).expect("decodes");
+        assert_eq!(
+            decoded,
+            Decoded {
+                names: vec!["r".into()],
+                scoped_rds: false
+            }
+        );
+    }
+
+    #[test]
+    fn scopes_name_their_route_configurations_unless_on_demand_and_removals_shrink_them() {
+        let facts = Facts::default();
+        let apply = |before, response: &(u64, Bytes)| {
+            facts
+                .apply_delta(ResourceType::ScopedRoute, before, response.0, &response.1)
+                .expect("decodes")
+        };
+        let response = delta(
+            &[
+                ("a:80", "1", scope("a:80", false)),
+                ("b:80", "1", scope("b:80", false)),
+                ("lazy:80", "1", scope("lazy:80", true)),
+            ],
+            &[],
+        );
+        let all = apply(EMPTY, &response);
+        assert_eq!(follow_names(&facts, all), ["a:80", "b:80"]);
+        let fewer = apply(all, &delta(&[], &["b:80"]));
+        assert_eq!(follow_names(&facts, fewer), ["a:80"]);
+
+        // RDS follows the scopes only for a listener that reads its routes through them.
+        let mut listeners = Held {
+            entries: BTreeMap::new(),
+            version_info: Bytes::new(),
+            follow: facts.state(EMPTY).follow.clone(),
+            scoped_rds: true,
+            delta_initial: OnceLock::new(),
+        };
+        let scopes = facts.state(fewer);
+        assert!(Arc::ptr_eq(
+            &facts.route_names(&listeners, &scopes),
+            &scopes.follow
+        ));
+        listeners.scoped_rds = false;
+        assert!(facts.route_names(&listeners, &scopes).names.is_empty());
     }
 
     #[test]

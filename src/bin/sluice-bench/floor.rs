@@ -3,12 +3,18 @@
 //!
 //! At start it loads and compiles the mesh once with the Sluice library, and a second time with
 //! the changed weights of `svc-0001`, then encodes each type's full response once per
-//! protocol, without a nonce. Serving is then only writing bytes: the first request of each
-//! type on a stream gets the pre-encoded response, with the stream's nonce appended as field 5
-//! (protobuf allows fields in any order); every later request (the ACKs) is ignored. A delta
-//! sidecar that reconnects declaring exactly the current versions gets an empty CDS and LDS
-//! answer and nothing for EDS and RDS, as a real server would send it. On `change` (a line on
-//! stdin) every stream that has routes is pushed the other route response.
+//! protocol, without a nonce, and what a change from the other variant sends. Serving is then
+//! only writing bytes: the first request of each type on a stream gets the pre-encoded
+//! response, with the stream's nonce appended as field 5 (protobuf allows fields in any order);
+//! every later request (the ACKs, subscription changes) is ignored. A delta sidecar that
+//! reconnects declaring exactly the current versions gets an empty answer for the wildcard types
+//! (CDS, LDS, scoped RDS) and nothing for EDS and RDS, as a real server would send it.
+//!
+//! On `change` (a line on stdin) every stream is pushed, for each type it asked for that the
+//! change touches, in make-before-break order, what a minimal server must send: in delta only
+//! the resources that changed (and the names removed); in state of the world the full set of a
+//! wildcard type, and only the changed resources of EDS and RDS. A weight change touches one
+//! route configuration, so that is all a sidecar gets.
 //!
 //! The control pipe: the floor prints `ready` once it listens; it answers `change` with `ok` and
 //! `stats` with `stats BYTES_SENT OPEN_STREAMS`; it exits when stdin closes.
@@ -44,10 +50,12 @@ use crate::wire::{self, FloorCodec, Prebuilt, VersionsDigest};
 const RESPONSE_BUFFER: usize = 4;
 
 pub fn main(args: FloorArgs) -> anyhow::Result<()> {
-    let variants = [
+    let snapshots = [
         compile_variant(&args.mesh, 0)?,
         compile_variant(&args.mesh, 1)?,
     ];
+    let variants =
+        [0, 1].map(|v| ResourceType::ALL.map(|t| encode_type(&snapshots[v], &snapshots[1 - v], t)));
     let floor = Arc::new(Floor {
         variants,
         variant: watch::Sender::new(0),
@@ -70,6 +78,10 @@ struct TypeResponses {
     /// The digest of every resource's name and version, to recognise a delta reconnect that
     /// holds them all.
     versions: VersionsDigest,
+    /// What a change from the other variant to this one sends a stream holding the type, per
+    /// protocol; `None` when the change leaves the type as it was.
+    change_delta: Option<Bytes>,
+    change_sotw: Option<Bytes>,
 }
 
 /// Everything the floor serves, by variant (the route weights) and type.
@@ -81,12 +93,9 @@ struct Floor {
     streams: AtomicU64,
 }
 
-/// Loads the mesh with `svc-0001`'s weights of `variant`, compiles it with the Sluice library as
-/// `sluice serve` would for a sidecar in namespace `default`, and encodes the responses.
-fn compile_variant(
-    root: &Path,
-    variant: usize,
-) -> anyhow::Result<[TypeResponses; ResourceType::COUNT]> {
+/// Loads the mesh with `svc-0001`'s weights of `variant` and compiles it with the Sluice library
+/// as `sluice serve` would for a sidecar in namespace `default`.
+fn compile_variant(root: &Path, variant: usize) -> anyhow::Result<Arc<Snapshot>> {
     let options = LoadOptions::default();
     let mut files = manifest::read_dir(root, &options).map_err(diagnostics)?;
     let changed = mesh::file_name(mesh::CHANGED_SERVICE);
@@ -99,8 +108,7 @@ fn compile_variant(
     let revision = manifest::load_files(&files, &options).map_err(diagnostics)?;
     let compiled = sluice::compile::compile_mesh(&revision_id, &revision, &Default::default())
         .map_err(diagnostics)?;
-    let snapshot = compiled.snapshot_for(&NodeInfo::new("floor"));
-    Ok(ResourceType::ALL.map(|t| encode_type(&snapshot, t)))
+    Ok(compiled.snapshot_for(&NodeInfo::new("floor")))
 }
 
 fn diagnostics(errors: Vec<manifest::Diagnostic>) -> anyhow::Error {
@@ -110,31 +118,50 @@ fn diagnostics(errors: Vec<manifest::Diagnostic>) -> anyhow::Error {
 
 /// Each type's responses, encoded the way Sluice writes them (its own reply types), without a
 /// nonce: an empty proto3 string is not written, so the stream's nonce can be appended.
-fn encode_type(snapshot: &Snapshot, t: ResourceType) -> TypeResponses {
-    let resources: Vec<_> = snapshot.resources(t).values().cloned().collect();
+/// `previous` is the other variant, for what a change to this one sends.
+fn encode_type(snapshot: &Snapshot, previous: &Snapshot, t: ResourceType) -> TypeResponses {
+    let all: Vec<_> = snapshot.resources(t).values().cloned().collect();
     let version = format!("floor-{}", snapshot.type_version(t));
-    let delta = |resources: Vec<_>| DeltaReply {
+    let delta = |resources: Vec<_>, removed_resources: Vec<String>| DeltaReply {
         system_version_info: version.clone(),
         resource_type: t,
         resources,
-        removed_resources: Vec::new(),
+        removed_resources,
         nonce: String::new(),
     };
-    let sotw = SotwReply {
+    let sotw = |resources: Vec<_>| SotwReply {
         version_info: version.clone(),
         resource_type: t,
-        resources: resources.clone(),
+        resources,
         nonce: String::new(),
     };
+    let old = previous.resources(t);
+    let changed: Vec<_> = all
+        .iter()
+        .filter(|r| old.get(&r.name).is_none_or(|o| o.version != r.version))
+        .cloned()
+        .collect();
+    let removed: Vec<String> = old
+        .keys()
+        .filter(|name| snapshot.get(t, name).is_none())
+        .cloned()
+        .collect();
+    let touched = !changed.is_empty() || !removed.is_empty();
+    // State of the world: a wildcard type is always sent whole (what it lacks is removed);
+    // EDS and RDS resources stand alone, so only the changed ones are sent, and a removal is
+    // the client's business (it unsubscribes).
+    let change_sotw = if t.is_wildcard_type() {
+        touched.then(|| encode(&sotw(all.clone())))
+    } else {
+        (!changed.is_empty()).then(|| encode(&sotw(changed.clone())))
+    };
     TypeResponses {
-        versions: VersionsDigest::of(
-            resources
-                .iter()
-                .map(|r| (r.name.as_str(), r.version.as_str())),
-        ),
-        delta: encode(&delta(resources)),
-        delta_empty: encode(&delta(Vec::new())),
-        sotw: encode(&sotw),
+        versions: VersionsDigest::of(all.iter().map(|r| (r.name.as_str(), r.version.as_str()))),
+        delta: encode(&delta(all.clone(), Vec::new())),
+        delta_empty: encode(&delta(Vec::new(), Vec::new())),
+        sotw: encode(&sotw(all)),
+        change_delta: touched.then(|| encode(&delta(changed, removed))),
+        change_sotw,
     }
 }
 
@@ -168,12 +195,20 @@ impl Floor {
         }
     }
 
-    fn routes(&self, protocol: Protocol, variant: usize) -> Bytes {
-        let responses = &self.variants[variant][ResourceType::Route.index()];
-        match protocol {
-            Protocol::Delta => responses.delta.clone(),
-            Protocol::Sotw => responses.sotw.clone(),
-        }
+    /// What a change to `variant` sends a stream that asked for the types in `answered`, in
+    /// make-before-break order.
+    fn change(&self, protocol: Protocol, variant: usize, answered: &[bool]) -> Vec<Bytes> {
+        ResourceType::ALL
+            .iter()
+            .filter(|t| answered[t.index()])
+            .filter_map(|t| {
+                let responses = &self.variants[variant][t.index()];
+                match protocol {
+                    Protocol::Delta => responses.change_delta.clone(),
+                    Protocol::Sotw => responses.change_sotw.clone(),
+                }
+            })
+            .collect()
     }
 }
 
@@ -309,8 +344,8 @@ async fn run_stream(
     let mut nonce = 0u64;
     let mut variant = floor.variant.subscribe();
     variant.borrow_and_update();
-    loop {
-        let body = tokio::select! {
+    'stream: loop {
+        let bodies = tokio::select! {
             message = requests.message() => match message {
                 Ok(Some(request)) => {
                     let Ok(scan) = wire::scan_request(&request, flavor.type_url_tag, flavor.versions_tag) else {
@@ -323,7 +358,7 @@ async fn run_stream(
                     if std::mem::replace(&mut answered[t.index()], true) {
                         continue; // an ACK, or a later request: ignored
                     }
-                    floor.first_answer(flavor.protocol, t, scan.initial_versions)
+                    Vec::from_iter(floor.first_answer(flavor.protocol, t, scan.initial_versions))
                 }
                 Ok(None) | Err(_) => break,
             },
@@ -332,17 +367,18 @@ async fn run_stream(
                     break;
                 }
                 let current = *variant.borrow_and_update();
-                answered[ResourceType::Route.index()].then(|| floor.routes(flavor.protocol, current))
+                floor.change(flavor.protocol, current, &answered)
             }
         };
-        let Some(body) = body else { continue };
-        nonce += 1;
-        let response = Prebuilt { body, nonce };
-        floor
-            .bytes_sent
-            .fetch_add(response.encoded_len() as u64, Relaxed);
-        if tx.send(Ok(response)).await.is_err() {
-            break;
+        for body in bodies {
+            nonce += 1;
+            let response = Prebuilt { body, nonce };
+            floor
+                .bytes_sent
+                .fetch_add(response.encoded_len() as u64, Relaxed);
+            if tx.send(Ok(response)).await.is_err() {
+                break 'stream;
+            }
         }
     }
     floor.streams.fetch_sub(1, Relaxed);

@@ -15,7 +15,8 @@ use crate::stats::Summary;
 /// Everything measured against one server with one protocol and one sidecar count.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Measurement {
-    /// From starting all sidecars to every one fully configured (ACKed CDS, EDS, LDS, RDS).
+    /// From starting all sidecars to every one fully configured (ACKed CDS, EDS, LDS, scoped
+    /// RDS and RDS).
     pub connect_seconds: f64,
     pub connect_per_second: f64,
     /// The server's VmRSS with the mesh loaded and no sidecar.

@@ -182,11 +182,12 @@ async fn run(plan: Plan, open_files: u64) -> anyhow::Result<()> {
     };
     let largest = settings.sidecars.iter().copied().max().unwrap_or(0) as u64;
     if let Some(limit) = kernel::tcp_memory_limit_bytes() {
-        // A push of the route table (about 1 KiB per service) to every sidecar at once.
+        // Every route configuration (about 1 KiB per service) to every sidecar at once, as when
+        // they all connect or reconnect; a change sends only the one that changed.
         let burst = largest * settings.services as u64 * 1024;
         if burst > limit {
             eprintln!(
-                "note: a route push to {largest} sidecars is about {:.1} GiB, over the kernel's TCP memory limit of {:.1} GiB (net.ipv4.tcp_mem); expect loopback stalls at that size unless the limit is raised",
+                "note: the route configurations for {largest} sidecars are about {:.1} GiB, over the kernel's TCP memory limit of {:.1} GiB (net.ipv4.tcp_mem); expect loopback stalls at that size unless the limit is raised",
                 burst as f64 / (1u64 << 30) as f64,
                 limit as f64 / (1u64 << 30) as f64
             );

@@ -1,17 +1,24 @@
 //! One simulated Envoy sidecar: its own HTTP/2 connection from its own loopback address, and
 //! the ADS conversation Envoy has, in delta or state of the world.
 //!
-//! First connect: CDS (wildcard) → on the CDS response, subscribe to the endpoints of every EDS
-//! cluster in it, then ACK CDS → on the EDS response ACK, then ask for LDS (wildcard) → on the
-//! LDS response subscribe to the route configurations its HTTP connection managers name, then
-//! ACK LDS → ACK RDS. The sidecar is *fully configured* once it has ACKed all four types. Later
-//! responses are ACKed the same way and the EDS and RDS subscriptions follow CDS and LDS.
+//! First connect, in Envoy's order, each subscription change sent before the ACK of the
+//! response that caused it (as Envoy's ADS mux does): CDS (wildcard) → on the CDS response,
+//! subscribe to the endpoints of every EDS cluster in it, then ACK CDS → on the EDS response
+//! ACK, then ask for LDS (wildcard) → on the LDS response, if its HTTP connection manager reads
+//! its routes through scoped RDS over ADS, ask for the route scopes (scoped RDS, a wildcard
+//! type: no names), then ACK LDS → on the scoped RDS response subscribe to the route
+//! configuration of every scope that is not `on_demand`, then ACK it → ACK RDS. A listener
+//! that names its route configuration itself (`rds`) is followed directly: LDS → RDS, and no
+//! scoped RDS. The sidecar is *fully configured* once it has ACKed every type it needs. Later
+//! responses are ACKed the same way and the subscriptions follow: EDS follows CDS, RDS follows
+//! the scopes (and the listeners), so a scope that goes away unsubscribes its routes.
 //!
-//! Reconnect: all four requests at once, each carrying what the sidecar holds (delta:
-//! `initial_resource_versions`; SotW: the `version_info` it ACKed last), CDS, EDS, RDS, then
-//! LDS. A server answers CDS and LDS in any case, and EDS and RDS only when something changed;
-//! since a stream's responses come in the order of its requests, the sidecar is back in sync
-//! once it has ACKed the LDS answer.
+//! Reconnect: every request at once, each carrying what the sidecar holds (delta:
+//! `initial_resource_versions`; SotW: the `version_info` it ACKed last), CDS, EDS, RDS, then the
+//! wildcard types LDS and scoped RDS (when the listener uses it). A server answers the wildcard
+//! types in any case, and EDS and RDS only when something changed; since a stream's responses
+//! come in the order of its requests, the sidecar is back in sync once it has ACKed the answers
+//! of the wildcard types.
 //!
 //! A sidecar keeps only a state id per type (see [`crate::facts`]), never whole responses.
 
@@ -37,10 +44,20 @@ use crate::wire::{self, DeltaAckFields, Outgoing, SotwAckFields};
 const CDS: ResourceType = ResourceType::Cluster;
 const EDS: ResourceType = ResourceType::Endpoint;
 const LDS: ResourceType = ResourceType::Listener;
+const SRDS: ResourceType = ResourceType::ScopedRoute;
 const RDS: ResourceType = ResourceType::Route;
 
-/// Requests queued for the stream; a sidecar has at most four outstanding at once.
+/// Requests queued for the stream; a sidecar has at most five outstanding at once.
 const REQUEST_BUFFER: usize = 16;
+
+/// A subscription change that a response makes the sidecar send before it ACKs the response.
+#[derive(Debug)]
+enum Next {
+    /// The first request of a wildcard type, naming nothing.
+    Wildcard(ResourceType),
+    /// Subscribe the type to exactly these names.
+    Names(ResourceType, Arc<NameSet>),
+}
 
 /// Which ADS flavour the sidecars speak.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -180,6 +197,8 @@ pub struct Sidecar {
     held: [StateId; ResourceType::COUNT],
     /// The last change it recorded an ACK for.
     last_change: u64,
+    /// It was fully configured once, so what it holds is whole: a new stream resumes with it.
+    configured_once: bool,
 }
 
 /// A sidecar's part in one fleet phase (connect or storm), across its reconnects.
@@ -195,6 +214,8 @@ struct Phase {
 #[derive(Debug, Default)]
 struct Progress {
     requested: [bool; ResourceType::COUNT],
+    /// Per type, ACKed on this stream, or known to be needed on it no more than it was (a type
+    /// with nothing to subscribe to, scoped RDS for a listener that does not use it).
     acked: [bool; ResourceType::COUNT],
     /// EDS and RDS: the names subscribed to on this stream.
     subscribed: [Option<Arc<NameSet>>; ResourceType::COUNT],
@@ -210,6 +231,7 @@ impl Sidecar {
             ip: loopback_address(index),
             held: [EMPTY; ResourceType::COUNT],
             last_change: 0,
+            configured_once: false,
         }
     }
 
@@ -250,11 +272,11 @@ impl Sidecar {
                 _ = tokio::time::sleep(retry_backoff(self.index, attempt)) => {}
                 _ = stop.wait_for(|stop| *stop) => return self,
             }
-            if self.held.contains(&EMPTY) {
+            if self.configured_once {
+                mode = Mode::Reconnect;
+            } else {
                 self.held = [EMPTY; ResourceType::COUNT];
                 mode = Mode::Initial;
-            } else {
-                mode = Mode::Reconnect;
             }
         }
         self
@@ -360,34 +382,45 @@ impl Sidecar {
         }
     }
 
-    /// CDS, EDS, RDS, LDS, each with the versions held, in one go.
+    /// CDS, EDS, RDS, LDS and scoped RDS (when the listener uses it), each with the versions
+    /// held, in one go.
     fn delta_reconnect_requests(
         &self,
         shared: &Shared,
         node: Bytes,
         progress: &mut Progress,
     ) -> Vec<Outgoing<DeltaDiscoveryRequest>> {
-        let clusters = shared.facts.state(self.held[CDS.index()]);
-        let listeners = shared.facts.state(self.held[LDS.index()]);
+        let held = self.held.map(|id| shared.facts.state(id));
+        let [clusters, _, listeners, scopes, _] = &held;
+        let routes = shared.facts.route_names(listeners, scopes);
         let mut requests = vec![Outgoing::Parts(vec![
             node,
             facts::delta_type_part(CDS),
             clusters.delta_initial(),
         ])];
-        for (t, names) in [(EDS, &clusters.follow), (RDS, &listeners.follow)] {
-            let held = shared.facts.state(self.held[t.index()]);
+        progress.requested[CDS.index()] = true;
+        for (t, names) in [(EDS, &clusters.follow), (RDS, &routes)] {
+            progress.subscribed[t.index()] = Some(names.clone());
+            if names.names.is_empty() {
+                continue; // no subscription of the type: Envoy sends no request for it
+            }
             requests.push(Outgoing::Parts(vec![
                 facts::delta_type_part(t),
                 names.delta_subscribe.clone(),
-                held.delta_initial(),
+                held[t.index()].delta_initial(),
             ]));
-            progress.subscribed[t.index()] = Some(names.clone());
+            progress.requested[t.index()] = true;
         }
-        requests.push(Outgoing::Parts(vec![
-            facts::delta_type_part(LDS),
-            listeners.delta_initial(),
-        ]));
-        progress.requested = [true; ResourceType::COUNT];
+        for t in [LDS, SRDS] {
+            if t == SRDS && !listeners.scoped_rds {
+                continue;
+            }
+            requests.push(Outgoing::Parts(vec![
+                facts::delta_type_part(t),
+                held[t.index()].delta_initial(),
+            ]));
+            progress.requested[t.index()] = true;
+        }
         requests
     }
 
@@ -406,10 +439,8 @@ impl Sidecar {
             .apply_delta(t, before, response.key, &message)
             .context("decoding a response")?;
         self.held[t.index()] = after;
-        match t {
-            CDS => self.follow_delta(shared, progress, tx, EDS, after).await?,
-            LDS => self.follow_delta(shared, progress, tx, RDS, after).await?,
-            _ => {}
+        for next in self.next_requests(shared, progress, t) {
+            self.request_delta(progress, tx, next).await?;
         }
         let ack = Outgoing::Parts(vec![
             facts::delta_type_part(t),
@@ -419,7 +450,7 @@ impl Sidecar {
         ]);
         send(tx, ack).await?;
         progress.acked[t.index()] = true;
-        if t == EDS && !progress.requested[LDS.index()] {
+        if wants_listeners(progress) {
             progress.requested[LDS.index()] = true;
             send(tx, Outgoing::Parts(vec![facts::delta_type_part(LDS)])).await?;
         }
@@ -427,16 +458,66 @@ impl Sidecar {
         Ok(())
     }
 
-    /// Keeps the EDS (or RDS) subscription equal to what the CDS (or LDS) state names.
-    async fn follow_delta(
+    /// What the response of type `t` just applied makes the sidecar ask for, as Envoy does: CDS
+    /// → EDS for the EDS clusters; LDS → scoped RDS (wildcard) when a listener reads its routes
+    /// through it, and RDS for the route configurations the listeners name (once the scopes are
+    /// in, with theirs); scoped RDS → RDS for the route configuration of every scope.
+    fn next_requests(
         &self,
         shared: &Shared,
         progress: &mut Progress,
+        t: ResourceType,
+    ) -> Vec<Next> {
+        match t {
+            CDS => {
+                let clusters = shared.facts.state(self.held[CDS.index()]);
+                vec![Next::Names(EDS, clusters.follow.clone())]
+            }
+            LDS => {
+                let listeners = shared.facts.state(self.held[LDS.index()]);
+                let mut next = Vec::new();
+                if listeners.scoped_rds {
+                    if !progress.requested[SRDS.index()] {
+                        next.push(Next::Wildcard(SRDS));
+                    }
+                    if !progress.acked[SRDS.index()] {
+                        // The scopes name the route configurations: RDS waits for them.
+                        return next;
+                    }
+                } else if !progress.requested[SRDS.index()] {
+                    // No scoped RDS on this stream, and none needed.
+                    progress.acked[SRDS.index()] = true;
+                }
+                next.push(Next::Names(RDS, self.route_names(shared)));
+                next
+            }
+            SRDS => vec![Next::Names(RDS, self.route_names(shared))],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The route configurations the listeners and scopes held make the sidecar subscribe to.
+    fn route_names(&self, shared: &Shared) -> Arc<NameSet> {
+        let listeners = shared.facts.state(self.held[LDS.index()]);
+        let scopes = shared.facts.state(self.held[SRDS.index()]);
+        shared.facts.route_names(&listeners, &scopes)
+    }
+
+    /// Sends a subscription change: the first request of a wildcard type, or a named type's
+    /// names brought to `wanted` (the whole set the first time, then what to add and remove).
+    async fn request_delta(
+        &self,
+        progress: &mut Progress,
         tx: &mpsc::Sender<Outgoing<DeltaDiscoveryRequest>>,
-        child: ResourceType,
-        parent: StateId,
+        next: Next,
     ) -> anyhow::Result<()> {
-        let wanted = shared.facts.state(parent).follow.clone();
+        let (child, wanted) = match next {
+            Next::Wildcard(t) => {
+                progress.requested[t.index()] = true;
+                return send(tx, Outgoing::Parts(vec![facts::delta_type_part(t)])).await;
+            }
+            Next::Names(child, wanted) => (child, wanted),
+        };
         let request = match &progress.subscribed[child.index()] {
             Some(current) if Arc::ptr_eq(current, &wanted) => return Ok(()),
             Some(current) => {
@@ -478,7 +559,7 @@ impl Sidecar {
     }
 
     fn check_configured(
-        &self,
+        &mut self,
         shared: &Shared,
         mode: Mode,
         progress: &mut Progress,
@@ -489,10 +570,14 @@ impl Sidecar {
         }
         let done = match mode {
             Mode::Initial => progress.acked.iter().all(|a| *a),
-            Mode::Reconnect => progress.acked[CDS.index()] && progress.acked[LDS.index()],
+            // The wildcard types are answered in any case, and last (see the module comment).
+            Mode::Reconnect => [CDS, LDS, SRDS]
+                .iter()
+                .all(|t| progress.acked[t.index()] || !progress.requested[t.index()]),
         };
         if done {
             progress.configured = true;
+            self.configured_once = true;
             phase.permit = None;
             if !std::mem::replace(&mut phase.counted, true) {
                 shared.counters.configured.fetch_add(1, Relaxed);
@@ -537,15 +622,17 @@ impl Sidecar {
         }
     }
 
-    /// CDS, EDS, RDS, LDS, each with the version last ACKed and no nonce, as Envoy resumes.
+    /// CDS, EDS, RDS, LDS and scoped RDS (when the listener uses it), each with the version
+    /// last ACKed and no nonce, as Envoy resumes.
     fn sotw_reconnect_requests(
         &self,
         shared: &Shared,
         node: Bytes,
         progress: &mut Progress,
     ) -> Vec<Outgoing<DiscoveryRequest>> {
-        let clusters = shared.facts.state(self.held[CDS.index()]);
-        let listeners = shared.facts.state(self.held[LDS.index()]);
+        let held = self.held.map(|id| shared.facts.state(id));
+        let [clusters, _, listeners, scopes, _] = &held;
+        let routes = shared.facts.route_names(listeners, scopes);
         let version = |held: &facts::Held| {
             wire::encode(&SotwAckFields {
                 version_info: held.version_info.clone(),
@@ -555,22 +642,31 @@ impl Sidecar {
         let mut requests = vec![Outgoing::Parts(vec![
             node,
             facts::sotw_type_part(CDS),
-            version(&clusters),
+            version(clusters),
         ])];
-        for (t, names) in [(EDS, &clusters.follow), (RDS, &listeners.follow)] {
-            let held = shared.facts.state(self.held[t.index()]);
+        progress.requested[CDS.index()] = true;
+        for (t, names) in [(EDS, &clusters.follow), (RDS, &routes)] {
+            progress.subscribed[t.index()] = Some(names.clone());
+            if names.names.is_empty() {
+                continue; // no subscription of the type: Envoy sends no request for it
+            }
             requests.push(Outgoing::Parts(vec![
                 facts::sotw_type_part(t),
                 names.sotw_names.clone(),
-                version(&held),
+                version(&held[t.index()]),
             ]));
-            progress.subscribed[t.index()] = Some(names.clone());
+            progress.requested[t.index()] = true;
         }
-        requests.push(Outgoing::Parts(vec![
-            facts::sotw_type_part(LDS),
-            version(&listeners),
-        ]));
-        progress.requested = [true; ResourceType::COUNT];
+        for t in [LDS, SRDS] {
+            if t == SRDS && !listeners.scoped_rds {
+                continue;
+            }
+            requests.push(Outgoing::Parts(vec![
+                facts::sotw_type_part(t),
+                version(&held[t.index()]),
+            ]));
+            progress.requested[t.index()] = true;
+        }
         requests
     }
 
@@ -591,10 +687,8 @@ impl Sidecar {
         self.held[t.index()] = after;
         // A copy: the response points into a receive buffer that must be freed.
         progress.nonces[t.index()] = Bytes::copy_from_slice(response.nonce);
-        match t {
-            CDS => self.follow_sotw(shared, progress, tx, EDS, after).await?,
-            LDS => self.follow_sotw(shared, progress, tx, RDS, after).await?,
-            _ => {}
+        for next in self.next_requests(shared, progress, t) {
+            self.request_sotw(shared, progress, tx, next).await?;
         }
         let held = shared.facts.state(after);
         let mut parts = vec![facts::sotw_type_part(t)];
@@ -607,7 +701,7 @@ impl Sidecar {
         }));
         send(tx, Outgoing::Parts(parts)).await?;
         progress.acked[t.index()] = true;
-        if t == EDS && !progress.requested[LDS.index()] {
+        if wants_listeners(progress) {
             progress.requested[LDS.index()] = true;
             send(tx, Outgoing::Parts(vec![facts::sotw_type_part(LDS)])).await?;
         }
@@ -615,17 +709,22 @@ impl Sidecar {
         Ok(())
     }
 
-    /// Keeps the EDS (or RDS) request naming what the CDS (or LDS) state names; a SotW request
-    /// always lists every name, with the type's version and nonce.
-    async fn follow_sotw(
+    /// Sends a subscription change: the first request of a wildcard type (no names), or a named
+    /// type's request listing every name of `wanted`, with the type's version and nonce.
+    async fn request_sotw(
         &self,
         shared: &Shared,
         progress: &mut Progress,
         tx: &mpsc::Sender<Outgoing<DiscoveryRequest>>,
-        child: ResourceType,
-        parent: StateId,
+        next: Next,
     ) -> anyhow::Result<()> {
-        let wanted = shared.facts.state(parent).follow.clone();
+        let (child, wanted) = match next {
+            Next::Wildcard(t) => {
+                progress.requested[t.index()] = true;
+                return send(tx, Outgoing::Parts(vec![facts::sotw_type_part(t)])).await;
+            }
+            Next::Names(child, wanted) => (child, wanted),
+        };
         if progress.subscribed[child.index()]
             .as_ref()
             .is_some_and(|current| Arc::ptr_eq(current, &wanted))
@@ -649,6 +748,12 @@ impl Sidecar {
         ]);
         send(tx, request).await
     }
+}
+
+/// Whether the sidecar asks for listeners now: Envoy does once its clusters are initialised, that
+/// is once it has ACKed CDS and the endpoints of its EDS clusters (if it has any).
+fn wants_listeners(progress: &Progress) -> bool {
+    !progress.requested[LDS.index()] && progress.acked[CDS.index()] && progress.acked[EDS.index()]
 }
 
 /// Envoy's reconnect backoff as `sluice bootstrap` sets it: 0.25 s doubling up to 1 s, with
