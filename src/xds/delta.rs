@@ -444,6 +444,14 @@ impl TypeState {
         }
         let position = self.recent.iter().position(|r| r.nonce == nonce);
         let is_latest = position.is_some_and(|p| p + 1 == self.recent.len());
+        if let (None, Some(p)) = (&request.error_detail, position) {
+            // The client applied that response and every earlier one (it answers in order),
+            // so none of them can be undone any more: forget what they changed. After a first
+            // sync that is every resource of the type, per stream.
+            for record in self.recent.iter_mut().take(p + 1) {
+                record.changes = Vec::new();
+            }
+        }
         if let Some(detail) = &request.error_detail {
             let (version, rejected) = match position {
                 Some(p) => self.undo(p),
@@ -1323,12 +1331,44 @@ mod tests {
             ],
         ));
         assert_eq!(summary(&second)[0], s(C, &["a"], &[]));
-        h.ack(&second.responses[0]);
-        // The client rejected the first CDS (a and b) but took the second (a): b is sent again.
+        // The client rejected the first CDS (a and b) and will take the second (a): b is sent
+        // again.
         let out = h.nack(&first.responses[0]);
         assert!(matches!(&out.events[0], Event::Nack { rejected, .. } if rejected.len() == 2));
         // b is a changed cluster for the client, so its endpoints follow (rule 11).
         assert_eq!(summary(&out), [s(C, &["b"], &[]), s(E, &["b"], &[])]);
+        h.ack(&second.responses[0]);
+    }
+
+    #[test]
+    fn an_ack_forgets_what_the_responses_it_settles_changed() {
+        let mut h = synced();
+        let kept = |h: &Harness| -> usize {
+            h.stream.types[C.index()]
+                .recent
+                .iter()
+                .map(|r| r.changes.len())
+                .sum()
+        };
+        let out = h.publish(snapshot(
+            "rev2",
+            &[
+                (C, "a", 1),
+                (C, "b", 1),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        ));
+        assert_eq!(
+            kept(&h),
+            2,
+            "this response's two changes, until it is answered"
+        );
+        h.ack(&out.responses[0]);
+        // A client answers in order: what it ACKed, and all before, can no longer be NACKed.
+        assert_eq!(kept(&h), 0);
     }
 }
 
@@ -1381,12 +1421,12 @@ mod proptests {
     fn step() -> impl Strategy<Value = Step> {
         let names = || proptest::collection::vec(0usize..4, 0..3);
         prop_oneof![
-            3 => (0usize..4, names(), any::<bool>())
+            3 => (0usize..ResourceType::COUNT, names(), any::<bool>())
                 .prop_map(|(t, names, stale)| Step::Subscribe { t, names, stale }),
-            1 => (0usize..4, names(), any::<bool>())
+            1 => (0usize..ResourceType::COUNT, names(), any::<bool>())
                 .prop_map(|(t, names, stale)| Step::Unsubscribe { t, names, stale }),
-            3 => (0usize..4).prop_map(|t| Step::Ack { t }),
-            1 => (0usize..4).prop_map(|t| Step::Nack { t }),
+            3 => (0usize..ResourceType::COUNT).prop_map(|t| Step::Ack { t }),
+            1 => (0usize..ResourceType::COUNT).prop_map(|t| Step::Nack { t }),
             2 => spec().prop_map(Step::Publish),
             1 => Just(Step::Reconnect),
         ]
