@@ -5,8 +5,15 @@
 //! server knows. After every request and every new snapshot it computes, per type, what the
 //! client should hold; a type is sent when, and only when, that differs in content from what it
 //! holds (or the client is owed an answer). Responses go out in make-before-break order (CDS,
-//! EDS, LDS, RDS), with cluster removals in a final CDS response, so a route never names a
-//! cluster the sidecar does not have yet and no cluster disappears while a route still uses it.
+//! EDS, LDS, scoped RDS, RDS), with cluster removals in a final CDS response, so a route never
+//! names a cluster the sidecar does not have yet and no cluster disappears while a route still
+//! uses it.
+//!
+//! LDS, CDS and scoped RDS responses are the full set: a name missing from one is deleted. EDS
+//! and RDS responses carry only what the client does not hold yet at its current version (and
+//! the endpoints a changed cluster needs again, rule 11): Envoy applies an EDS/RDS response per
+//! resource and deletes nothing by absence, so a change of one of 2,000 route configurations
+//! sends that one.
 //!
 //! Rule numbers in comments refer to `XDS_CHECKLIST.md`.
 
@@ -53,26 +60,37 @@ struct TypeState {
     wildcard: bool,
     /// Names the client asked for, without `*`.
     names: BTreeSet<String>,
-    /// What the client holds as far as the server knows: the last response it did not reject;
-    /// for EDS/RDS narrowed to what it still subscribes to (a client drops what it unsubscribes
-    /// from, so a name requested again is sent again, rule 19).
+    /// What the client holds as far as the server knows. For LDS/CDS/scoped RDS the last
+    /// response it did not reject. For EDS/RDS every resource it got and did not reject (a
+    /// response adds to what it holds; a resource deleted from the snapshot stays with the
+    /// client), narrowed to what it still subscribes to (a client drops what it unsubscribes
+    /// from, so a name requested again is sent again, rule 19). A name missing here is one the
+    /// client may not hold at any version the server knows of: it is sent.
     held: Held,
-    /// Whether `held` is known. Before the first response of a stream the client may hold
-    /// anything (from an earlier stream); when it rejects that response it keeps that unknown
-    /// config, and the next change must be sent whatever it hashes to.
+    /// Whether `held` is known (LDS/CDS/scoped RDS; for EDS/RDS an unknown `held` is empty, so
+    /// everything subscribed is sent). Before the first response of a stream the client may
+    /// hold anything (from an earlier stream); when it rejects that response it keeps that
+    /// unknown config, and the next change must be sent whatever it hashes to.
     held_known: bool,
     /// What the client held before the latest response (and whether that was known); restored
     /// when that response is NACKed, since a client keeps its previous config.
-    held_before_latest: Option<(bool, Held)>,
+    held_before_latest: Option<(bool, Before)>,
     /// The first request of a type on a stream is answered even when its version says the
     /// client is current: Envoy waits for that answer before it finishes initialising.
     must_answer: bool,
-    /// Send EDS although its content did not change: a cluster changed, and Envoy drops a
-    /// cluster's endpoints when it updates the cluster (rule 11, envoy issue 13009).
-    force: bool,
-    /// Content hash of the latest rejected response. While what the client should hold still
-    /// hashes to it, nothing is sent: the rejected config is not resent in a loop (rule 4).
+    /// EDS names to send although the client holds them at their current version: their
+    /// cluster changed, and Envoy drops a cluster's endpoints when it updates the cluster
+    /// (rule 11, envoy issue 13009). Consumed by the next plan.
+    forced: BTreeSet<String>,
+    /// LDS/CDS/scoped RDS: content hash of the latest rejected response. While what the client
+    /// should hold still hashes to it, nothing is sent: the rejected config is not resent in a
+    /// loop (rule 4).
     rejected_hash: Option<String>,
+    /// EDS/RDS: name → version of resources the client rejected and does not hold. While
+    /// everything the client lacks is among them, nothing is sent (rule 4); the next real change
+    /// (or a forced resend) sends them again with it. Pruned to what is still lacking at each
+    /// plan, and emptied by every response (which carries all that is lacking).
+    rejected: BTreeMap<String, String>,
     /// The latest responses of this type, newest last.
     recent: VecDeque<SentRecord>,
     /// Nonce of the latest response already ACKed or NACKed, so a repeated request with that
@@ -82,6 +100,16 @@ struct TypeState {
     settled: Settled,
 }
 
+/// How to return `held` to what it was before the latest response.
+#[derive(Debug)]
+enum Before {
+    /// LDS/CDS/scoped RDS: the whole previous set, which the response replaced.
+    Set(Held),
+    /// EDS/RDS: for each name the response carried, the entry it replaced (none: the client did
+    /// not hold the name, or holds it at a version the server does not know).
+    Entries(Vec<(String, Option<Arc<Resource>>)>),
+}
+
 /// A response as remembered for ACK and NACK handling.
 #[derive(Debug)]
 struct SentRecord {
@@ -89,10 +117,11 @@ struct SentRecord {
     nonce: String,
     /// The response's version, reported as sent, ACKed or NACKed.
     version: String,
-    /// Content hash of the response.
+    /// Content hash of the response (for EDS/RDS, of the full set the client holds after it).
     hash: String,
-    /// Names of the resources in it, for NACK reports.
-    names: Vec<String>,
+    /// The resources in it, sorted by name: names for NACK reports, and for EDS/RDS what to
+    /// forget when a response older than the latest is NACKed.
+    resources: Vec<Arc<Resource>>,
 }
 
 impl SotwStream {
@@ -145,12 +174,12 @@ impl SotwStream {
 
     /// Decides, per type, what to send, and emits it in make-before-break order (rule 9).
     fn sync(&mut self, snapshot: &Snapshot) -> Output<SotwReply> {
-        let mut plans: [Option<Held>; ResourceType::COUNT] = Default::default();
+        let mut plans: [Option<Plan>; ResourceType::COUNT] = Default::default();
         for t in ResourceType::ALL {
             plans[t.index()] = self.plan(t, snapshot);
             if t == ResourceType::Cluster {
                 if let Some(clusters) = &plans[t.index()] {
-                    self.force_endpoints_of_changed_clusters(clusters, snapshot);
+                    self.force_endpoints_of_changed_clusters(&clusters.content, snapshot);
                 }
             }
         }
@@ -166,18 +195,23 @@ impl SotwStream {
             // for it wants gone at once).
             let removed: Vec<(&String, &Arc<Resource>)> = held
                 .iter()
-                .filter(|(name, _)| !clusters.contains_key(*name) && state.covers(name))
+                .filter(|(name, _)| !clusters.content.contains_key(*name) && state.covers(name))
                 .collect();
             if !removed.is_empty() && others_sent {
                 // Keep them, at the content the client has, until the other types have moved
                 // off them; the final CDS then drops them.
-                let mut union = BTreeMap::clone(&clusters);
+                let mut union = BTreeMap::clone(&clusters.content);
                 for (name, resource) in removed {
                     union.insert(name.clone(), resource.clone());
                 }
                 let union = Arc::new(union);
-                if hash_of(&union) != hash_of(held) {
-                    self.emit(ResourceType::Cluster, union, snapshot, &mut out);
+                let hash = hash_of(&union);
+                if hash != hash_of(held) {
+                    let plan = Plan {
+                        content: union,
+                        hash,
+                    };
+                    self.emit(ResourceType::Cluster, plan, snapshot, &mut out);
                 }
                 final_clusters = Some(clusters);
             } else {
@@ -185,8 +219,8 @@ impl SotwStream {
             }
         }
         for t in &ResourceType::ALL[1..] {
-            if let Some(content) = plans[t.index()].take() {
-                self.emit(*t, content, snapshot, &mut out);
+            if let Some(plan) = plans[t.index()].take() {
+                self.emit(*t, plan, snapshot, &mut out);
             }
         }
         if let Some(clusters) = final_clusters {
@@ -196,14 +230,18 @@ impl SotwStream {
     }
 
     /// What to send for `t` now, if anything.
-    fn plan(&mut self, t: ResourceType, snapshot: &Snapshot) -> Option<Held> {
+    fn plan(&mut self, t: ResourceType, snapshot: &Snapshot) -> Option<Plan> {
         let state = &mut self.types[t.index()];
+        let forced = std::mem::take(&mut state.forced);
         if !state.requested || !state.subscribed() {
             // Rule 18: EDS/RDS with no names is an unsubscription; nothing is sent.
             return None;
         }
         if state.settled.skip(snapshot.type_version(t)) {
             return None;
+        }
+        if !t.is_wildcard_type() {
+            return state.plan_partial(t, snapshot, &forced);
         }
         let desired = state.desired(t, snapshot);
         let hash = if state.wildcard {
@@ -218,48 +256,54 @@ impl SotwStream {
         }
         let changed = !state.held_known
             || !(Arc::ptr_eq(&desired, &state.held) || hash == hash_of(&state.held));
-        let wanted = state.must_answer || state.force || (changed && state.rejected_hash.is_none());
-        // SotW cannot delete EDS/RDS resources, so an empty response tells the client nothing;
-        // names requested before they exist are sent once they appear (rule 19). An empty LDS
-        // or CDS is a real answer: it deletes everything, and the snapshot truly has none.
-        if !wanted || (desired.is_empty() && !t.is_wildcard_type()) {
-            return None;
-        }
-        Some(desired)
+        // An empty LDS or CDS is a real answer: it deletes everything, and the snapshot truly
+        // has none.
+        let wanted = state.must_answer || (changed && state.rejected_hash.is_none());
+        wanted.then_some(Plan {
+            content: desired,
+            hash,
+        })
     }
 
     /// Rule 11: a cluster whose content changes gets its endpoints again in the EDS response
-    /// that follows the CDS, even when they did not change.
+    /// that follows the CDS, even when they did not change. Only those endpoints: an EDS
+    /// response need not carry the others.
     fn force_endpoints_of_changed_clusters(&mut self, clusters: &Held, snapshot: &Snapshot) {
         let held = &self.types[ResourceType::Cluster.index()].held;
         let endpoints = &self.types[ResourceType::Endpoint.index()];
-        let any = endpoints.requested
-            && clusters.iter().any(|(name, resource)| {
-                held.get(name)
+        if !endpoints.requested {
+            return;
+        }
+        let forced: BTreeSet<String> = clusters
+            .iter()
+            .filter(|(name, resource)| {
+                held.get(*name)
                     .is_some_and(|old| old.version != resource.version)
                     && endpoints.covers(name)
                     && snapshot.get(ResourceType::Endpoint, name).is_some()
-            });
-        if any {
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        if !forced.is_empty() {
             let endpoints = &mut self.types[ResourceType::Endpoint.index()];
-            endpoints.force = true;
+            endpoints.forced = forced;
             endpoints.settled.clear();
         }
     }
 
-    /// Builds, records and queues one response holding exactly `content`.
+    /// Builds, records and queues one response holding exactly `plan.content`.
     fn emit(
         &mut self,
         t: ResourceType,
-        content: Held,
+        plan: Plan,
         snapshot: &Snapshot,
         out: &mut Output<SotwReply>,
     ) {
+        let Plan { content, hash } = plan;
         let nonce = self.nonces.next();
         let state = &mut self.types[t.index()];
-        let hash = hash_of(&content);
         let version = response_version(&snapshot.revision, &hash);
-        // Only LDS/CDS delete by absence; for EDS/RDS a missing name deletes nothing.
+        // Only LDS/CDS/scoped RDS delete by absence; for EDS/RDS a missing name deletes nothing.
         let removed = if t.is_wildcard_type() {
             state
                 .held
@@ -269,27 +313,44 @@ impl SotwStream {
         } else {
             0
         };
+        let resources: Vec<Arc<Resource>> = content.values().cloned().collect();
         let response = SotwReply {
             version_info: version.clone(),
             resource_type: t,
-            resources: content.values().cloned().collect(),
+            resources: resources.clone(),
             nonce: nonce.clone(),
         };
         out.events.push(Event::Sent {
             resource_type: t,
             version: version.clone(),
-            resources: content.len(),
+            resources: resources.len(),
             removed,
             bytes: response.encoded_len(),
         });
         out.responses.push(response);
 
-        let names = content.keys().cloned().collect();
-        let before = std::mem::replace(&mut state.held, content);
+        let before = if t.is_wildcard_type() {
+            // The response is the client's new set.
+            Before::Set(std::mem::replace(&mut state.held, content))
+        } else {
+            // The client adds the response to what it holds. It carries everything the client
+            // lacked, rejected resources included: none stays rejected.
+            state.rejected.clear();
+            let held = Arc::make_mut(&mut state.held);
+            Before::Entries(
+                resources
+                    .iter()
+                    .map(|resource| {
+                        let name = resource.name.clone();
+                        let old = held.insert(name.clone(), resource.clone());
+                        (name, old)
+                    })
+                    .collect(),
+            )
+        };
         state.held_before_latest = Some((state.held_known, before));
         state.held_known = true;
         state.must_answer = false;
-        state.force = false;
         state.status.sent_version = Some(version.clone());
         if state.recent.len() == RECENT_RESPONSES {
             state.recent.pop_front();
@@ -298,9 +359,18 @@ impl SotwStream {
             nonce,
             version,
             hash,
-            names,
+            resources,
         });
     }
+}
+
+/// A response to send: its resources, and the content hash its version carries (for EDS/RDS
+/// that of everything the client holds once it applies the response, so a partial response
+/// has the version a full one would have).
+#[derive(Debug)]
+struct Plan {
+    content: Held,
+    hash: String,
 }
 
 impl TypeState {
@@ -335,9 +405,53 @@ impl TypeState {
         self.wildcard || self.names.contains(name)
     }
 
-    /// What the client should hold: every resource in wildcard mode, else the requested names
-    /// that exist. Always from the current snapshot, even for names requested against an older
-    /// one (rule 12).
+    /// EDS/RDS: the subscribed resources the client does not hold at their current version, and
+    /// the `forced` ones (rule 11), when they are to be sent. Always from the current snapshot,
+    /// even for names requested against an older one (rule 12). One ordered walk over the
+    /// subscribed and held names; nothing is copied unless it is sent.
+    fn plan_partial(
+        &mut self,
+        t: ResourceType,
+        snapshot: &Snapshot,
+        forced: &BTreeSet<String>,
+    ) -> Option<Plan> {
+        let mut pending = BTreeMap::new();
+        let mut held = self.held.iter().peekable();
+        for name in &self.names {
+            while held.next_if(|(h, _)| h.as_str() < name.as_str()).is_some() {}
+            let had = held.next_if(|(h, _)| *h == name).map(|(_, r)| r);
+            let Some(resource) = snapshot.get(t, name) else {
+                continue;
+            };
+            if forced.contains(name) || had.is_none_or(|h| h.version != resource.version) {
+                pending.insert(name.clone(), resource.clone());
+            }
+        }
+        // A rejected resource stays rejected while the client still lacks it at that version.
+        self.rejected
+            .retain(|name, version| pending.get(name).is_some_and(|r| r.version == *version));
+        // Rule 4: nothing is sent while all that is lacking was rejected. SotW cannot delete
+        // EDS/RDS resources, so an empty response tells the client nothing; names requested
+        // before they exist are sent once they appear (rule 19).
+        let wanted = self.must_answer || !forced.is_empty() || pending.len() > self.rejected.len();
+        if pending.is_empty() || !wanted {
+            return None;
+        }
+        // The version of the full set the client holds once it applies the response.
+        let hash = content_hash(self.names.iter().filter_map(|name| {
+            snapshot
+                .get(t, name)
+                .map(|resource| (name.as_str(), resource.version.as_str()))
+        }));
+        Some(Plan {
+            content: Arc::new(pending),
+            hash,
+        })
+    }
+
+    /// LDS/CDS/scoped RDS: what the client should hold: every resource in wildcard mode, else
+    /// the requested names that exist. Always from the current snapshot, even for names
+    /// requested against an older one (rule 12).
     fn desired(&self, t: ResourceType, snapshot: &Snapshot) -> Held {
         if self.wildcard {
             return Arc::clone(snapshot.shared_resources(t));
@@ -354,8 +468,11 @@ impl TypeState {
         )
     }
 
-    /// ACK and NACK are told apart by `error_detail` alone (rule 3). Only an answer to the
-    /// latest response moves the state: an older one was superseded by a full state sent since.
+    /// ACK and NACK are told apart by `error_detail` alone (rule 3). An ACK moves the state
+    /// only when it answers the latest response: an older one was superseded by what was sent
+    /// since. So, mostly, is a NACK of an older LDS/CDS/scoped RDS response (a full set came
+    /// after it). An EDS/RDS response is not: a NACK of an older one makes the server forget
+    /// what only that response carried.
     fn handle_ack_or_nack(
         &mut self,
         t: ResourceType,
@@ -368,17 +485,45 @@ impl TypeState {
         }
         let is_latest = self.recent.back().is_some_and(|r| r.nonce == nonce);
         if let Some(detail) = &request.error_detail {
-            let record = self.recent.iter().find(|r| r.nonce == nonce);
+            let position = self.recent.iter().position(|r| r.nonce == nonce);
+            let record = position.map(|i| &self.recent[i]);
             let version = record.map(|r| r.version.clone()).unwrap_or_default();
-            let rejected = record.map(|r| r.names.clone()).unwrap_or_default();
-            if let (true, Some(record)) = (is_latest, record) {
-                self.rejected_hash = Some(record.hash.clone());
-                self.settled.clear();
-                if let Some((known, before)) = self.held_before_latest.take() {
-                    self.held_known = known;
-                    self.held = before;
+            let rejected = record
+                .map(|r| r.resources.iter().map(|r| r.name.clone()).collect())
+                .unwrap_or_default();
+            match position {
+                Some(i) if is_latest => {
+                    let record = &self.recent[i];
+                    if t.is_wildcard_type() {
+                        self.rejected_hash = Some(record.hash.clone());
+                    } else {
+                        for resource in &record.resources {
+                            if self.names.contains(&resource.name) {
+                                self.rejected
+                                    .insert(resource.name.clone(), resource.version.clone());
+                            }
+                        }
+                    }
+                    self.settled.clear();
+                    if let Some((known, before)) = self.held_before_latest.take() {
+                        self.held_known = known;
+                        self.restore(before);
+                    }
+                    self.answered_nonce = Some(nonce.to_string());
                 }
-                self.answered_nonce = Some(nonce.to_string());
+                Some(i) if !t.is_wildcard_type() => {
+                    self.forget_rejected(i);
+                    self.settled.clear();
+                }
+                Some(_) => {
+                    // The latest response, a full set, supersedes it; but should the client
+                    // reject that one too, it keeps neither, and what it held before the latest
+                    // is not known.
+                    if let Some((known, _)) = &mut self.held_before_latest {
+                        *known = false;
+                    }
+                }
+                None => {}
             }
             self.status.last_nack = Some(NackRecord::now(version.clone(), detail.message.clone()));
             events.push(Event::Nack {
@@ -396,6 +541,63 @@ impl TypeState {
                 resource_type: t,
                 version: latest.version.clone(),
             });
+        }
+    }
+
+    /// Returns `held` to what it was before the latest response.
+    fn restore(&mut self, before: Before) {
+        match before {
+            Before::Set(held) => self.held = held,
+            Before::Entries(entries) => {
+                let held = Arc::make_mut(&mut self.held);
+                for (name, old) in entries {
+                    match old {
+                        Some(resource) => held.insert(name, resource),
+                        None => held.remove(&name),
+                    };
+                }
+            }
+        }
+    }
+
+    /// EDS/RDS: the client rejected `recent[index]`, older than the latest response, and kept
+    /// what it had before. Responses since carried only what changed, so for each resource that
+    /// no later response carried the client holds a version the server no longer knows: it is
+    /// forgotten, and counted as rejected (sent again with the next real change, rule 4). One
+    /// the latest response carried again is held at that version, unless the latest is
+    /// rejected too.
+    fn forget_rejected(&mut self, index: usize) {
+        let TypeState {
+            recent,
+            held,
+            held_before_latest,
+            rejected,
+            ..
+        } = self;
+        let latest = recent.len() - 1;
+        let find = |record: &SentRecord, name: &str| {
+            record
+                .resources
+                .binary_search_by(|r| r.name.as_str().cmp(name))
+        };
+        for resource in &recent[index].resources {
+            let name = resource.name.as_str();
+            if recent
+                .range(index + 1..latest)
+                .any(|record| find(record, name).is_ok())
+            {
+                continue;
+            }
+            if find(&recent[latest], name).is_ok() {
+                if let Some((_, Before::Entries(entries))) = held_before_latest {
+                    if let Ok(i) = entries.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
+                        entries[i].1 = None;
+                    }
+                }
+            } else if held.contains_key(name) {
+                Arc::make_mut(held).remove(name);
+                rejected.insert(name.to_string(), resource.version.clone());
+            }
         }
     }
 
@@ -418,6 +620,7 @@ impl TypeState {
             self.held_known = true;
             self.held_before_latest = None;
             self.rejected_hash = None;
+            self.rejected.clear();
             self.settled.clear();
         }
         self.status.subscribed = self.subscribed();
@@ -443,9 +646,10 @@ impl TypeState {
             if self.held.keys().any(|name| !names.contains(name)) {
                 Arc::make_mut(&mut self.held).retain(|name, _| names.contains(name));
             }
-            if let Some((_, before)) = &mut self.held_before_latest {
-                Arc::make_mut(before).retain(|name, _| names.contains(name));
+            if let Some((_, Before::Entries(entries))) = &mut self.held_before_latest {
+                entries.retain(|(name, _)| names.contains(name));
             }
+            self.rejected.retain(|name, _| names.contains(name));
         }
     }
 }
@@ -558,13 +762,16 @@ mod tests {
                 resource_type,
                 version,
                 resources,
+                removed,
                 bytes,
-                ..
             } = event
             else {
                 unreachable!()
             };
             assert_eq!(*resource_type, t);
+            if !t.is_wildcard_type() {
+                assert_eq!(*removed, 0, "{t} deletes nothing by absence");
+            }
             assert_eq!(*version, response.version_info);
             assert_eq!(*resources, response.resources.len());
             assert_eq!(*bytes, response.encoded_len());
@@ -684,7 +891,7 @@ mod tests {
             ],
         ));
         // CDS, and EDS again for the changed cluster (rule 11); no LDS.
-        assert_eq!(summary(&out), [s(C, &["a", "b"]), s(E, &["a", "b"])]);
+        assert_eq!(summary(&out), [s(C, &["a", "b"]), s(E, &["a"])]);
         assert_ne!(h.stream.status(C).sent_version, cds_before);
         assert_eq!(h.stream.status(L).sent_version, lds_before);
         // The version carries the revision and the content hash.
@@ -730,7 +937,7 @@ mod tests {
                 (R, "r", 0),
             ],
         ));
-        assert_eq!(summary(&bad), [s(C, &["a", "b"]), s(E, &["a", "b"])]);
+        assert_eq!(summary(&bad), [s(C, &["a", "b"]), s(E, &["a"])]);
         let cds = bad.responses[0].clone();
         let eds = bad.responses[1].clone();
         assert!(h.ack(&eds, &["a", "b"]).responses.is_empty());
@@ -764,7 +971,7 @@ mod tests {
             ],
         );
         let out = h.publish(fixed.clone());
-        assert_eq!(summary(&out), [s(C, &["a", "b"]), s(E, &["a", "b"])]);
+        assert_eq!(summary(&out), [s(C, &["a", "b"]), s(E, &["a"])]);
         assert!(h.publish(fixed).responses.is_empty());
         h.ack(&out.responses[0], &[]);
         assert_eq!(h.stream.status(C).state(), SyncState::Synced);
@@ -934,7 +1141,9 @@ mod tests {
                 (R, "r", 0),
             ],
         ));
-        assert_eq!(summary(&out), [s(C, &["a", "b"]), s(E, &["a", "b"])]);
+        // Only a's endpoints: b's cluster did not change, and an EDS response need not carry
+        // everything.
+        assert_eq!(summary(&out), [s(C, &["a", "b"]), s(E, &["a"])]);
         // Same content, so the same content hash; a new snapshot revision.
         assert!(out.responses[1].version_info.starts_with("rev2-"));
         // A new cluster alone does not: Envoy asks for its endpoints.
@@ -974,10 +1183,7 @@ mod tests {
             ],
         );
         let out = h.subscribe(E, &["a", "b", "c"]);
-        assert_eq!(
-            summary(&out),
-            [s(C, &["a", "b", "c"]), s(E, &["a", "b", "c"])]
-        );
+        assert_eq!(summary(&out), [s(C, &["a", "b", "c"]), s(E, &["c"])]);
         assert!(h
             .stream
             .handle_snapshot(&h.snapshot.clone())
@@ -1047,9 +1253,9 @@ mod tests {
         assert!(!out.events.iter().any(|e| matches!(e, Event::Ack { .. })));
         assert_eq!(h.stream.status(E).state(), SyncState::Stale);
         assert!(out.responses.is_empty(), "{:?}", summary(&out));
-        // And adds b back, still with the stale nonce: b is sent again.
+        // And adds b back, still with the stale nonce: b is sent again (a is on its way).
         let out = h.request(request(E, &["a", "b"], "", &eds));
-        assert_eq!(summary(&out), [s(E, &["a", "b"])]);
+        assert_eq!(summary(&out), [s(E, &["b"])]);
         assert!(h.ack(&pushed, &["a", "b"]).events.is_empty(), "superseded");
     }
 
@@ -1086,9 +1292,9 @@ mod tests {
             sent,
             [
                 vec![s(E, &["a"])],
-                vec![s(E, &["a", "b"])],
+                vec![s(E, &["b"])],
                 vec![],
-                vec![s(E, &["a", "b"])],
+                vec![s(E, &["b"])],
             ]
         );
         // Unsubscribed entirely, then asked again: sent again.
@@ -1105,6 +1311,165 @@ mod tests {
         assert_eq!(summary(&out), [s(E, &["x"])]);
         let out = h.subscribe(R, &["nope"]);
         assert!(out.responses.is_empty());
+    }
+
+    /// A harness subscribed over RDS to route configurations r1, r2 and r3 at `variants`, ACKed.
+    fn three_routes(variants: [u32; 3]) -> Harness {
+        let mut h = Harness::new(routes("rev1", variants));
+        let out = h.subscribe(R, &ROUTES);
+        assert_eq!(summary(&out), [s(R, &ROUTES)]);
+        h.ack(&out.responses[0], &ROUTES);
+        h
+    }
+
+    const ROUTES: [&str; 3] = ["r1", "r2", "r3"];
+
+    fn routes(revision: &str, variants: [u32; 3]) -> Snapshot {
+        let items: Vec<_> = ROUTES
+            .iter()
+            .zip(variants)
+            .map(|(n, v)| (R, *n, v))
+            .collect();
+        snapshot(revision, &items)
+    }
+
+    #[test]
+    fn eds_and_rds_responses_carry_only_what_changed() {
+        let mut h = three_routes([0, 0, 0]);
+        let changed = routes("rev2", [1, 0, 0]);
+        let out = h.publish(changed.clone());
+        assert_eq!(summary(&out), [s(R, &["r1"])]);
+        assert!(matches!(
+            &out.events[..],
+            [Event::Sent {
+                resources: 1,
+                removed: 0,
+                ..
+            }]
+        ));
+        // Its version is the one a full response would carry: a new stream's first answer.
+        let mut fresh = Harness::new(changed);
+        let full = fresh.subscribe(R, &ROUTES);
+        assert_eq!(summary(&full), [s(R, &ROUTES)]);
+        assert_eq!(
+            out.responses[0].version_info,
+            full.responses[0].version_info
+        );
+        assert!(h.ack(&out.responses[0], &ROUTES).responses.is_empty());
+        assert_eq!(h.stream.status(R).state(), SyncState::Synced);
+        // Endpoints alike.
+        let mut h = synced();
+        let out = h.publish(snapshot(
+            "rev2",
+            &[
+                (C, "a", 0),
+                (C, "b", 0),
+                (E, "a", 0),
+                (E, "b", 1),
+                (L, "l", 0),
+                (R, "r", 0),
+            ],
+        ));
+        assert_eq!(summary(&out), [s(E, &["b"])]);
+    }
+
+    #[test]
+    fn rule_11_only_the_changed_clusters_endpoints_are_forced() {
+        // Cluster a changes, b's endpoints change, c is untouched.
+        let items = |cluster_a, endpoints_b| {
+            snapshot(
+                "rev",
+                &[
+                    (C, "a", cluster_a),
+                    (C, "b", 0),
+                    (C, "c", 0),
+                    (E, "a", 0),
+                    (E, "b", endpoints_b),
+                    (E, "c", 0),
+                ],
+            )
+        };
+        let mut h = Harness::new(items(0, 0));
+        for (t, names) in [(C, &[][..]), (E, &["a", "b", "c"][..])] {
+            let out = h.subscribe(t, names);
+            h.ack(&out.responses[0], names);
+        }
+        let out = h.publish(items(1, 1));
+        assert_eq!(summary(&out), [s(C, &["a", "b", "c"]), s(E, &["a", "b"])]);
+        // Forced once: the same content again sends nothing.
+        assert!(h.publish(items(1, 1)).responses.is_empty());
+    }
+
+    #[test]
+    fn rule_04_a_rejected_partial_response_goes_again_only_with_the_next_change() {
+        let mut h = three_routes([0, 0, 0]);
+        let bad = h.publish(routes("rev2", [1, 0, 0]));
+        assert_eq!(summary(&bad), [s(R, &["r1"])]);
+        assert!(h.nack(&bad.responses[0], &ROUTES).responses.is_empty());
+        // Neither the same content again, nor dropping a name, resends it.
+        assert!(h.publish(routes("rev3", [1, 0, 0])).responses.is_empty());
+        assert!(h.subscribe(R, &["r1", "r2"]).responses.is_empty());
+        // The next real change goes out with r1, which the client still lacks.
+        let out = h.publish(routes("rev4", [1, 1, 0]));
+        assert_eq!(summary(&out), [s(R, &["r1", "r2"])]);
+        // Re-adding a name sends it (rule 19), even with a rejected resource pending.
+        let mut h = three_routes([0, 0, 0]);
+        let bad = h.publish(routes("rev2", [1, 0, 0]));
+        h.nack(&bad.responses[0], &ROUTES);
+        assert!(h.subscribe(R, &["r1", "r2"]).responses.is_empty());
+        assert_eq!(summary(&h.subscribe(R, &ROUTES)), [s(R, &["r1", "r3"])]);
+    }
+
+    #[test]
+    fn nack_of_an_older_partial_response_sends_its_resources_with_the_next_change() {
+        let mut h = three_routes([0, 0, 0]);
+        // Two changes in quick succession: two responses before the client answers either.
+        let first = h.publish(routes("rev2", [1, 0, 0]));
+        let second = h.publish(routes("rev3", [1, 1, 0]));
+        assert_eq!(summary(&first), [s(R, &["r1"])]);
+        assert_eq!(summary(&second), [s(R, &["r2"])]);
+        // The client rejects the first, keeping r1 at 0, and takes the second.
+        let out = h.nack(&first.responses[0], &ROUTES);
+        assert!(out.responses.is_empty(), "{:?}", summary(&out));
+        assert!(h.ack(&second.responses[0], &ROUTES).responses.is_empty());
+        // r1 goes again with the next change.
+        let out = h.publish(routes("rev4", [1, 1, 1]));
+        assert_eq!(summary(&out), [s(R, &["r1", "r3"])]);
+        h.ack(&out.responses[0], &ROUTES);
+
+        // A later response carried r1 again: after the older NACK the client holds r1 from
+        // that one...
+        let first = h.publish(routes("rev5", [2, 1, 1]));
+        let second = h.publish(routes("rev6", [3, 2, 1]));
+        assert_eq!(summary(&second), [s(R, &["r1", "r2"])]);
+        h.nack(&first.responses[0], &ROUTES);
+        h.ack(&second.responses[0], &ROUTES);
+        assert_eq!(
+            summary(&h.publish(routes("rev7", [3, 2, 2]))),
+            [s(R, &["r3"])]
+        );
+        // ...and when it rejects both, neither.
+        let first = h.publish(routes("rev8", [4, 2, 2]));
+        let second = h.publish(routes("rev9", [5, 3, 2]));
+        assert_eq!(summary(&second), [s(R, &["r1", "r2"])]);
+        assert!(h.nack(&first.responses[0], &ROUTES).responses.is_empty());
+        assert!(h.nack(&second.responses[0], &ROUTES).responses.is_empty());
+        assert_eq!(
+            summary(&h.publish(routes("rev10", [5, 3, 3]))),
+            [s(R, &["r1", "r2", "r3"])]
+        );
+    }
+
+    #[test]
+    fn a_route_configuration_deleted_then_restored_unchanged_sends_nothing() {
+        let mut h = three_routes([0, 0, 0]);
+        // The client keeps an RDS resource a response lacks: a deletion tells it nothing, and
+        // it still holds the configuration when it comes back.
+        let deleted = snapshot("rev2", &[(R, "r1", 0), (R, "r3", 0)]);
+        assert!(h.publish(deleted).responses.is_empty());
+        assert!(h.publish(routes("rev3", [0, 0, 0])).responses.is_empty());
+        let out = h.publish(routes("rev4", [0, 1, 0]));
+        assert_eq!(summary(&out), [s(R, &["r2"])]);
     }
 
     #[test]
@@ -1182,6 +1547,21 @@ mod tests {
     }
 
     #[test]
+    fn nacks_of_an_older_and_then_the_latest_full_response_assume_neither_was_applied() {
+        let mut h = Harness::new(snapshot("rev1", &[(C, "a", 0)]));
+        let out = h.subscribe(C, &[]);
+        h.ack(&out.responses[0], &[]);
+        let first = h.publish(snapshot("rev2", &[(C, "a", 0), (C, "b", 0)]));
+        let second = h.publish(snapshot("rev3", &[(C, "a", 0)]));
+        // The client rejects both, in turn: it still holds a alone.
+        assert!(h.nack(&first.responses[0], &[]).responses.is_empty());
+        assert!(h.nack(&second.responses[0], &[]).responses.is_empty());
+        // b comes back: the client never got it, so it is sent.
+        let out = h.publish(snapshot("rev4", &[(C, "a", 0), (C, "b", 0)]));
+        assert_eq!(summary(&out), [s(C, &["a", "b"])]);
+    }
+
+    #[test]
     fn make_before_break_keeps_only_clusters_still_asked_for() {
         let mut h = Harness::new(snapshot("rev1", &[(C, "c", 0)]));
         let out = h.subscribe(C, &[]);
@@ -1229,8 +1609,10 @@ mod tests {
     }
 }
 
-/// Property tests: a simulated client applies every response; after every step it holds what it
-/// subscribes to in the current snapshot, except while a NACKed config is still current.
+/// Property tests: a simulated client applies every response (an LDS/CDS/scoped RDS one replaces
+/// what it holds, an EDS/RDS one adds to it) and answers them in order; after every step it holds
+/// what it subscribes to in the current snapshot, except while a NACKed config is still current
+/// (EDS/RDS: while all it lacks are resources it rejected).
 #[cfg(test)]
 mod proptests {
     use std::collections::HashSet;
@@ -1267,7 +1649,21 @@ mod proptests {
         Nack {
             t: usize,
         },
+        /// Answer the oldest unanswered response while a newer one is still to be answered, as
+        /// Envoy answers each response in turn.
+        AckOlder {
+            t: usize,
+        },
+        NackOlder {
+            t: usize,
+        },
         Publish(Spec),
+        /// Publish the current snapshot with one resource changed, added or deleted.
+        Change {
+            t: usize,
+            name: usize,
+            variant: Option<u32>,
+        },
         Reconnect,
     }
 
@@ -1277,14 +1673,19 @@ mod proptests {
 
     fn step() -> impl Strategy<Value = Step> {
         let names = || proptest::collection::vec(0usize..4, 0..3);
+        let t = || 0..ResourceType::COUNT;
         prop_oneof![
-            3 => (0usize..4, names(), any::<bool>())
+            3 => (t(), names(), any::<bool>())
                 .prop_map(|(t, names, stale)| Step::Subscribe { t, names, stale }),
-            1 => (0usize..4, names(), any::<bool>())
+            1 => (t(), names(), any::<bool>())
                 .prop_map(|(t, names, stale)| Step::Unsubscribe { t, names, stale }),
-            3 => (0usize..4).prop_map(|t| Step::Ack { t }),
-            1 => (0usize..4).prop_map(|t| Step::Nack { t }),
+            3 => t().prop_map(|t| Step::Ack { t }),
+            1 => t().prop_map(|t| Step::Nack { t }),
+            2 => t().prop_map(|t| Step::AckOlder { t }),
+            2 => t().prop_map(|t| Step::NackOlder { t }),
             2 => spec().prop_map(Step::Publish),
+            3 => (t(), 0usize..3, proptest::option::of(0u32..3))
+                .prop_map(|(t, name, variant)| Step::Change { t, name, variant }),
             1 => Just(Step::Reconnect),
         ]
     }
@@ -1312,14 +1713,42 @@ mod proptests {
         names: BTreeSet<String>,
         /// What it holds: name → resource version.
         held: BTreeMap<String, String>,
-        before_latest: BTreeMap<String, String>,
+        /// What it held before the oldest response it has not answered.
+        base: BTreeMap<String, String>,
+        /// Responses applied but not answered yet, oldest first: nonce and content.
+        unanswered: Vec<(String, BTreeMap<String, String>)>,
         /// Nonce and version of the latest response.
         latest: Option<(String, String)>,
         previous_nonce: String,
-        pending: bool,
         acked_version: String,
-        /// What it should hold when it NACKed; no check while that is still the case.
+        /// LDS/CDS/scoped RDS: what it should hold when it NACKed; no check while that is
+        /// still the case.
         nack_hold: Option<BTreeMap<String, String>>,
+        /// EDS/RDS: resources (name → version) it rejected since the latest response. While
+        /// all it lacks are among them the server may stay silent (rule 4); a pair it no longer
+        /// lacks is dropped, and the next response must bring everything.
+        rejected: BTreeMap<String, String>,
+    }
+
+    /// What a client holds after applying `responses` to `base`.
+    fn replay(
+        t: ResourceType,
+        base: &BTreeMap<String, String>,
+        responses: &[(String, BTreeMap<String, String>)],
+    ) -> BTreeMap<String, String> {
+        let mut held = base.clone();
+        for (_, got) in responses {
+            apply(t, &mut held, got);
+        }
+        held
+    }
+
+    fn apply(t: ResourceType, held: &mut BTreeMap<String, String>, got: &BTreeMap<String, String>) {
+        if t.is_wildcard_type() {
+            held.clone_from(got);
+        } else {
+            held.extend(got.iter().map(|(n, v)| (n.clone(), v.clone())));
+        }
     }
 
     impl ClientType {
@@ -1333,12 +1762,26 @@ mod proptests {
             self.list = list;
             if !self.wildcard && self.names.is_empty() {
                 self.held.clear();
-                self.before_latest.clear();
+                self.base.clear();
+                for (_, got) in &mut self.unanswered {
+                    got.clear();
+                }
+                self.rejected.clear();
             } else if !t.is_wildcard_type() {
                 let names = &self.names;
                 self.held.retain(|n, _| names.contains(n));
-                self.before_latest.retain(|n, _| names.contains(n));
+                self.base.retain(|n, _| names.contains(n));
+                for (_, got) in &mut self.unanswered {
+                    got.retain(|n, _| names.contains(n));
+                }
+                self.rejected.retain(|n, _| names.contains(n));
             }
+        }
+
+        /// Answers every response: the latest, and implicitly all before it.
+        fn answer_all(&mut self) {
+            self.unanswered.clear();
+            self.base.clone_from(&self.held);
         }
 
         fn subscribed(&self) -> bool {
@@ -1349,6 +1792,7 @@ mod proptests {
     struct Sim {
         stream: SotwStream,
         snapshot: Snapshot,
+        spec: Spec,
         revision: u32,
         client: [ClientType; ResourceType::COUNT],
         nonces: HashSet<String>,
@@ -1359,6 +1803,7 @@ mod proptests {
             Sim {
                 stream: SotwStream::new(),
                 snapshot: Snapshot::new("rev0", Vec::new()),
+                spec: Spec::default(),
                 revision: 0,
                 client: Default::default(),
                 nonces: HashSet::new(),
@@ -1390,17 +1835,14 @@ mod proptests {
                     assert_eq!(any_name(t, any), name);
                     got.insert(name, content_version(&any.value));
                 }
-                c.before_latest = c.held.clone();
-                if t.is_wildcard_type() {
-                    c.held = got;
-                } else {
-                    c.held.extend(got);
-                }
+                apply(t, &mut c.held, &got);
+                c.unanswered.push((response.nonce.clone(), got));
+                // A response carries all the client lacks, rejected resources included.
+                c.rejected.clear();
                 if let Some((nonce, _)) = c.latest.take() {
                     c.previous_nonce = nonce;
                 }
                 c.latest = Some((response.nonce.clone(), response.version_info.clone()));
-                c.pending = true;
             }
         }
 
@@ -1413,8 +1855,8 @@ mod proptests {
                 (c.acked_version.clone(), c.previous_nonce.clone())
             } else {
                 let (nonce, version) = c.latest.clone().unwrap_or_default();
-                if c.pending {
-                    c.pending = false;
+                if !c.unanswered.is_empty() {
+                    c.answer_all();
                     c.acked_version = version;
                 }
                 (c.acked_version.clone(), nonce)
@@ -1458,11 +1900,11 @@ mod proptests {
                 Step::Ack { t } => {
                     let t = ResourceType::ALL[*t];
                     let c = &mut self.client[t.index()];
-                    if !c.pending {
+                    if c.unanswered.is_empty() {
                         return;
                     }
                     let (nonce, version) = c.latest.clone().unwrap_or_default();
-                    c.pending = false;
+                    c.answer_all();
                     c.acked_version = version.clone();
                     self.send(t, version, nonce, false);
                 }
@@ -1470,21 +1912,65 @@ mod proptests {
                     let t = ResourceType::ALL[*t];
                     let expected = self.expected(t);
                     let c = &mut self.client[t.index()];
-                    if !c.pending {
+                    let Some((nonce, got)) = c.unanswered.pop() else {
                         return;
+                    };
+                    // It applied the ones before (and ACKed them, which changes nothing).
+                    c.held = replay(t, &c.base, &c.unanswered);
+                    c.answer_all();
+                    if t.is_wildcard_type() {
+                        c.nack_hold = Some(expected);
+                    } else {
+                        c.rejected.extend(got);
                     }
-                    let (nonce, _) = c.latest.clone().unwrap_or_default();
-                    c.pending = false;
-                    c.held = c.before_latest.clone();
-                    c.nack_hold = Some(expected);
                     let version = c.acked_version.clone();
                     self.send(t, version, nonce, true);
                 }
-                Step::Publish(spec) => {
-                    self.revision += 1;
-                    self.snapshot = build(spec, self.revision);
-                    let out = to_proto(self.stream.handle_snapshot(&self.snapshot));
-                    self.deliver(out);
+                Step::AckOlder { t } => {
+                    let t = ResourceType::ALL[*t];
+                    let c = &mut self.client[t.index()];
+                    if c.unanswered.len() < 2 {
+                        return;
+                    }
+                    let (nonce, got) = c.unanswered.remove(0);
+                    apply(t, &mut c.base, &got);
+                    // An ACK names the version of the response it answers.
+                    let version = self.stream.types[t.index()]
+                        .recent
+                        .iter()
+                        .find(|r| r.nonce == nonce)
+                        .map(|r| r.version.clone())
+                        .unwrap_or_default();
+                    self.send(t, version, nonce, false);
+                }
+                Step::NackOlder { t } => {
+                    let t = ResourceType::ALL[*t];
+                    let c = &mut self.client[t.index()];
+                    // Only a response the server still remembers can be traced.
+                    if !(2..=RECENT_RESPONSES).contains(&c.unanswered.len()) {
+                        return;
+                    }
+                    let (nonce, got) = c.unanswered.remove(0);
+                    c.held = replay(t, &c.base, &c.unanswered);
+                    if !t.is_wildcard_type() {
+                        for (name, version) in got {
+                            if !c
+                                .unanswered
+                                .iter()
+                                .any(|(_, later)| later.contains_key(&name))
+                            {
+                                c.rejected.insert(name, version);
+                            }
+                        }
+                    }
+                    let version = c.acked_version.clone();
+                    self.send(t, version, nonce, true);
+                }
+                Step::Publish(spec) => self.publish(*spec),
+                Step::Change { t, name, variant } => {
+                    let mut spec = self.spec;
+                    spec[*t][*name] = *variant;
+                    self.publish(spec);
                 }
                 Step::Reconnect => {
                     self.stream = SotwStream::new();
@@ -1494,8 +1980,9 @@ mod proptests {
                         let was_requested = c.requested && c.subscribed();
                         c.latest = None;
                         c.previous_nonce.clear();
-                        c.pending = false;
+                        c.answer_all();
                         c.nack_hold = None;
+                        c.rejected.clear();
                         c.ever_named = false;
                         c.requested = was_requested;
                         if was_requested {
@@ -1507,6 +1994,14 @@ mod proptests {
                     }
                 }
             }
+        }
+
+        fn publish(&mut self, spec: Spec) {
+            self.spec = spec;
+            self.revision += 1;
+            self.snapshot = build(&spec, self.revision);
+            let out = to_proto(self.stream.handle_snapshot(&self.snapshot));
+            self.deliver(out);
         }
 
         fn expected(&self, t: ResourceType) -> BTreeMap<String, String> {
@@ -1536,9 +2031,18 @@ mod proptests {
                     assert_eq!(c.held, expected, "{t}");
                 } else {
                     // SotW cannot delete EDS/RDS resources; only what exists is checked.
-                    for (name, version) in &expected {
-                        assert_eq!(c.held.get(name), Some(version), "{t} {name}");
-                    }
+                    let lacking: BTreeMap<&String, &String> = expected
+                        .iter()
+                        .filter(|(name, version)| c.held.get(*name) != Some(*version))
+                        .collect();
+                    c.rejected
+                        .retain(|name, version| lacking.get(name) == Some(&&*version));
+                    assert_eq!(
+                        lacking.len(),
+                        c.rejected.len(),
+                        "{t} lacks {lacking:?}, rejected only {:?}",
+                        c.rejected
+                    );
                     assert!(c.held.keys().all(|n| c.names.contains(n)), "{t}");
                 }
             }
