@@ -417,18 +417,35 @@ impl TypeState {
     /// that exist. Always from the current snapshot (rule 12).
     fn desired<'a>(&self, t: ResourceType, snapshot: &'a Snapshot) -> Desired<'a> {
         let all = snapshot.resources(t);
-        if self.wildcard {
+        // Envoy names every resource of the type (all EDS clusters, every scope's routes): then
+        // the client wants the whole map, as in wildcard mode, and nothing is looked up.
+        if self.wildcard || (self.names.len() == all.len() && self.names.iter().eq(all.keys())) {
             return Desired::All {
                 resources: all,
                 hash: snapshot.type_version(t),
             };
         }
-        Desired::Named(
-            self.names
-                .iter()
-                .filter_map(|name| all.get_key_value(name).map(|(k, r)| (k.as_str(), r)))
-                .collect(),
-        )
+        if self.names.len() * 8 < all.len() {
+            return Desired::Named(
+                self.names
+                    .iter()
+                    .filter_map(|name| all.get_key_value(name).map(|(k, r)| (k.as_str(), r)))
+                    .collect(),
+            );
+        }
+        // Most names: one ordered walk over both.
+        let mut named = Vec::with_capacity(self.names.len());
+        let mut existing = all.iter().peekable();
+        for name in &self.names {
+            while existing
+                .next_if(|(k, _)| k.as_str() < name.as_str())
+                .is_some()
+            {}
+            if let Some((k, r)) = existing.next_if(|(k, _)| *k == name) {
+                named.push((k.as_str(), r));
+            }
+        }
+        Desired::Named(named.into_iter().collect())
     }
 
     /// ACK and NACK are told apart by `error_detail` alone (rule 3).
@@ -564,9 +581,13 @@ impl TypeState {
             self.names.remove(name);
             self.force.remove(name);
         }
-        // The client drops what it no longer subscribes to; no removal is sent for it.
+        // The client drops what it no longer subscribes to; no removal is sent for it. Only an
+        // unsubscribe (or the first request's declared versions) can leave such names; an ACK
+        // changes nothing here.
         let (wildcard, names) = (self.wildcard, &self.names);
-        self.held.retain(|h| wildcard || names.contains(h.name()));
+        if first || !request.resource_names_unsubscribe.is_empty() {
+            self.held.retain(|h| wildcard || names.contains(h.name()));
+        }
         if !request.resource_names_unsubscribe.is_empty() {
             // Also from the state it would go back to on a NACK of a response sent before
             // this request: a name subscribed again later is not held from back then.

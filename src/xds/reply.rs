@@ -58,7 +58,8 @@ pub struct SotwReply {
     pub version_info: String,
     /// The reply's type; its `type_url` goes on the wire.
     pub resource_type: ResourceType,
-    /// Every resource the client should hold of the type, shared with the snapshot.
+    /// Shared with the snapshot: for LDS, CDS and scoped RDS every resource the client should
+    /// hold of the type; for EDS and RDS what it does not hold yet at the current version.
     pub resources: Vec<Arc<Resource>>,
     /// Fresh per response; the client's ACK or NACK names it.
     pub nonce: String,
