@@ -18,7 +18,8 @@ use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use super::reply::{DeltaReply, Reply};
 use super::resource::{Resource, ResourceType, Snapshot};
 use super::stream::{
-    content_hash, response_version, Event, NackRecord, NonceCounter, Output, Settled, TypeStatus,
+    changed_between, content_hash, response_version, Event, NackRecord, NonceCounter, Output,
+    Settled, TypeStatus,
 };
 
 /// How many responses per type are remembered: a NACK may answer a response older than the
@@ -67,6 +68,9 @@ struct TypeState {
     answered_nonce: Option<String>,
     /// Skips planning while the snapshot content and the plan's inputs are unchanged.
     settled: Settled,
+    /// How often a plan walked every name (not settled, not sent from a shared diff).
+    #[cfg(test)]
+    full_walks: usize,
 }
 
 /// A response as remembered for ACK and NACK handling.
@@ -144,6 +148,9 @@ struct Plan {
     removed: Vec<String>,
     /// Send even when empty (first LDS/CDS answer).
     answer: bool,
+    /// Once sent, the client holds exactly every resource of the snapshot's map: the content
+    /// hash of its state is the snapshot's type version.
+    holds_all: bool,
 }
 
 impl DeltaStream {
@@ -220,16 +227,29 @@ impl DeltaStream {
             }
         }
 
+        // The content hash of the client's state after a response, when it is known without
+        // hashing every name: the plan leaves the client holding the whole snapshot map.
+        let known_hash = |t: ResourceType, plan: &Plan| {
+            plan.holds_all.then(|| snapshot.type_version(t).to_string())
+        };
         let mut out = Output::default();
+        let mut tail_hashes: [Option<String>; ResourceType::COUNT] = Default::default();
         for t in ResourceType::ALL {
             if let Some(plan) = plans[t.index()].take() {
+                let split = tail.iter().any(|(tail_type, _)| *tail_type == t);
+                let hash = known_hash(t, &plan);
+                if split {
+                    tail_hashes[t.index()] = hash.clone();
+                }
                 if !plan.added.is_empty() || !plan.removed.is_empty() || plan.answer {
-                    self.emit(t, plan.added, plan.removed, snapshot, &mut out);
+                    let hash = if split { None } else { hash };
+                    self.emit(t, plan.added, plan.removed, hash, snapshot, &mut out);
                 }
             }
         }
         for (t, removed) in tail {
-            self.emit(t, Vec::new(), removed, snapshot, &mut out);
+            let hash = tail_hashes[t.index()].take();
+            self.emit(t, Vec::new(), removed, hash, snapshot, &mut out);
         }
         out
     }
@@ -242,6 +262,27 @@ impl DeltaStream {
         }
         if state.settled.skip(snapshot.type_version(t)) {
             return None;
+        }
+        let map = snapshot.shared_resources(t);
+        if let Some(base) = state.settled.holds_all_of.take() {
+            // The client holds every resource of `base` and nothing else; with the same names
+            // now, only what changed between the two maps is sent.
+            if let Some(changed) = changed_between(&base, map) {
+                state.settled.holds_all_of = Some(map.clone());
+                if changed.is_empty() {
+                    return None;
+                }
+                return Some(Plan {
+                    added: changed.to_vec(),
+                    removed: Vec::new(),
+                    answer: false,
+                    holds_all: true,
+                });
+            }
+        }
+        #[cfg(test)]
+        {
+            state.full_walks += 1;
         }
         let desired = state.desired(t, snapshot);
         if let Some(rejected) = &state.rejected_hash {
@@ -272,6 +313,10 @@ impl DeltaStream {
             removed.extend(held.map(|gone| gone.name().to_string()));
         }
         let answer = state.must_answer && t.is_wildcard_type() && state.subscribed();
+        let holds_all = !suppressed && matches!(desired, Desired::All { .. });
+        if holds_all {
+            state.settled.holds_all_of = Some(map.clone());
+        }
         if added.is_empty() && removed.is_empty() && !answer {
             if state.status.sent_version.is_none() && !suppressed && !state.held.is_empty() {
                 // A reconnecting client declared exactly what it should hold (rule 23): nothing
@@ -286,6 +331,7 @@ impl DeltaStream {
             added,
             removed,
             answer,
+            holds_all,
         })
     }
 
@@ -314,12 +360,14 @@ impl DeltaStream {
         }
     }
 
-    /// Builds, records and queues one response.
+    /// Builds, records and queues one response. `known_hash` is the content hash of the
+    /// client's state once it applies the response, when the plan already knows it.
     fn emit(
         &mut self,
         t: ResourceType,
         added: Vec<Arc<Resource>>,
         removed: Vec<String>,
+        known_hash: Option<String>,
         snapshot: &Snapshot,
         out: &mut Output<DeltaReply>,
     ) {
@@ -338,7 +386,14 @@ impl DeltaStream {
                 changes.push((before.clone(), Some(before)));
             }
         }
-        let hash = content_hash(state.held.iter().map(|h| (h.name(), h.version())));
+        let hash = known_hash
+            .unwrap_or_else(|| content_hash(state.held.iter().map(|h| (h.name(), h.version()))));
+        #[cfg(test)]
+        debug_assert_eq!(
+            hash,
+            content_hash(state.held.iter().map(|h| (h.name(), h.version()))),
+            "a known hash is the hash of what the client holds"
+        );
         let version = response_version(&snapshot.revision, &hash);
         let response = DeltaReply {
             system_version_info: version.clone(),
@@ -785,6 +840,72 @@ mod tests {
             assert!(h.ack(&out.responses[0]).responses.is_empty());
         }
         h
+    }
+
+    #[test]
+    fn a_client_holding_a_whole_map_is_sent_the_shared_diff_without_walking_every_name() {
+        let mut h = synced();
+        let walks = |h: &Harness| ResourceType::ALL.map(|t| h.stream.types[t.index()].full_walks);
+        let before = walks(&h);
+        // Cluster a and the route change; CDS is wildcard, EDS and RDS name every resource.
+        let out = h.publish(snapshot(
+            "rev2",
+            &[
+                (C, "a", 1),
+                (C, "b", 0),
+                (E, "a", 0),
+                (E, "b", 0),
+                (L, "l", 0),
+                (R, "r", 1),
+            ],
+        ));
+        assert_eq!(
+            summary(&out),
+            [s(C, &["a"], &[]), s(E, &["a"], &[]), s(R, &["r"], &[])],
+            "the changed cluster, its endpoints again (rule 11), the changed route"
+        );
+        for response in &out.responses {
+            h.ack(response);
+        }
+        let after = walks(&h);
+        assert_eq!(
+            after[C.index()],
+            before[C.index()],
+            "CDS from the shared diff"
+        );
+        assert_eq!(
+            after[R.index()],
+            before[R.index()],
+            "RDS from the shared diff"
+        );
+        // The forced endpoints needed a full plan; the next change of them does not.
+        let out = h.publish(snapshot(
+            "rev3",
+            &[
+                (C, "a", 1),
+                (C, "b", 0),
+                (E, "a", 0),
+                (E, "b", 1),
+                (L, "l", 0),
+                (R, "r", 1),
+            ],
+        ));
+        assert_eq!(summary(&out), [s(E, &["b"], &[])]);
+        h.ack(&out.responses[0]);
+        assert_eq!(walks(&h)[E.index()], after[E.index()]);
+        // A removal changes the names: a full walk, which removes it.
+        let out = h.publish(snapshot(
+            "rev4",
+            &[
+                (C, "a", 1),
+                (E, "a", 0),
+                (E, "b", 1),
+                (L, "l", 0),
+                (R, "r", 1),
+            ],
+        ));
+        assert_eq!(summary(&out), [s(C, &[], &["b"])]);
+        assert_eq!(walks(&h)[C.index()], after[C.index()] + 1);
     }
 
     #[test]

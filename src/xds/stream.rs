@@ -22,11 +22,13 @@
 //! config the client should hold is unchanged. Once it changes (a new snapshot or a new
 //! subscription), the client is brought to the whole current state, once.
 
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::resource::{content_version, ResourceType};
+use super::resource::{content_version, Resource, ResourceType};
 
 /// What one call into a state machine produced: responses to write, in order, and events to
 /// log or count.
@@ -184,6 +186,10 @@ pub fn content_hash<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> 
 #[derive(Debug, Default)]
 pub(crate) struct Settled {
     at: Option<String>,
+    /// The snapshot map the client holds exactly (every resource of it, nothing else, nothing
+    /// rejected), when the last plan left it so: the next snapshot then needs only the
+    /// resources that changed between the two maps (see [`changed_between`]).
+    pub(crate) holds_all_of: Option<Arc<BTreeMap<String, Arc<Resource>>>>,
     /// How often the type was planned in full (not skipped as settled).
     #[cfg(test)]
     pub(crate) full_plans: usize,
@@ -206,7 +212,62 @@ impl Settled {
 
     pub(crate) fn clear(&mut self) {
         self.at = None;
+        self.holds_all_of = None;
     }
+}
+
+type ResourceMap = BTreeMap<String, Arc<Resource>>;
+
+/// The resources of `new` whose version differs from `old`'s, when both maps hold the same
+/// names (`None` otherwise). Every stream of the same snapshots asks the same question, so the
+/// answer is computed once and shared: a change costs each stream what changed, not a walk
+/// over every name.
+pub(crate) fn changed_between(
+    old: &Arc<ResourceMap>,
+    new: &Arc<ResourceMap>,
+) -> Option<Arc<Vec<Arc<Resource>>>> {
+    type Entry = (
+        Arc<ResourceMap>,
+        Arc<ResourceMap>,
+        Option<Arc<Vec<Arc<Resource>>>>,
+    );
+    /// Recent answers; holding both maps keeps their addresses from being reused.
+    static RECENT: Mutex<VecDeque<Entry>> = Mutex::new(VecDeque::new());
+    const KEPT: usize = 16;
+
+    if Arc::ptr_eq(old, new) {
+        return Some(Arc::new(Vec::new()));
+    }
+    let mut recent = RECENT.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, _, answer)) = recent
+        .iter()
+        .find(|(o, n, _)| Arc::ptr_eq(o, old) && Arc::ptr_eq(n, new))
+    {
+        return answer.clone();
+    }
+    let answer = diff_same_names(old, new).map(Arc::new);
+    if recent.len() == KEPT {
+        recent.pop_front();
+    }
+    recent.push_back((old.clone(), new.clone(), answer.clone()));
+    answer
+}
+
+fn diff_same_names(old: &ResourceMap, new: &ResourceMap) -> Option<Vec<Arc<Resource>>> {
+    if old.len() != new.len() {
+        return None;
+    }
+    let mut changed = Vec::new();
+    for ((old_name, old_resource), (new_name, new_resource)) in old.iter().zip(new) {
+        if old_name != new_name {
+            return None;
+        }
+        if !Arc::ptr_eq(old_resource, new_resource) && old_resource.version != new_resource.version
+        {
+            changed.push(Arc::clone(new_resource));
+        }
+    }
+    Some(changed)
 }
 
 /// Per-stream nonce source: a counter, so every response gets a fresh nonce.
