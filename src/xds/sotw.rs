@@ -25,7 +25,8 @@ use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use super::reply::{Reply, SotwReply};
 use super::resource::{Resource, ResourceType, Snapshot};
 use super::stream::{
-    content_hash, response_version, Event, NackRecord, NonceCounter, Output, Settled, TypeStatus,
+    changed_between, content_hash, response_version, Event, NackRecord, NonceCounter, Output,
+    Settled, TypeStatus,
 };
 
 /// How many responses per type are remembered, to name the version and resources of a NACK
@@ -98,6 +99,9 @@ struct TypeState {
     answered_nonce: Option<String>,
     /// Skips planning while the snapshot content and the plan's inputs are unchanged.
     settled: Settled,
+    /// How often an EDS/RDS plan walked every name (not settled, not sent from a shared diff).
+    #[cfg(test)]
+    full_walks: usize,
 }
 
 /// How to return `held` to what it was before the latest response.
@@ -378,21 +382,24 @@ impl TypeState {
     /// [`Self::update_subscription`] would read it), without copying a name: a SotW ACK
     /// repeats every name it subscribes to.
     fn asks_for_the_same(&self, t: ResourceType, resource_names: &[String]) -> bool {
-        let mut wildcard = false;
-        let mut names = BTreeSet::new();
-        for name in resource_names {
-            if t.is_wildcard_type() && name == "*" {
-                wildcard = true;
-            } else {
-                names.insert(name.as_str());
-            }
-        }
+        let wildcard = t.is_wildcard_type() && resource_names.iter().any(|name| name == "*");
         if t.is_wildcard_type() {
             let ever_named = self.ever_named || !resource_names.is_empty();
             if ever_named != self.ever_named || (wildcard || !ever_named) != self.wildcard {
                 return false;
             }
         }
+        // Names in ascending order without `*` (as clients mostly send them) compare in one
+        // walk; anything else is sorted first.
+        if !wildcard && resource_names.windows(2).all(|pair| pair[0] < pair[1]) {
+            return resource_names.len() == self.names.len()
+                && resource_names.iter().zip(&self.names).all(|(a, b)| a == b);
+        }
+        let names: BTreeSet<&str> = resource_names
+            .iter()
+            .map(String::as_str)
+            .filter(|name| !(wildcard && *name == "*"))
+            .collect();
         names.len() == self.names.len()
             && names.iter().zip(&self.names).all(|(a, b)| *a == b.as_str())
     }
@@ -415,6 +422,31 @@ impl TypeState {
         snapshot: &Snapshot,
         forced: &BTreeSet<String>,
     ) -> Option<Plan> {
+        let map = snapshot.shared_resources(t);
+        if let Some(base) = self.settled.holds_all_of.take() {
+            // The client holds every resource of `base` at its version and subscribes to
+            // exactly its names; with the same names now, only what changed between the two
+            // maps (computed once for every stream) is sent.
+            if forced.is_empty() && self.rejected.is_empty() && !self.must_answer {
+                if let Some(changed) = changed_between(&base, map) {
+                    self.settled.holds_all_of = Some(map.clone());
+                    if changed.is_empty() {
+                        return None;
+                    }
+                    let pending = changed.iter().map(|r| (r.name.clone(), r.clone()));
+                    return Some(Plan {
+                        content: Arc::new(pending.collect()),
+                        hash: snapshot.type_version(t).to_string(),
+                    });
+                }
+            }
+        }
+        #[cfg(test)]
+        {
+            self.full_walks += 1;
+        }
+        // Envoy names every resource of the type (all EDS clusters, every scope's routes).
+        let names_all = self.names.len() == map.len() && self.names.iter().eq(map.keys());
         let mut pending = BTreeMap::new();
         let mut held = self.held.iter().peekable();
         for name in &self.names {
@@ -434,15 +466,23 @@ impl TypeState {
         // EDS/RDS resources, so an empty response tells the client nothing; names requested
         // before they exist are sent once they appear (rule 19).
         let wanted = self.must_answer || !forced.is_empty() || pending.len() > self.rejected.len();
+        if names_all && (pending.is_empty() || wanted) {
+            // Once this is sent (or with nothing lacking), the client holds the whole map.
+            self.settled.holds_all_of = Some(map.clone());
+        }
         if pending.is_empty() || !wanted {
             return None;
         }
         // The version of the full set the client holds once it applies the response.
-        let hash = content_hash(self.names.iter().filter_map(|name| {
-            snapshot
-                .get(t, name)
-                .map(|resource| (name.as_str(), resource.version.as_str()))
-        }));
+        let hash = if names_all {
+            snapshot.type_version(t).to_string()
+        } else {
+            content_hash(self.names.iter().filter_map(|name| {
+                snapshot
+                    .get(t, name)
+                    .map(|resource| (name.as_str(), resource.version.as_str()))
+            }))
+        };
         Some(Plan {
             content: Arc::new(pending),
             hash,
@@ -833,6 +873,50 @@ mod tests {
             assert!(h.ack(&out.responses[0], names).responses.is_empty());
         }
         h
+    }
+
+    #[test]
+    fn a_client_holding_every_named_resource_is_sent_the_shared_diff_without_walking_every_name() {
+        let mut h = synced();
+        let walks = |h: &Harness| [E, R].map(|t| h.stream.types[t.index()].full_walks);
+        let before = walks(&h);
+        let changed = |revision: &str, e: [u32; 2], r: u32| {
+            snapshot(
+                revision,
+                &[
+                    (C, "a", 0),
+                    (C, "b", 0),
+                    (E, "a", e[0]),
+                    (E, "b", e[1]),
+                    (L, "l", 0),
+                    (R, "r", r),
+                ],
+            )
+        };
+        let out = h.publish(changed("rev2", [0, 1], 1));
+        assert_eq!(summary(&out), [s(E, &["b"]), s(R, &["r"])]);
+        let full = h.publish(changed("rev2-same", [0, 1], 1));
+        assert!(full.responses.is_empty());
+        for (response, names) in out.responses.iter().zip([&["a", "b"][..], &["r"][..]]) {
+            h.ack(response, names);
+        }
+        let out = h.publish(changed("rev3", [1, 1], 2));
+        assert_eq!(summary(&out), [s(E, &["a"]), s(R, &["r"])]);
+        // The version is the full set's, as a walk would have computed it.
+        let all_names = ["a", "b"].map(String::from);
+        let expected = content_hash(all_names.iter().map(|n| {
+            let version = h
+                .snapshot
+                .get(E, n)
+                .map(|r| r.version.as_str())
+                .unwrap_or("");
+            (n.as_str(), version)
+        }));
+        assert!(
+            out.responses[0].version_info.ends_with(&expected),
+            "{out:?}"
+        );
+        assert_eq!(walks(&h), before, "EDS and RDS from the shared diff");
     }
 
     #[test]
