@@ -176,7 +176,7 @@ impl DeltaStream {
         let mut events = Vec::new();
         let state = &mut self.types[t.index()];
         state.handle_ack_or_nack(t, request, &mut events);
-        state.update_subscription(t, request);
+        state.update_subscription(t, request, snapshot);
         // A request may arrive with a snapshot newer than the last one handed to
         // `handle_snapshot` (rule 12): syncing every type here keeps make-before-break order.
         let mut out = self.sync(snapshot);
@@ -594,7 +594,12 @@ impl TypeState {
 
     /// Applies the request's subscribe and unsubscribe lists, whatever its nonce (rule 20), and
     /// on the first request of the type, the versions the client already holds (rule 23).
-    fn update_subscription(&mut self, t: ResourceType, request: &DeltaDiscoveryRequest) {
+    fn update_subscription(
+        &mut self,
+        t: ResourceType,
+        request: &DeltaDiscoveryRequest,
+        snapshot: &Snapshot,
+    ) {
         let first = !self.requested;
         if first
             || !request.resource_names_subscribe.is_empty()
@@ -611,8 +616,15 @@ impl TypeState {
                 self.wildcard = true;
             }
             for (name, version) in &request.initial_resource_versions {
-                self.held
-                    .replace(Held::Declared(Box::new((name.clone(), version.clone()))));
+                // What the client holds at the snapshot's version is that very resource: share
+                // it rather than keep a copy of its name and version.
+                let held = match snapshot.get(t, name) {
+                    Some(resource) if resource.version == *version => {
+                        Held::Sent(Arc::clone(resource))
+                    }
+                    _ => Held::Declared(Box::new((name.clone(), version.clone()))),
+                };
+                self.held.replace(held);
             }
         }
         for name in &request.resource_names_subscribe {
@@ -1388,6 +1400,16 @@ mod tests {
         assert!(h2.request(first).responses.is_empty());
         // ...and the debug API shows that client as in sync, not as never sent.
         assert_eq!(h2.stream.status(E).state(), SyncState::Synced);
+        // What it declared at the current version is the snapshot's own resource, shared;
+        // only a version the snapshot does not have is kept as a copy.
+        for t in [C, E] {
+            let held = &h2.stream.types[t.index()].held;
+            assert!(held.iter().all(|h| matches!(h, Held::Sent(_))), "{t}");
+        }
+        let first_c = &h.stream.types[C.index()].held;
+        assert!(first_c
+            .iter()
+            .any(|h| matches!(h, Held::Sent(r) if r.name == "a")));
     }
 
     #[test]
