@@ -176,7 +176,7 @@ impl DeltaStream {
         let mut events = Vec::new();
         let state = &mut self.types[t.index()];
         state.handle_ack_or_nack(t, request, &mut events);
-        state.update_subscription(t, request, snapshot);
+        state.update_subscription(t, request);
         // A request may arrive with a snapshot newer than the last one handed to
         // `handle_snapshot` (rule 12): syncing every type here keeps make-before-break order.
         let mut out = self.sync(snapshot);
@@ -296,6 +296,9 @@ impl DeltaStream {
         // name): thousands of names cost one comparison each, not a tree search each.
         let mut added: Vec<Arc<Resource>> = Vec::new();
         let mut removed: Vec<String> = Vec::new();
+        // Entries a reconnecting client declared at the snapshot's version: they become the
+        // snapshot's own resources (shared, not a boxed copy of name and version).
+        let mut declared_current: Vec<Arc<Resource>> = Vec::new();
         let mut held = state.held.iter().peekable();
         for (name, resource) in desired.iter() {
             while let Some(gone) = held.next_if(|h| h.name() < name) {
@@ -303,7 +306,13 @@ impl DeltaStream {
                     removed.push(gone.name().to_string());
                 }
             }
-            let version = held.next_if(|h| h.name() == name).map(Held::version);
+            let entry = held.next_if(|h| h.name() == name);
+            if let Some(Held::Declared(declared)) = entry {
+                if declared.1 == resource.version {
+                    declared_current.push(Arc::clone(resource));
+                }
+            }
+            let version = entry.map(Held::version);
             let forced = !state.force.is_empty() && state.force.contains(name);
             if forced || (!suppressed && version != Some(resource.version.as_str())) {
                 added.push(Arc::clone(resource));
@@ -311,6 +320,17 @@ impl DeltaStream {
         }
         if !suppressed {
             removed.extend(held.map(|gone| gone.name().to_string()));
+        }
+        if !declared_current.is_empty() {
+            // One ordered pass rebuilding the set, not a tree search per entry.
+            let mut current = declared_current.into_iter().peekable();
+            state.held = std::mem::take(&mut state.held)
+                .into_iter()
+                .map(|h| match current.next_if(|r| r.name == h.name()) {
+                    Some(resource) => Held::Sent(resource),
+                    None => h,
+                })
+                .collect();
         }
         let answer = state.must_answer && t.is_wildcard_type() && state.subscribed();
         let holds_all = !suppressed && matches!(desired, Desired::All { .. });
@@ -594,12 +614,7 @@ impl TypeState {
 
     /// Applies the request's subscribe and unsubscribe lists, whatever its nonce (rule 20), and
     /// on the first request of the type, the versions the client already holds (rule 23).
-    fn update_subscription(
-        &mut self,
-        t: ResourceType,
-        request: &DeltaDiscoveryRequest,
-        snapshot: &Snapshot,
-    ) {
+    fn update_subscription(&mut self, t: ResourceType, request: &DeltaDiscoveryRequest) {
         let first = !self.requested;
         if first
             || !request.resource_names_subscribe.is_empty()
@@ -616,15 +631,8 @@ impl TypeState {
                 self.wildcard = true;
             }
             for (name, version) in &request.initial_resource_versions {
-                // What the client holds at the snapshot's version is that very resource: share
-                // it rather than keep a copy of its name and version.
-                let held = match snapshot.get(t, name) {
-                    Some(resource) if resource.version == *version => {
-                        Held::Sent(Arc::clone(resource))
-                    }
-                    _ => Held::Declared(Box::new((name.clone(), version.clone()))),
-                };
-                self.held.replace(held);
+                self.held
+                    .replace(Held::Declared(Box::new((name.clone(), version.clone()))));
             }
         }
         for name in &request.resource_names_subscribe {
