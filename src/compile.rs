@@ -54,7 +54,7 @@ use services::ServiceIndex;
 pub const LISTENER_NAME: &str = "sluice_outbound";
 /// The name of the outbound listener's scoped routes (Envoy groups scopes by it in its dumps).
 pub const SCOPED_ROUTES_NAME: &str = "sluice_outbound";
-pub use listener::{scope_name, PASSTHROUGH_SCOPE, SCOPE_HEADER};
+pub use listener::{PASSTHROUGH_SCOPE, SCOPE_HEADER};
 
 /// The cluster (and `ClusterLoadAssignment`) name of one Service port.
 pub fn cluster_name(name: &str, namespace: &str, port: u16) -> String {

@@ -75,15 +75,14 @@ pub(crate) struct VhostSource {
 }
 
 impl VhostSource {
-    /// The scope, route configuration and virtual host name: `NAME.NS:PORT`.
+    /// The scope key, which also names the scope, its route configuration and virtual host:
+    /// `NAME.NS:PORT`.
     pub fn scope_name(&self) -> String {
-        scope_name(&self.service, self.port)
+        format!(
+            "{}.{}:{}",
+            self.service.name, self.service.namespace, self.port
+        )
     }
-}
-
-/// The scope key of `port` of `service`, which also names its scope and route configuration.
-pub fn scope_name(service: &ObjectKey, port: u16) -> String {
-    format!("{}.{}:{}", service.name, service.namespace, port)
 }
 
 pub(crate) fn vhost_sources(services: &ServiceIndex) -> Vec<VhostSource> {

@@ -227,29 +227,21 @@ impl DeltaStream {
             }
         }
 
-        // The content hash of the client's state after a response, when it is known without
-        // hashing every name: the plan leaves the client holding the whole snapshot map.
-        let known_hash = |t: ResourceType, plan: &Plan| {
-            plan.holds_all.then(|| snapshot.type_version(t).to_string())
-        };
         let mut out = Output::default();
-        let mut tail_hashes: [Option<String>; ResourceType::COUNT] = Default::default();
         for t in ResourceType::ALL {
             if let Some(plan) = plans[t.index()].take() {
-                let split = tail.iter().any(|(tail_type, _)| *tail_type == t);
-                let hash = known_hash(t, &plan);
-                if split {
-                    tail_hashes[t.index()] = hash.clone();
-                }
+                // When the plan leaves the client holding the whole snapshot map, the content
+                // hash of its state is the type version: no need to hash every name. (Not when
+                // removals follow in the tail: until then it holds more.)
+                let whole_map = plan.holds_all && !tail.iter().any(|(tail_t, _)| *tail_t == t);
+                let hash = whole_map.then(|| snapshot.type_version(t).to_string());
                 if !plan.added.is_empty() || !plan.removed.is_empty() || plan.answer {
-                    let hash = if split { None } else { hash };
                     self.emit(t, plan.added, plan.removed, hash, snapshot, &mut out);
                 }
             }
         }
         for (t, removed) in tail {
-            let hash = tail_hashes[t.index()].take();
-            self.emit(t, Vec::new(), removed, hash, snapshot, &mut out);
+            self.emit(t, Vec::new(), removed, None, snapshot, &mut out);
         }
         out
     }
@@ -500,27 +492,12 @@ impl TypeState {
                 hash: snapshot.type_version(t),
             };
         }
-        if self.names.len() * 8 < all.len() {
-            return Desired::Named(
-                self.names
-                    .iter()
-                    .filter_map(|name| all.get_key_value(name).map(|(k, r)| (k.as_str(), r)))
-                    .collect(),
-            );
-        }
-        // Most names: one ordered walk over both.
-        let mut named = Vec::with_capacity(self.names.len());
-        let mut existing = all.iter().peekable();
-        for name in &self.names {
-            while existing
-                .next_if(|(k, _)| k.as_str() < name.as_str())
-                .is_some()
-            {}
-            if let Some((k, r)) = existing.next_if(|(k, _)| *k == name) {
-                named.push((k.as_str(), r));
-            }
-        }
-        Desired::Named(named.into_iter().collect())
+        Desired::Named(
+            self.names
+                .iter()
+                .filter_map(|name| all.get_key_value(name).map(|(k, r)| (k.as_str(), r)))
+                .collect(),
+        )
     }
 
     /// ACK and NACK are told apart by `error_detail` alone (rule 3).
@@ -686,7 +663,9 @@ mod tests {
     use prost::Message;
 
     use super::*;
-    use crate::xds::stream::testing::{any_name, base_with_route, nack_detail, snapshot, to_proto};
+    use crate::xds::stream::testing::{
+        any_name, base_with_route, mesh, nack_detail, snapshot, to_proto,
+    };
     use crate::xds::stream::SyncState;
     use ResourceType::{Cluster as C, Endpoint as E, Listener as L, Route as R};
 
@@ -868,17 +847,7 @@ mod tests {
         let walks = |h: &Harness| ResourceType::ALL.map(|t| h.stream.types[t.index()].full_walks);
         let before = walks(&h);
         // Cluster a and the route change; CDS is wildcard, EDS and RDS name every resource.
-        let out = h.publish(snapshot(
-            "rev2",
-            &[
-                (C, "a", 1),
-                (C, "b", 0),
-                (E, "a", 0),
-                (E, "b", 0),
-                (L, "l", 0),
-                (R, "r", 1),
-            ],
-        ));
+        let out = h.publish(mesh("rev2", [1, 0], [0, 0], 1));
         assert_eq!(
             summary(&out),
             [s(C, &["a"], &[]), s(E, &["a"], &[]), s(R, &["r"], &[])],
@@ -899,17 +868,7 @@ mod tests {
             "RDS from the shared diff"
         );
         // The forced endpoints needed a full plan; the next change of them does not.
-        let out = h.publish(snapshot(
-            "rev3",
-            &[
-                (C, "a", 1),
-                (C, "b", 0),
-                (E, "a", 0),
-                (E, "b", 1),
-                (L, "l", 0),
-                (R, "r", 1),
-            ],
-        ));
+        let out = h.publish(mesh("rev3", [1, 0], [0, 1], 1));
         assert_eq!(summary(&out), [s(E, &["b"], &[])]);
         h.ack(&out.responses[0]);
         assert_eq!(walks(&h)[E.index()], after[E.index()]);
@@ -980,17 +939,7 @@ mod tests {
         let mut h = synced();
         let cds_before = h.stream.status(C).sent_version.clone();
         let lds_before = h.stream.status(L).sent_version.clone();
-        let out = h.publish(snapshot(
-            "rev2",
-            &[
-                (C, "a", 7),
-                (C, "b", 0),
-                (E, "a", 0),
-                (E, "b", 0),
-                (L, "l", 0),
-                (R, "r", 0),
-            ],
-        ));
+        let out = h.publish(mesh("rev2", [7, 0], [0, 0], 0));
         // Cluster a, and its endpoints again (rule 11); no LDS.
         assert_eq!(summary(&out), [s(C, &["a"], &[]), s(E, &["a"], &[])]);
         assert_ne!(h.stream.status(C).sent_version, cds_before);
@@ -1238,17 +1187,7 @@ mod tests {
     #[test]
     fn rule_11_cluster_change_resends_its_endpoints() {
         let mut h = synced();
-        let out = h.publish(snapshot(
-            "rev2",
-            &[
-                (C, "a", 1),
-                (C, "b", 0),
-                (E, "a", 0),
-                (E, "b", 0),
-                (L, "l", 0),
-                (R, "r", 0),
-            ],
-        ));
+        let out = h.publish(mesh("rev2", [1, 0], [0, 0], 0));
         assert_eq!(summary(&out), [s(C, &["a"], &[]), s(E, &["a"], &[])]);
         // A new cluster does not: Envoy subscribes to its endpoints.
         let out = h.publish(snapshot(
@@ -1423,17 +1362,7 @@ mod tests {
     #[test]
     fn rule_24_types_have_separate_state() {
         let mut h = synced();
-        let out = h.publish(snapshot(
-            "rev2",
-            &[
-                (C, "a", 1),
-                (C, "b", 0),
-                (E, "a", 0),
-                (E, "b", 0),
-                (L, "l", 0),
-                (R, "r", 1),
-            ],
-        ));
+        let out = h.publish(mesh("rev2", [1, 0], [0, 0], 1));
         assert_eq!(out.responses.len(), 3);
         for response in &out.responses {
             if type_of(response) == R {
@@ -1480,28 +1409,8 @@ mod tests {
     #[test]
     fn nack_of_an_older_response_restores_only_what_later_ones_did_not_touch() {
         let mut h = synced();
-        let first = h.publish(snapshot(
-            "rev2",
-            &[
-                (C, "a", 1),
-                (C, "b", 1),
-                (E, "a", 0),
-                (E, "b", 0),
-                (L, "l", 0),
-                (R, "r", 0),
-            ],
-        ));
-        let second = h.publish(snapshot(
-            "rev3",
-            &[
-                (C, "a", 2),
-                (C, "b", 1),
-                (E, "a", 0),
-                (E, "b", 0),
-                (L, "l", 0),
-                (R, "r", 0),
-            ],
-        ));
+        let first = h.publish(mesh("rev2", [1, 1], [0, 0], 0));
+        let second = h.publish(mesh("rev3", [2, 1], [0, 0], 0));
         assert_eq!(summary(&second)[0], s(C, &["a"], &[]));
         // The client rejected the first CDS (a and b) and will take the second (a): b is sent
         // again.
@@ -1522,17 +1431,7 @@ mod tests {
                 .map(|r| r.changes.len())
                 .sum()
         };
-        let out = h.publish(snapshot(
-            "rev2",
-            &[
-                (C, "a", 1),
-                (C, "b", 1),
-                (E, "a", 0),
-                (E, "b", 0),
-                (L, "l", 0),
-                (R, "r", 0),
-            ],
-        ));
+        let out = h.publish(mesh("rev2", [1, 1], [0, 0], 0));
         assert_eq!(
             kept(&h),
             2,

@@ -710,7 +710,9 @@ mod tests {
     use prost::Message;
 
     use super::*;
-    use crate::xds::stream::testing::{any_name, base_with_route, nack_detail, snapshot, to_proto};
+    use crate::xds::stream::testing::{
+        any_name, base_with_route, mesh, nack_detail, snapshot, to_proto,
+    };
     use crate::xds::stream::SyncState;
     use ResourceType::{Cluster as C, Endpoint as E, Listener as L, Route as R};
 
@@ -880,27 +882,14 @@ mod tests {
         let mut h = synced();
         let walks = |h: &Harness| [E, R].map(|t| h.stream.types[t.index()].full_walks);
         let before = walks(&h);
-        let changed = |revision: &str, e: [u32; 2], r: u32| {
-            snapshot(
-                revision,
-                &[
-                    (C, "a", 0),
-                    (C, "b", 0),
-                    (E, "a", e[0]),
-                    (E, "b", e[1]),
-                    (L, "l", 0),
-                    (R, "r", r),
-                ],
-            )
-        };
-        let out = h.publish(changed("rev2", [0, 1], 1));
+        let out = h.publish(mesh("rev2", [0, 0], [0, 1], 1));
         assert_eq!(summary(&out), [s(E, &["b"]), s(R, &["r"])]);
-        let full = h.publish(changed("rev2-same", [0, 1], 1));
+        let full = h.publish(mesh("rev2-same", [0, 0], [0, 1], 1));
         assert!(full.responses.is_empty());
         for (response, names) in out.responses.iter().zip([&["a", "b"][..], &["r"][..]]) {
             h.ack(response, names);
         }
-        let out = h.publish(changed("rev3", [1, 1], 2));
+        let out = h.publish(mesh("rev3", [0, 0], [1, 1], 2));
         assert_eq!(summary(&out), [s(E, &["a"]), s(R, &["r"])]);
         // The version is the full set's, as a walk would have computed it.
         let all_names = ["a", "b"].map(String::from);
@@ -963,17 +952,7 @@ mod tests {
         let mut h = synced();
         let cds_before = h.stream.status(C).sent_version.clone();
         let lds_before = h.stream.status(L).sent_version.clone();
-        let out = h.publish(snapshot(
-            "rev2",
-            &[
-                (C, "a", 7),
-                (C, "b", 0),
-                (E, "a", 0),
-                (E, "b", 0),
-                (L, "l", 0),
-                (R, "r", 0),
-            ],
-        ));
+        let out = h.publish(mesh("rev2", [7, 0], [0, 0], 0));
         // CDS, and EDS again for the changed cluster (rule 11); no LDS.
         assert_eq!(summary(&out), [s(C, &["a", "b"]), s(E, &["a"])]);
         assert_ne!(h.stream.status(C).sent_version, cds_before);
@@ -1010,17 +989,7 @@ mod tests {
     #[test]
     fn rule_04_nack_is_not_resent() {
         let mut h = synced();
-        let bad = h.publish(snapshot(
-            "rev2",
-            &[
-                (C, "a", 9),
-                (C, "b", 0),
-                (E, "a", 0),
-                (E, "b", 0),
-                (L, "l", 0),
-                (R, "r", 0),
-            ],
-        ));
+        let bad = h.publish(mesh("rev2", [9, 0], [0, 0], 0));
         assert_eq!(summary(&bad), [s(C, &["a", "b"]), s(E, &["a"])]);
         let cds = bad.responses[0].clone();
         let eds = bad.responses[1].clone();
@@ -1028,32 +997,12 @@ mod tests {
         let out = h.nack(&cds, &[]);
         assert!(out.responses.is_empty(), "rejected config resent");
         // The same content republished under a new revision, and another request: silence.
-        let same = snapshot(
-            "rev3",
-            &[
-                (C, "a", 9),
-                (C, "b", 0),
-                (E, "a", 0),
-                (E, "b", 0),
-                (L, "l", 0),
-                (R, "r", 0),
-            ],
-        );
+        let same = mesh("rev3", [9, 0], [0, 0], 0);
         assert!(h.publish(same).responses.is_empty());
         assert!(h.subscribe(C, &[]).responses.is_empty());
         assert_eq!(h.stream.status(C).state(), SyncState::Nacked);
         // The next real change is sent, once.
-        let fixed = snapshot(
-            "rev4",
-            &[
-                (C, "a", 3),
-                (C, "b", 0),
-                (E, "a", 0),
-                (E, "b", 0),
-                (L, "l", 0),
-                (R, "r", 0),
-            ],
-        );
+        let fixed = mesh("rev4", [3, 0], [0, 0], 0);
         let out = h.publish(fixed.clone());
         assert_eq!(summary(&out), [s(C, &["a", "b"]), s(E, &["a"])]);
         assert!(h.publish(fixed).responses.is_empty());
@@ -1214,17 +1163,7 @@ mod tests {
     #[test]
     fn rule_11_cluster_change_resends_its_endpoints() {
         let mut h = synced();
-        let out = h.publish(snapshot(
-            "rev2",
-            &[
-                (C, "a", 1),
-                (C, "b", 0),
-                (E, "a", 0),
-                (E, "b", 0),
-                (L, "l", 0),
-                (R, "r", 0),
-            ],
-        ));
+        let out = h.publish(mesh("rev2", [1, 0], [0, 0], 0));
         // Only a's endpoints: b's cluster did not change, and an EDS response need not carry
         // everything.
         assert_eq!(summary(&out), [s(C, &["a", "b"]), s(E, &["a"])]);
@@ -1320,17 +1259,7 @@ mod tests {
             .back()
             .map(|r| r.nonce.clone())
             .unwrap_or_default();
-        let out = h.publish(snapshot(
-            "rev2",
-            &[
-                (C, "a", 0),
-                (C, "b", 0),
-                (E, "a", 1),
-                (E, "b", 0),
-                (L, "l", 0),
-                (R, "r", 0),
-            ],
-        ));
+        let out = h.publish(mesh("rev2", [0, 0], [1, 0], 0));
         let pushed = out.responses[0].clone();
         // The client, not yet seeing the push, drops b with the older nonce.
         let out = h.request(request(E, &["a"], "", &eds));
@@ -1349,17 +1278,7 @@ mod tests {
         let out = h.subscribe(E, &[]);
         assert!(out.responses.is_empty());
         assert!(!h.stream.status(E).subscribed);
-        let out = h.publish(snapshot(
-            "rev2",
-            &[
-                (C, "a", 0),
-                (C, "b", 0),
-                (E, "a", 1),
-                (E, "b", 1),
-                (L, "l", 0),
-                (R, "r", 0),
-            ],
-        ));
+        let out = h.publish(mesh("rev2", [0, 0], [1, 1], 0));
         assert!(out.responses.is_empty(), "{:?}", summary(&out));
         let out = h.subscribe(R, &[]);
         assert!(out.responses.is_empty());
@@ -1443,17 +1362,7 @@ mod tests {
         assert_eq!(h.stream.status(R).state(), SyncState::Synced);
         // Endpoints alike.
         let mut h = synced();
-        let out = h.publish(snapshot(
-            "rev2",
-            &[
-                (C, "a", 0),
-                (C, "b", 0),
-                (E, "a", 0),
-                (E, "b", 1),
-                (L, "l", 0),
-                (R, "r", 0),
-            ],
-        ));
+        let out = h.publish(mesh("rev2", [0, 0], [0, 1], 0));
         assert_eq!(summary(&out), [s(E, &["b"])]);
     }
 
@@ -1559,17 +1468,7 @@ mod tests {
     #[test]
     fn rule_24_types_have_separate_state() {
         let mut h = synced();
-        let out = h.publish(snapshot(
-            "rev2",
-            &[
-                (C, "a", 1),
-                (C, "b", 0),
-                (E, "a", 0),
-                (E, "b", 0),
-                (L, "l", 0),
-                (R, "r", 1),
-            ],
-        ));
+        let out = h.publish(mesh("rev2", [1, 0], [0, 0], 1));
         for response in &out.responses {
             let t = type_of(response);
             let names: Vec<String> = names_of(response);
@@ -1664,28 +1563,8 @@ mod tests {
     #[test]
     fn nack_of_an_older_response_is_reported_without_touching_state() {
         let mut h = synced();
-        let first = h.publish(snapshot(
-            "rev2",
-            &[
-                (C, "a", 1),
-                (C, "b", 0),
-                (E, "a", 0),
-                (E, "b", 0),
-                (L, "l", 0),
-                (R, "r", 0),
-            ],
-        ));
-        h.publish(snapshot(
-            "rev3",
-            &[
-                (C, "a", 2),
-                (C, "b", 0),
-                (E, "a", 0),
-                (E, "b", 0),
-                (L, "l", 0),
-                (R, "r", 0),
-            ],
-        ));
+        let first = h.publish(mesh("rev2", [1, 0], [0, 0], 0));
+        h.publish(mesh("rev3", [2, 0], [0, 0], 0));
         let out = h.nack(&first.responses[0], &[]);
         assert!(out.responses.is_empty());
         assert!(matches!(&out.events[..], [Event::Nack { rejected, .. }] if rejected.len() == 2));

@@ -496,21 +496,26 @@ pub(crate) mod testing {
         )
     }
 
-    /// The small mesh most state-machine tests start from: clusters and endpoints `a` and `b`,
-    /// listener `l`, route configuration `r` at content `route_variant`.
-    pub fn base_with_route(revision: &str, route_variant: u32) -> Snapshot {
+    /// The small mesh most state-machine tests use: clusters `a` and `b`, their endpoints,
+    /// listener `l` and route configuration `r`, each at the given content variant.
+    pub fn mesh(revision: &str, clusters: [u32; 2], endpoints: [u32; 2], route: u32) -> Snapshot {
         use ResourceType::{Cluster as C, Endpoint as E, Listener as L, Route as R};
         snapshot(
             revision,
             &[
-                (C, "a", 0),
-                (C, "b", 0),
-                (E, "a", 0),
-                (E, "b", 0),
+                (C, "a", clusters[0]),
+                (C, "b", clusters[1]),
+                (E, "a", endpoints[0]),
+                (E, "b", endpoints[1]),
                 (L, "l", 0),
-                (R, "r", route_variant),
+                (R, "r", route),
             ],
         )
+    }
+
+    /// [`mesh`] with everything at content 0 but the route configuration.
+    pub fn base_with_route(revision: &str, route_variant: u32) -> Snapshot {
+        mesh(revision, [0, 0], [0, 0], route_variant)
     }
 
     /// The resource name inside an `Any` of type `t`; panics when the body is not a `t`, which
