@@ -24,6 +24,7 @@ pub mod yaml;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 pub use load::{
     is_manifest_name, load_dir, load_files, load_files_cached, read_dir, LoadOptions, ParseCache,
@@ -106,14 +107,18 @@ pub struct Object<T> {
 }
 
 /// Every object of one revision, validated: references resolve, names are unique.
+///
+/// Objects are shared: a revision loaded after a change holds the very objects of the previous
+/// one for every file that did not change, so cloning a revision copies no object, and whoever
+/// derives something from an object can tell it is unchanged by its address.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Revision {
-    pub services: BTreeMap<ObjectKey, Object<model::Service>>,
-    pub endpoint_slices: BTreeMap<ObjectKey, Object<model::EndpointSlice>>,
+    pub services: BTreeMap<ObjectKey, Arc<Object<model::Service>>>,
+    pub endpoint_slices: BTreeMap<ObjectKey, Arc<Object<model::EndpointSlice>>>,
     /// In Gateway API precedence order (oldest `creationTimestamp` first, then `namespace/name`).
-    pub http_routes: Vec<Object<model::HttpRoute>>,
+    pub http_routes: Vec<Arc<Object<model::HttpRoute>>>,
     /// In the same precedence order as `http_routes`.
-    pub grpc_routes: Vec<Object<model::GrpcRoute>>,
+    pub grpc_routes: Vec<Arc<Object<model::GrpcRoute>>>,
     /// Findings that do not refuse the revision (a weight-0 backend to a missing Service, ...).
     pub warnings: Vec<Diagnostic>,
 }

@@ -124,7 +124,7 @@ impl Rev {
         let key = ObjectKey::new(namespace, name);
         self.revision
             .services
-            .insert(key.clone(), Object { key, pos, value });
+            .insert(key.clone(), Arc::new(Object { key, pos, value }));
         self
     }
 
@@ -163,7 +163,7 @@ impl Rev {
     ) -> Self {
         let pos = self.next_pos();
         let key = ObjectKey::new(namespace, name);
-        self.revision.http_routes.push(Object {
+        self.revision.http_routes.push(Arc::new(Object {
             key,
             pos,
             value: HttpRoute {
@@ -174,7 +174,7 @@ impl Rev {
                     rules: rules.into_iter().map(sp).collect(),
                 },
             },
-        });
+        }));
         self
     }
 
@@ -187,7 +187,7 @@ impl Rev {
     ) -> Self {
         let pos = self.next_pos();
         let key = ObjectKey::new(namespace, name);
-        self.revision.grpc_routes.push(Object {
+        self.revision.grpc_routes.push(Arc::new(Object {
             key,
             pos,
             value: GrpcRoute {
@@ -198,7 +198,7 @@ impl Rev {
                     rules: rules.into_iter().map(sp).collect(),
                 },
             },
-        });
+        }));
         self
     }
 
@@ -248,7 +248,7 @@ impl Rev {
         };
         self.revision
             .endpoint_slices
-            .insert(key.clone(), Object { key, pos, value });
+            .insert(key.clone(), Arc::new(Object { key, pos, value }));
         self
     }
 
@@ -2372,7 +2372,10 @@ fn a_backend_with_weight_that_names_no_service_is_an_error_with_its_position() {
         vec![parent("echo", Some(80))],
         vec![rule(vec![], vec![backend("echo-v3", 80, Some(5))])],
     );
-    rev.revision.http_routes[0].value.spec.rules[0]
+    Arc::make_mut(&mut rev.revision.http_routes[0])
+        .value
+        .spec
+        .rules[0]
         .value
         .backend_refs[0]
         .pos = pos("routes/broken.yaml", 12);
@@ -2455,8 +2458,14 @@ fn unsupported_or_invalid_fields_are_errors_naming_the_field() {
             vec![parent("echo", None)],
             vec![rule(vec![], vec![])],
         );
-    rev.revision.http_routes[2].value.spec.hostnames = vec!["echo.example".into()];
-    rev.revision.http_routes[2].value.spec.rules[0]
+    Arc::make_mut(&mut rev.revision.http_routes[2])
+        .value
+        .spec
+        .hostnames = vec!["echo.example".into()];
+    Arc::make_mut(&mut rev.revision.http_routes[2])
+        .value
+        .spec
+        .rules[0]
         .value
         .timeouts = Some(sp(HttpRouteTimeouts {
         request: Some("soon".into()),
@@ -2546,7 +2555,7 @@ fn invalid_endpoint_slices_and_service_names_are_errors() {
             &[("not-an-ip", None, None)],
         );
     rev.revision.endpoint_slices.values_mut().for_each(|s| {
-        s.value.endpoints.push(sp(SliceEndpoint {
+        Arc::make_mut(s).value.endpoints.push(sp(SliceEndpoint {
             addresses: vec!["::1".into()],
             conditions: EndpointConditions::default(),
             hostname: None,

@@ -423,15 +423,14 @@ pub fn load_files_cached(
         }
         trees.insert((kind, key.clone()), root);
         match object {
-            Typed::Service(value) => {
-                rev.services.insert(key.clone(), Object { key, pos, value });
+            Typed::Service(object) => {
+                rev.services.insert(key, object);
             }
-            Typed::EndpointSlice(value) => {
-                rev.endpoint_slices
-                    .insert(key.clone(), Object { key, pos, value });
+            Typed::EndpointSlice(object) => {
+                rev.endpoint_slices.insert(key, object);
             }
-            Typed::HttpRoute(value) => rev.http_routes.push(Object { key, pos, value }),
-            Typed::GrpcRoute(value) => rev.grpc_routes.push(Object { key, pos, value }),
+            Typed::HttpRoute(object) => rev.http_routes.push(object),
+            Typed::GrpcRoute(object) => rev.grpc_routes.push(object),
         }
     }
     sort_routes(&mut rev.http_routes, |r| &r.metadata);
@@ -522,7 +521,7 @@ impl ParseCache {
 
 /// Gateway API precedence: oldest `creationTimestamp` first (routes without one after those
 /// with one), then `namespace/name`.
-fn sort_routes<T>(routes: &mut [Object<T>], meta: impl Fn(&T) -> &ObjectMeta) {
+fn sort_routes<T>(routes: &mut [Arc<Object<T>>], meta: impl Fn(&T) -> &ObjectMeta) {
     routes.sort_by(|a, b| {
         let ta = validate::creation_time(meta(&a.value));
         let tb = validate::creation_time(meta(&b.value));
@@ -536,12 +535,14 @@ fn sort_routes<T>(routes: &mut [Object<T>], meta: impl Fn(&T) -> &ObjectMeta) {
     });
 }
 
+/// A typed object, shared between the [`ParseCache`] and every revision that holds it: an
+/// object of a file that did not change is the same allocation in the next revision.
 #[derive(Clone, Debug)]
 enum Typed {
-    Service(Service),
-    EndpointSlice(EndpointSlice),
-    HttpRoute(HttpRoute),
-    GrpcRoute(GrpcRoute),
+    Service(Arc<Object<Service>>),
+    EndpointSlice(Arc<Object<EndpointSlice>>),
+    HttpRoute(Arc<Object<HttpRoute>>),
+    GrpcRoute(Arc<Object<GrpcRoute>>),
 }
 
 /// One object read from a document, with its tree for positioning later findings.
@@ -647,41 +648,45 @@ fn dispatch(
     }
     let pos = root.pos(file);
     let typed = match kind {
-        Kind::Service => typed(file, &root, Typed::Service),
-        Kind::EndpointSlice => typed(file, &root, Typed::EndpointSlice),
-        Kind::HttpRoute => typed(file, &root, Typed::HttpRoute),
-        Kind::GrpcRoute => typed(file, &root, Typed::GrpcRoute),
+        Kind::Service => typed(file, &root, &pos, Typed::Service),
+        Kind::EndpointSlice => typed(file, &root, &pos, Typed::EndpointSlice),
+        Kind::HttpRoute => typed(file, &root, &pos, Typed::HttpRoute),
+        Kind::GrpcRoute => typed(file, &root, &pos, Typed::GrpcRoute),
     };
     match typed {
-        Ok((object, meta)) => {
-            let key = ObjectKey::new(
-                meta.namespace.clone().unwrap_or_else(|| "default".into()),
-                meta.name,
-            );
-            docs.push(Loaded {
-                kind,
-                key,
-                pos,
-                root: Arc::new(root),
-                object,
-            });
-        }
+        Ok((object, key)) => docs.push(Loaded {
+            kind,
+            key,
+            pos,
+            root: Arc::new(root),
+            object,
+        }),
         Err(e) => diags.push(e),
     }
 }
 
-/// Deserializes one object and returns it with its metadata.
+/// Deserializes one object and returns it, shared, with its key.
 fn typed<T>(
     file: &Arc<str>,
     root: &Node,
-    wrap: fn(T) -> Typed,
-) -> Result<(Typed, ObjectMeta), Diagnostic>
+    pos: &Pos,
+    wrap: fn(Arc<Object<T>>) -> Typed,
+) -> Result<(Typed, ObjectKey), Diagnostic>
 where
     T: for<'de> Deserialize<'de> + HasMeta,
 {
     let value: T = de::from_node(root, file).map_err(|e| e.to_diagnostic(file))?;
-    let meta = value.meta().clone();
-    Ok((wrap(value), meta))
+    let meta = value.meta();
+    let key = ObjectKey::new(
+        meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        meta.name.clone(),
+    );
+    let object = Object {
+        key: key.clone(),
+        pos: pos.clone(),
+        value,
+    };
+    Ok((wrap(Arc::new(object)), key))
 }
 
 trait HasMeta {

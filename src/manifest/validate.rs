@@ -174,7 +174,9 @@ impl<'a> Ctx<'a> {
         name: &str,
     ) -> Option<&'r Object<Service>> {
         let ns = namespace.unwrap_or(self.ns());
-        rev.services.get(&ObjectKey::new(ns, name))
+        rev.services
+            .get(&ObjectKey::new(ns, name))
+            .map(AsRef::as_ref)
     }
 }
 
