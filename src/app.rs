@@ -156,6 +156,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             settle: Duration::from_millis(300),
             max: args.startup_warmup.max(args.endpoint_grace),
         },
+        compile_cache: Default::default(),
     };
     let shared = Arc::new(Shared::new(
         view.clone(),

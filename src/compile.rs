@@ -32,15 +32,15 @@ mod timeouts;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 use envoy_types::pb::envoy::config::route::v3::Route;
 
-use crate::manifest::{Diagnostic, Pos, Revision};
+use crate::manifest::{Diagnostic, PartMemo, Pos, Revision};
 use crate::node::{ConfigKey, NodeInfo};
 use crate::registry::Workloads;
 use crate::xds::resource::{Resource, ResourceType, Snapshot, SnapshotView, TypeResources};
@@ -221,12 +221,68 @@ pub fn compile_revision(
     revision_id: &str,
     revision: &Revision,
 ) -> Result<Arc<CompiledRevision>, Vec<Diagnostic>> {
+    compile_revision_cached(revision_id, revision, &mut CompileCache::default())
+}
+
+/// What the compiles of earlier revisions made of each part of them (see
+/// [`Revision::parts`]): a revision that changes one Service's files compiles that Service's
+/// part and reuses the rest.
+#[derive(Default)]
+pub struct CompileCache {
+    parts: PartMemo<Arc<CompiledPart>>,
+}
+
+impl CompileCache {
+    /// Parts compiled (not reused) since the cache was created.
+    pub fn parts_compiled(&self) -> usize {
+        self.parts.made()
+    }
+}
+
+/// [`compile_revision`], compiling only the parts of `revision` that `cache` has not seen in
+/// the previous revision. The result is exactly what [`compile_revision`] returns.
+pub fn compile_revision_cached(
+    revision_id: &str,
+    revision: &Revision,
+    cache: &mut CompileCache,
+) -> Result<Arc<CompiledRevision>, Vec<Diagnostic>> {
+    let parts: Vec<Arc<CompiledPart>> = revision
+        .parts()
+        .iter()
+        .map(|part| {
+            cache
+                .parts
+                .get_or_make(part, |part| Arc::new(compile_part(part)))
+        })
+        .collect();
+    cache.parts.sweep();
+    assemble(revision_id, &parts)
+}
+
+/// What one part of a revision compiles to; parts never look at each other.
+#[derive(Default)]
+struct CompiledPart {
+    clusters: Vec<Arc<Resource>>,
+    endpoints: endpoints::EndpointPlan,
+    scopes: Vec<Arc<Resource>>,
+    /// The route configuration of each scope, as clients without consumer routes see it.
+    routes: Vec<Arc<Resource>>,
+    /// Per client namespace with consumer routes, the route configurations they replace.
+    consumer_routes: Vec<(String, Vec<Arc<Resource>>)>,
+    /// Errors (the part compiled to nothing) and warnings.
+    findings: Findings,
+}
+
+fn compile_part(revision: &Revision) -> CompiledPart {
     let mut findings = Findings::default();
     let services = ServiceIndex::build(revision, &mut findings);
     let endpoints = endpoints::EndpointPlan::build(revision, &services, &mut findings);
     let tables = routes::compile_routes(revision, &services, &mut findings);
     if !findings.errors.is_empty() {
-        return Err(findings.into_all());
+        return CompiledPart {
+            findings,
+            ..CompiledPart::default()
+        };
     }
 
     let mut clusters = Vec::new();
@@ -239,21 +295,17 @@ pub fn compile_revision(
             ));
         }
     }
-    clusters.push(Arc::new(Resource::new(
-        ResourceType::Cluster,
-        PASSTHROUGH_CLUSTER,
-        &passthrough::to_passthrough_cluster(),
-    )));
     let vhosts = listener::vhost_sources(&services);
-    let clusters = TypeResources::new(clusters);
-
     check_consistency(&clusters, &endpoints, &vhosts, &tables, &mut findings);
     if !findings.errors.is_empty() {
-        return Err(findings.into_all());
+        return CompiledPart {
+            findings,
+            ..CompiledPart::default()
+        };
     }
 
-    let mut scopes = Vec::with_capacity(vhosts.len() + 1);
-    let mut routes = Vec::with_capacity(vhosts.len() + 1);
+    let mut scopes = Vec::with_capacity(vhosts.len());
+    let mut routes = Vec::with_capacity(vhosts.len());
     for source in &vhosts {
         let table = tables.producer_routes(&source.service, source.port);
         scopes.push(Arc::new(listener::to_scope(
@@ -262,31 +314,96 @@ pub fn compile_revision(
         )));
         routes.push(Arc::new(listener::to_route_configuration(source, table)));
     }
-    scopes.push(Arc::new(listener::to_scope(PASSTHROUGH_SCOPE, Vec::new())));
-    routes.push(Arc::new(listener::to_passthrough_route_configuration()));
-    let routes = TypeResources::new(routes);
-    let mut consumer_routes = HashMap::new();
-    for (namespace, services) in &tables.consumer {
-        let replaced = vhosts
-            .iter()
-            .filter(|source| {
-                source.service.namespace != *namespace && services.contains_key(&source.service)
-            })
-            .map(|source| {
-                let table = tables.for_clients(namespace, &source.service, source.port);
-                Arc::new(listener::to_route_configuration(source, table))
-            });
-        consumer_routes.insert(namespace.clone(), routes.with(replaced));
+    let consumer_routes = tables
+        .consumer
+        .iter()
+        .map(|(namespace, services)| {
+            let replaced = vhosts
+                .iter()
+                .filter(|source| {
+                    source.service.namespace != *namespace && services.contains_key(&source.service)
+                })
+                .map(|source| {
+                    let table = tables.for_clients(namespace, &source.service, source.port);
+                    Arc::new(listener::to_route_configuration(source, table))
+                })
+                .collect();
+            (namespace.clone(), replaced)
+        })
+        .collect();
+    CompiledPart {
+        clusters,
+        endpoints,
+        scopes,
+        routes,
+        consumer_routes,
+        findings,
     }
+}
+
+/// The resources of the passthrough, the same in every revision: built once.
+struct Passthrough {
+    cluster: Arc<Resource>,
+    scope: Arc<Resource>,
+    routes: Arc<Resource>,
+}
+
+static PASSTHROUGH: LazyLock<Passthrough> = LazyLock::new(|| Passthrough {
+    cluster: Arc::new(Resource::new(
+        ResourceType::Cluster,
+        PASSTHROUGH_CLUSTER,
+        &passthrough::to_passthrough_cluster(),
+    )),
+    scope: Arc::new(listener::to_scope(PASSTHROUGH_SCOPE, Vec::new())),
+    routes: Arc::new(listener::to_passthrough_route_configuration()),
+});
+
+/// The revision from its compiled parts, or every error and warning of them all.
+fn assemble(
+    revision_id: &str,
+    parts: &[Arc<CompiledPart>],
+) -> Result<Arc<CompiledRevision>, Vec<Diagnostic>> {
+    let findings = parts.iter().map(|part| &part.findings);
+    if findings.clone().any(|f| !f.errors.is_empty()) {
+        let mut all: Vec<Diagnostic> = findings
+            .flat_map(|f| f.errors.iter().chain(&f.warnings))
+            .cloned()
+            .collect();
+        all.sort();
+        all.dedup();
+        return Err(all);
+    }
+    let mut warnings: Vec<Diagnostic> = findings.flat_map(|f| f.warnings.clone()).collect();
+    warnings.sort();
+    warnings.dedup();
+
+    let clusters = parts.iter().flat_map(|part| part.clusters.iter().cloned());
+    let scopes = parts.iter().flat_map(|part| part.scopes.iter().cloned());
+    let routes = parts.iter().flat_map(|part| part.routes.iter().cloned());
+    let routes = TypeResources::new(routes.chain([PASSTHROUGH.routes.clone()]));
+
+    let mut replaced: BTreeMap<&str, Vec<Arc<Resource>>> = BTreeMap::new();
+    for part in parts {
+        for (namespace, resources) in &part.consumer_routes {
+            replaced
+                .entry(namespace)
+                .or_default()
+                .extend(resources.iter().cloned());
+        }
+    }
+    let consumer_routes = replaced
+        .into_iter()
+        .map(|(namespace, resources)| (namespace.to_string(), routes.with(resources)))
+        .collect();
 
     Ok(Arc::new(CompiledRevision {
         revision: revision_id.to_string(),
-        clusters,
-        endpoints,
-        scopes: TypeResources::new(scopes),
+        clusters: TypeResources::new(clusters.chain([PASSTHROUGH.cluster.clone()])),
+        endpoints: endpoints::EndpointPlan::merge(parts.iter().map(|part| &part.endpoints)),
+        scopes: TypeResources::new(scopes.chain([PASSTHROUGH.scope.clone()])),
         routes,
         consumer_routes,
-        warnings: findings.warnings,
+        warnings,
     }))
 }
 
@@ -309,13 +426,17 @@ fn origin(pos: &Pos) -> String {
 /// passthrough) has a `ClusterLoadAssignment`. A failure here is a compiler bug, reported rather
 /// than served.
 fn check_consistency(
-    clusters: &TypeResources,
+    clusters: &[Arc<Resource>],
     endpoints: &endpoints::EndpointPlan,
     vhosts: &[listener::VhostSource],
     tables: &RouteTables,
     findings: &mut Findings,
 ) {
-    let clusters: BTreeSet<&str> = clusters.resources().keys().map(String::as_str).collect();
+    let clusters: BTreeSet<&str> = clusters
+        .iter()
+        .map(|c| c.name.as_str())
+        .chain([PASSTHROUGH_CLUSTER])
+        .collect();
     let assignments: BTreeSet<&str> = endpoints.clusters().collect();
     for cluster in &clusters {
         if *cluster != PASSTHROUGH_CLUSTER && !assignments.contains(cluster) {

@@ -17,6 +17,7 @@
 pub mod de;
 mod load;
 pub mod model;
+mod parts;
 pub mod re2;
 pub mod span;
 pub mod validate;
@@ -30,6 +31,7 @@ pub use load::{
     is_manifest_name, load_dir, load_files, load_files_cached, read_dir, LoadOptions, ParseCache,
     SourceFile, EMPTY_REVISION,
 };
+pub use parts::PartMemo;
 pub use span::{Pos, Spanned};
 
 /// `namespace/name` of an object.

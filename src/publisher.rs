@@ -3,14 +3,14 @@
 //! compiled: a revision that fails to load or compile is reported and the last good one stays.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::compile::{self, CompiledRevision, Mesh};
+use crate::compile::{self, CompileCache, CompiledRevision, Mesh};
 use crate::manifest::{Diagnostic, Revision};
 use crate::metrics::Metrics;
 use crate::registry::Workloads;
@@ -77,6 +77,9 @@ pub struct Publisher {
     pub streams: Arc<Streams>,
     /// How long to gather reconnecting sidecars before the first publish.
     pub warmup: Warmup,
+    /// What compiling the previous revisions made of their parts; locked by one compile at a
+    /// time, on the blocking pool.
+    pub compile_cache: Arc<Mutex<CompileCache>>,
 }
 
 /// The start-up wait before the first publish.
@@ -226,16 +229,20 @@ impl Publisher {
         let workloads = self.workloads.borrow().clone();
         let id = id.to_string();
         let revision = revision.clone();
+        let cache = self.compile_cache.clone();
         let started = Instant::now();
-        let result =
-            tokio::task::spawn_blocking(move || compile::compile_mesh(&id, &revision, &workloads))
-                .await
-                .unwrap_or_else(|err| {
-                    Err(vec![Diagnostic::error(
-                        Default::default(),
-                        format!("compiling the revision failed: {err}"),
-                    )])
-                });
+        let result = tokio::task::spawn_blocking(move || {
+            let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+            compile::compile_revision_cached(&id, &revision, &mut cache)
+                .map(|compiled| compiled.mesh(&workloads))
+        })
+        .await
+        .unwrap_or_else(|err| {
+            Err(vec![Diagnostic::error(
+                Default::default(),
+                format!("compiling the revision failed: {err}"),
+            )])
+        });
         self.metrics
             .record_compile(started.elapsed().as_micros() as u64);
         result.map(Arc::new)

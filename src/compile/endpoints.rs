@@ -20,12 +20,9 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 use super::findings::Findings;
 use super::origin;
 use super::services::{PortEntry, ServiceEntry, ServiceIndex};
-use crate::manifest::model::EndpointSlice;
+use crate::manifest::model::{EndpointSlice, SERVICE_NAME_LABEL};
 use crate::manifest::{Object, ObjectKey, Revision};
 use crate::registry::{Workload, Workloads};
-
-/// The label that ties an EndpointSlice to its Service.
-pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// (region, zone); empty strings when unknown.
 type LocalityKey = (String, String);
@@ -116,6 +113,13 @@ impl EndpointPlan {
             }
         }
         EndpointPlan { ports }
+    }
+
+    /// The plans of several parts as one.
+    pub(crate) fn merge<'p>(plans: impl Iterator<Item = &'p EndpointPlan>) -> EndpointPlan {
+        EndpointPlan {
+            ports: plans.flat_map(|plan| plan.ports.iter().cloned()).collect(),
+        }
     }
 
     /// The plan without `cluster`'s endpoints (for testing the consistency check).

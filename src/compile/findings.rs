@@ -18,13 +18,4 @@ impl Findings {
         self.warnings
             .push(Diagnostic::warning(pos.clone(), message));
     }
-
-    /// Errors and warnings together, sorted by position, duplicates removed.
-    pub fn into_all(self) -> Vec<Diagnostic> {
-        let mut all = self.errors;
-        all.extend(self.warnings);
-        all.sort();
-        all.dedup();
-        all
-    }
 }

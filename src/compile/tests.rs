@@ -78,7 +78,7 @@ fn meta(namespace: &str, name: &str) -> ObjectMeta {
 }
 
 /// Builds a revision; every object gets its own line in `mesh.yaml`, so origins are checkable.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Rev {
     revision: Revision,
     line: usize,
@@ -257,14 +257,14 @@ impl Rev {
     }
 
     fn compile_with(&self, workloads: &Workloads) -> Mesh {
-        match compile_mesh("rev-1", &self.revision, workloads) {
-            Ok(mesh) => mesh,
+        match compile_checked(&self.revision) {
+            Ok(compiled) => compiled.mesh(workloads),
             Err(errors) => panic!("expected the revision to compile, got {errors:#?}"),
         }
     }
 
     fn errors(&self) -> Vec<Diagnostic> {
-        match compile_mesh("rev-1", &self.revision, &Workloads::default()) {
+        match compile_checked(&self.revision) {
             Ok(_) => panic!("expected the revision to be refused"),
             Err(all) => all
                 .into_iter()
@@ -272,6 +272,37 @@ impl Rev {
                 .collect(),
         }
     }
+}
+
+/// [`compile_revision`], checked against compiling the revision as a single part: splitting a
+/// revision into parts must never change what it compiles to.
+fn compile_checked(revision: &Revision) -> Result<Arc<CompiledRevision>, Vec<Diagnostic>> {
+    let by_parts = compile_revision("rev-1", revision);
+    let whole = assemble("rev-1", &[Arc::new(compile_part(revision))]);
+    match (&by_parts, &whole) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a.clusters, b.clusters, "clusters differ by parts");
+            assert_eq!(a.scopes, b.scopes, "scopes differ by parts");
+            assert_eq!(a.routes, b.routes, "routes differ by parts");
+            assert_eq!(
+                a.consumer_routes, b.consumer_routes,
+                "consumer routes differ"
+            );
+            assert_eq!(a.warnings, b.warnings, "warnings differ by parts");
+            let workloads = Workloads::default();
+            assert_eq!(
+                a.endpoints.assignments(&workloads),
+                b.endpoints.assignments(&workloads),
+                "endpoints differ by parts"
+            );
+        }
+        (a, b) => assert_eq!(
+            a.as_ref().err(),
+            b.as_ref().err(),
+            "findings differ by parts"
+        ),
+    }
+    by_parts
 }
 
 fn parent(name: &str, port: Option<u16>) -> ParentRef {
@@ -2603,9 +2634,10 @@ fn the_consistency_check_refuses_a_route_to_a_missing_cluster() {
                 origins: vec!["mesh.yaml:99".into()],
             },
         );
+    let clusters: Vec<_> = compiled.clusters.resources().values().cloned().collect();
     let mut findings = findings::Findings::default();
     check_consistency(
-        &compiled.clusters,
+        &clusters,
         &compiled.endpoints,
         &vhosts,
         &tables,
@@ -2618,7 +2650,7 @@ fn the_consistency_check_refuses_a_route_to_a_missing_cluster() {
 
     let mut findings = findings::Findings::default();
     check_consistency(
-        &compiled.clusters,
+        &clusters,
         &compiled.endpoints.without(ECHO_80),
         &vhosts,
         &clean_tables,
@@ -2654,4 +2686,91 @@ fn prefix_replacements_avoid_double_and_missing_slashes() {
         assert_eq!(r.pattern.map(|p| p.regex).as_deref(), Some("^/a\\.b/*"));
         assert_eq!(r.substitution, "/");
     }
+}
+
+#[test]
+fn every_fixture_compiles_the_same_by_parts_as_whole() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut folders = vec![
+        root.join("examples/mesh"),
+        root.join("tests/fixtures/manifests/valid"),
+    ];
+    let conformance = root.join("tests/fixtures/conformance");
+    let tests = std::fs::read_dir(conformance.join("tests")).expect("conformance tests");
+    let (mut compiled, mut split) = (0, 0);
+    for test in tests {
+        let test = test.expect("conformance test").path();
+        let folder = std::env::temp_dir().join(format!(
+            "sluice-parts-{}-{}",
+            std::process::id(),
+            test.file_stem().and_then(|s| s.to_str()).unwrap_or("test")
+        ));
+        std::fs::create_dir_all(&folder).expect("temp folder");
+        std::fs::copy(conformance.join("base.yaml"), folder.join("base.yaml")).expect("base");
+        std::fs::copy(&test, folder.join("test.yaml")).expect("test");
+        folders.push(folder);
+    }
+    for folder in &folders {
+        let revision = crate::manifest::load_dir(folder, &Default::default())
+            .unwrap_or_else(|errors| panic!("{} does not load: {errors:?}", folder.display()));
+        split += usize::from(revision.parts().len() > 1);
+        compile_checked(&revision).expect("compiles");
+        compiled += 1;
+        if folder.starts_with(std::env::temp_dir()) {
+            let _ = std::fs::remove_dir_all(folder);
+        }
+    }
+    assert!(compiled >= 10, "only {compiled} fixtures");
+    assert!(
+        split * 2 >= compiled,
+        "{split} of {compiled} split into parts"
+    );
+}
+
+#[test]
+fn a_cached_compile_recompiles_only_the_changed_part_and_equals_a_fresh_one() {
+    let base = Rev::default()
+        .echo_services()
+        .service(
+            "other",
+            "api",
+            &[("app", "api")],
+            &[("http", 80, None, None)],
+        )
+        .http_route(
+            "other",
+            "api",
+            vec![parent("api", Some(80))],
+            vec![rule(vec![], vec![backend("api", 80, None)])],
+        );
+    let mut cache = CompileCache::default();
+    let first = compile_revision_cached("rev-1", &base.revision, &mut cache).expect("compiles");
+    let parts = base.revision.parts().len();
+    assert!(parts >= 2, "{parts} parts");
+    assert_eq!(cache.parts_compiled(), parts);
+
+    // Same objects: nothing is compiled again, and every resource is the same allocation.
+    let again = compile_revision_cached("rev-2", &base.revision, &mut cache).expect("compiles");
+    assert_eq!(cache.parts_compiled(), parts);
+    for (name, resource) in again.routes.resources() {
+        assert!(
+            Arc::ptr_eq(resource, &first.routes.resources()[name]),
+            "{name}"
+        );
+    }
+
+    // One route changed: only its part is compiled, and the result is a fresh compile's.
+    let mut changed = base.clone();
+    let route = Arc::make_mut(&mut changed.revision.http_routes[0]);
+    route.value.spec.rules[0].value.backend_refs[0].value.weight = Some(0);
+    let cached = compile_revision_cached("rev-3", &changed.revision, &mut cache).expect("compiles");
+    assert_eq!(cache.parts_compiled(), parts + 1);
+    let fresh = compile_revision("rev-3", &changed.revision).expect("compiles");
+    assert_eq!(cached.routes, fresh.routes);
+    assert_eq!(cached.clusters, fresh.clusters);
+    assert_ne!(cached.routes, first.routes);
+
+    // A part whose result was dropped (not in the latest revision) is compiled again.
+    compile_revision_cached("rev-4", &base.revision, &mut cache).expect("compiles");
+    assert_eq!(cache.parts_compiled(), parts + 2);
 }

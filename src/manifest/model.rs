@@ -171,6 +171,9 @@ pub struct ObjectReference {
     pub resource_version: Option<String>,
 }
 
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
 // ---------------------------------------------------------------------------------------------
 // gateway.networking.k8s.io/v1 HTTPRoute and GRPCRoute
 

@@ -1,0 +1,432 @@
+//! A revision split into independent parts, and results derived from parts reused across
+//! revisions.
+//!
+//! Objects only look at each other through names: an EndpointSlice names its Service in its
+//! `kubernetes.io/service-name` label, a route names Services as parents, backends and mirror
+//! targets. Objects linked that way, directly or through others, form one part; nothing a check
+//! or the compiler derives from a part depends on any other part. A change to one Service's
+//! files therefore touches one part, and [`PartMemo`] hands back what was derived from every
+//! other part the last time, recognising them by their objects' addresses (a revision shares
+//! the objects of every file that did not change with the previous one).
+//!
+//! Linking is by name alone, whatever kind or group a reference gives, and a name that resolves
+//! to nothing still links what names it: linking more than needed only makes parts larger,
+//! while missing a link would let a stale result stand.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::model::{HttpBackendRef, HttpRouteFilter, ParentRef, SERVICE_NAME_LABEL};
+use super::{Object, Revision, Spanned};
+
+impl Revision {
+    /// The revision split into parts, each a revision of its own (sharing the objects, holding
+    /// no warnings). Routes keep their precedence order within a part. The parts are ordered by
+    /// their first object: Services by key, then EndpointSlices, then routes.
+    pub fn parts(&self) -> Vec<Revision> {
+        let mut links = Links::default();
+        let services: Vec<usize> = self
+            .services
+            .keys()
+            .map(|key| links.name(&key.namespace, &key.name))
+            .collect();
+        let slices: Vec<usize> = self
+            .endpoint_slices
+            .iter()
+            .map(|(key, slice)| {
+                let node = links.fresh();
+                if let Some(service) = slice.value.metadata.labels.get(SERVICE_NAME_LABEL) {
+                    let named = links.name(&key.namespace, service);
+                    links.union(node, named);
+                }
+                node
+            })
+            .collect();
+        let http: Vec<usize> = self
+            .http_routes
+            .iter()
+            .map(|route| {
+                let spec = &route.value.spec;
+                let rules = spec
+                    .rules
+                    .iter()
+                    .map(|rule| (&rule.value.filters, &rule.value.backend_refs));
+                links.route(&route.key.namespace, &spec.parent_refs, rules)
+            })
+            .collect();
+        let grpc: Vec<usize> = self
+            .grpc_routes
+            .iter()
+            .map(|route| {
+                let spec = &route.value.spec;
+                let rules = spec
+                    .rules
+                    .iter()
+                    .map(|rule| (&rule.value.filters, &rule.value.backend_refs));
+                links.route(&route.key.namespace, &spec.parent_refs, rules)
+            })
+            .collect();
+
+        let mut parts: Vec<Revision> = Vec::new();
+        let mut part_of_root: HashMap<usize, usize> = HashMap::new();
+        let mut part_for = |links: &mut Links, node: usize| -> usize {
+            let root = links.find(node);
+            let next = part_of_root.len();
+            let index = *part_of_root.entry(root).or_insert(next);
+            if index == parts.len() {
+                parts.push(Revision::default());
+            }
+            index
+        };
+        let mut placed = Vec::with_capacity(services.len());
+        for node in &services {
+            placed.push(part_for(&mut links, *node));
+        }
+        let slices: Vec<usize> = slices.iter().map(|n| part_for(&mut links, *n)).collect();
+        let http: Vec<usize> = http.iter().map(|n| part_for(&mut links, *n)).collect();
+        let grpc: Vec<usize> = grpc.iter().map(|n| part_for(&mut links, *n)).collect();
+        for ((key, object), part) in self.services.iter().zip(placed) {
+            parts[part].services.insert(key.clone(), object.clone());
+        }
+        for ((key, object), part) in self.endpoint_slices.iter().zip(slices) {
+            parts[part]
+                .endpoint_slices
+                .insert(key.clone(), object.clone());
+        }
+        for (object, part) in self.http_routes.iter().zip(http) {
+            parts[part].http_routes.push(object.clone());
+        }
+        for (object, part) in self.grpc_routes.iter().zip(grpc) {
+            parts[part].grpc_routes.push(object.clone());
+        }
+        parts
+    }
+}
+
+/// Union-find over names and objects.
+#[derive(Default)]
+struct Links<'r> {
+    parent: Vec<usize>,
+    names: HashMap<(&'r str, &'r str), usize>,
+}
+
+impl<'r> Links<'r> {
+    fn fresh(&mut self) -> usize {
+        self.parent.push(self.parent.len());
+        self.parent.len() - 1
+    }
+
+    /// The node of the name `namespace/name`.
+    fn name(&mut self, namespace: &'r str, name: &'r str) -> usize {
+        if let Some(node) = self.names.get(&(namespace, name)) {
+            return *node;
+        }
+        let node = self.fresh();
+        self.names.insert((namespace, name), node);
+        node
+    }
+
+    fn find(&mut self, mut node: usize) -> usize {
+        while self.parent[node] != node {
+            self.parent[node] = self.parent[self.parent[node]];
+            node = self.parent[node];
+        }
+        node
+    }
+
+    fn union(&mut self, a: usize, b: usize) {
+        let (a, b) = (self.find(a), self.find(b));
+        if a != b {
+            self.parent[a.max(b)] = a.min(b);
+        }
+    }
+
+    /// A route's node, linked to every name it references: parents, backends and the
+    /// backends of mirror filters (on rules and on backends).
+    fn route(
+        &mut self,
+        namespace: &'r str,
+        parents: &'r [Spanned<ParentRef>],
+        rules: impl Iterator<
+            Item = (
+                &'r Vec<Spanned<HttpRouteFilter>>,
+                &'r Vec<Spanned<HttpBackendRef>>,
+            ),
+        >,
+    ) -> usize {
+        let node = self.fresh();
+        let link = |links: &mut Links<'r>, ns: &'r Option<String>, name: &'r str| {
+            let named = links.name(ns.as_deref().unwrap_or(namespace), name);
+            links.union(node, named);
+        };
+        for parent in parents {
+            link(self, &parent.value.namespace, &parent.value.name);
+        }
+        let mirrors = |links: &mut Links<'r>, filters: &'r [Spanned<HttpRouteFilter>]| {
+            for filter in filters {
+                if let Some(mirror) = &filter.value.request_mirror {
+                    link(
+                        links,
+                        &mirror.backend_ref.namespace,
+                        &mirror.backend_ref.name,
+                    );
+                }
+            }
+        };
+        for (filters, backends) in rules {
+            mirrors(self, filters);
+            for backend in backends {
+                link(self, &backend.value.namespace, &backend.value.name);
+                mirrors(self, &backend.value.filters);
+            }
+        }
+        node
+    }
+}
+
+/// Something derived from each part of a revision, kept for the parts of the next revision
+/// that hold exactly the same objects.
+pub struct PartMemo<V> {
+    entries: HashMap<Vec<usize>, Entry<V>>,
+    /// Values made (not reused) so far.
+    made: usize,
+}
+
+struct Entry<V> {
+    /// Holds the part's objects alive, so no other object can take their addresses while the
+    /// entry is kept.
+    _part: Revision,
+    value: V,
+    used: bool,
+}
+
+impl<V> Default for PartMemo<V> {
+    fn default() -> Self {
+        PartMemo {
+            entries: HashMap::new(),
+            made: 0,
+        }
+    }
+}
+
+impl<V: Clone> PartMemo<V> {
+    /// What `make` derived from a part holding the same objects, or `make(part)` kept for next
+    /// time.
+    pub fn get_or_make(&mut self, part: &Revision, make: impl FnOnce(&Revision) -> V) -> V {
+        let id = identity(part);
+        if let Some(entry) = self.entries.get_mut(&id) {
+            entry.used = true;
+            return entry.value.clone();
+        }
+        let value = make(part);
+        self.made += 1;
+        self.entries.insert(
+            id,
+            Entry {
+                _part: part.clone(),
+                value: value.clone(),
+                used: true,
+            },
+        );
+        value
+    }
+
+    /// Forgets every value not asked for since the previous sweep: only the latest revision's
+    /// parts are kept.
+    pub fn sweep(&mut self) {
+        self.entries
+            .retain(|_, entry| std::mem::take(&mut entry.used));
+    }
+
+    /// Values made rather than reused since the memo was created.
+    pub fn made(&self) -> usize {
+        self.made
+    }
+}
+
+/// The addresses of a part's objects, in the part's order, kind by kind.
+fn identity(part: &Revision) -> Vec<usize> {
+    fn address<T>(object: &Arc<Object<T>>) -> usize {
+        Arc::as_ptr(object) as usize
+    }
+    let mut id = Vec::with_capacity(
+        part.services.len()
+            + part.endpoint_slices.len()
+            + part.http_routes.len()
+            + part.grpc_routes.len()
+            + 3,
+    );
+    id.extend(part.services.values().map(address));
+    id.push(0);
+    id.extend(part.endpoint_slices.values().map(address));
+    id.push(0);
+    id.extend(part.http_routes.iter().map(address));
+    id.push(0);
+    id.extend(part.grpc_routes.iter().map(address));
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{load_files, LoadOptions, SourceFile};
+
+    fn service(ns: &str, name: &str) -> String {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  ports: [{{name: http, port: 80}}]\n---\n")
+    }
+
+    fn slice(ns: &str, name: &str, service: Option<&str>) -> String {
+        let labels = service
+            .map(|s| format!(", labels: {{kubernetes.io/service-name: {s}}}"))
+            .unwrap_or_default();
+        format!("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: {ns}{labels}}}\naddressType: IPv4\nendpoints: [{{addresses: [10.0.0.1]}}]\nports: [{{name: http, port: 8080}}]\n---\n")
+    }
+
+    fn route(ns: &str, name: &str, parent: &str, rule: &str) -> String {
+        format!("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, name: {parent}, port: 80}}]\n  rules: [{rule}]\n---\n")
+    }
+
+    fn load(text: &str) -> Revision {
+        let files = [SourceFile {
+            path: "mesh.yaml".into(),
+            bytes: text.as_bytes().to_vec(),
+        }];
+        load_files(&files, &LoadOptions::default()).expect("loads")
+    }
+
+    /// Each part as the sorted `kind:namespace/name` of its objects.
+    fn grouping(revision: &Revision) -> Vec<Vec<String>> {
+        let mut parts: Vec<Vec<String>> = revision
+            .parts()
+            .iter()
+            .map(|part| {
+                let mut names: Vec<String> = part
+                    .services
+                    .keys()
+                    .map(|k| format!("svc:{k}"))
+                    .chain(part.endpoint_slices.keys().map(|k| format!("slice:{k}")))
+                    .chain(part.http_routes.iter().map(|r| format!("route:{}", r.key)))
+                    .collect();
+                names.sort();
+                names
+            })
+            .collect();
+        parts.sort();
+        parts
+    }
+
+    #[test]
+    fn objects_that_name_each_other_share_a_part() {
+        let text = [
+            service("a", "web"),
+            service("a", "web-v1"),
+            service("b", "db"),
+            service("c", "mirror"),
+            service("c", "alone"),
+            service("d", "backend-mirror"),
+            service("d", "shadow"),
+            slice("a", "web-v1-x", Some("web-v1")),
+            slice("a", "orphan", None),
+            slice("b", "db-x", Some("db")),
+            route(
+                "a",
+                "split",
+                "web",
+                "{backendRefs: [{name: web-v1, port: 80}, {name: db, namespace: b, port: 80}]}",
+            ),
+            route(
+                "c",
+                "mirrored",
+                "mirror",
+                "{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: web, namespace: a, port: 80}}}], backendRefs: [{name: mirror, port: 80}]}",
+            ),
+            route(
+                "d",
+                "on-backend",
+                "backend-mirror",
+                "{backendRefs: [{name: backend-mirror, port: 80, filters: [{type: RequestMirror, requestMirror: {backendRef: {name: shadow, port: 80}}}]}]}",
+            ),
+        ]
+        .concat();
+        let revision = load(&text);
+        assert_eq!(
+            grouping(&revision),
+            vec![
+                vec![
+                    "route:a/split",
+                    "route:c/mirrored",
+                    "slice:a/web-v1-x",
+                    "slice:b/db-x",
+                    "svc:a/web",
+                    "svc:a/web-v1",
+                    "svc:b/db",
+                    "svc:c/mirror",
+                ],
+                vec!["route:d/on-backend", "svc:d/backend-mirror", "svc:d/shadow"],
+                vec!["slice:a/orphan"],
+                vec!["svc:c/alone"],
+            ]
+        );
+    }
+
+    #[test]
+    fn parts_hold_every_object_once_with_routes_in_precedence_order() {
+        let text = [
+            service("a", "ex"),
+            service("a", "why"),
+            route("a", "r3", "ex", "{}"),
+            route("a", "r1", "why", "{}"),
+            route("a", "r2", "ex", "{}"),
+        ]
+        .concat();
+        let revision = load(&text);
+        let parts = revision.parts();
+        assert_eq!(parts.len(), 2);
+        let mut merged = Revision::default();
+        for part in &parts {
+            merged.services.extend(part.services.clone());
+            merged.endpoint_slices.extend(part.endpoint_slices.clone());
+            merged.http_routes.extend(part.http_routes.iter().cloned());
+        }
+        assert_eq!(merged.services, revision.services);
+        assert_eq!(merged.http_routes.len(), revision.http_routes.len());
+        let x: Vec<&str> = parts[0]
+            .http_routes
+            .iter()
+            .map(|r| r.key.name.as_str())
+            .collect();
+        assert_eq!(x, ["r2", "r3"], "namespace/name order within the part");
+    }
+
+    #[test]
+    fn a_memo_reuses_a_part_only_while_it_holds_the_same_objects() {
+        let text = [service("a", "ex"), service("a", "why")].concat();
+        let first = load(&text);
+        let mut memo: PartMemo<String> = PartMemo::default();
+        let make = |part: &Revision| format!("{:?}", part.services.keys().collect::<Vec<_>>());
+        for part in first.parts() {
+            memo.get_or_make(&part, make);
+        }
+        memo.sweep();
+        assert_eq!(memo.made(), 2);
+        for part in first.parts() {
+            memo.get_or_make(&part, |_| unreachable!("reused"));
+        }
+        memo.sweep();
+
+        // Equal content loaded again is not the same objects: made anew.
+        let second = load(&text);
+        let part = &second.parts()[0];
+        assert_eq!(
+            memo.get_or_make(part, make),
+            "[ObjectKey { namespace: \"a\", name: \"ex\" }]"
+        );
+        assert_eq!(memo.made(), 3);
+        memo.sweep();
+        assert_eq!(
+            memo.entries.len(),
+            1,
+            "the sweep keeps only what was asked for"
+        );
+    }
+}
