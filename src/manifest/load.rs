@@ -18,7 +18,7 @@ use super::de;
 use super::model::{EndpointSlice, GrpcRoute, HttpRoute, ObjectMeta, Service};
 use super::validate::{self, Kind, Trees};
 use super::yaml::{self, Node, NodeKind};
-use super::{Diagnostic, Object, ObjectKey, Pos, Revision};
+use super::{Diagnostic, Object, ObjectKey, PartMemo, Pos, Revision};
 
 /// Limits and switches for loading a revision.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -436,7 +436,15 @@ pub fn load_files_cached(
     sort_routes(&mut rev.http_routes, |r| &r.metadata);
     sort_routes(&mut rev.grpc_routes, |r| &r.metadata);
 
-    diags.extend(validate::validate(&rev, &trees));
+    // Checks never look across parts, so a part holding the same objects as one of the
+    // previous load has the same findings.
+    for part in rev.parts() {
+        let findings = cache
+            .validated
+            .get_or_make(&part, |part| Arc::new(validate::validate(part, &trees)));
+        diags.extend(findings.iter().cloned());
+    }
+    cache.validated.sweep();
     drop(trees);
 
     let has_errors = diags.iter().any(|d| d.severity == super::Severity::Error);
@@ -460,6 +468,8 @@ pub struct ParseCache {
     /// The limits the entries were parsed with; other limits start afresh.
     limits: Option<(usize, usize)>,
     files: HashMap<String, Parsed>,
+    /// The findings of each part of the previous revision (see [`Revision::parts`]).
+    validated: PartMemo<Arc<Vec<Diagnostic>>>,
     /// Files parsed (not reused) so far.
     #[cfg(test)]
     parsed: usize,
@@ -477,6 +487,7 @@ impl ParseCache {
         let key = Some((limits.max_bytes, limits.max_depth));
         if self.limits != key {
             self.files.clear();
+            self.validated = PartMemo::default();
             self.limits = key;
         }
     }
@@ -764,14 +775,18 @@ mod tests {
             vec![file("a.yaml", ECHO), file("b.yaml", &other)],
         ];
         let mut cache = ParseCache::default();
-        let mut parsed = Vec::new();
+        let (mut parsed, mut validated) = (Vec::new(), Vec::new());
         for files in &revisions {
-            let before = cache.parsed;
+            let (before, validated_before) = (cache.parsed, cache.validated.made());
             let cached = load_files_cached(files, &opts, &mut cache);
             assert_eq!(cached, load_files(files, &opts), "cached load differs");
             parsed.push(cache.parsed - before);
+            validated.push(cache.validated.made() - validated_before);
         }
         assert_eq!(parsed, [2, 0, 1, 1, 1]);
+        // Each Service is a part of its own; only parts with new objects are checked again.
+        assert_eq!(validated, [2, 0, 0, 1, 1]);
+
         assert_eq!(
             cache.files.len(),
             2,
@@ -786,6 +801,22 @@ mod tests {
         let before = cache.parsed;
         assert!(load_files_cached(&revisions[0], &tight, &mut cache).is_err());
         assert_eq!(cache.parsed - before, 2);
+
+        // A route naming a Service that is missing, then added in another file: the route's
+        // part changes with it, so its findings do too.
+        let route = route("{backendRefs: [{name: late, port: 80}]}");
+        let late = ECHO.replace("name: echo", "name: late");
+        let mut loads = Vec::new();
+        for files in [
+            vec![file("r.yaml", &route)],
+            vec![file("r.yaml", &route), file("l.yaml", &late)],
+            vec![file("r.yaml", &route)],
+        ] {
+            let cached = load_files_cached(&files, &opts, &mut cache);
+            assert_eq!(cached, load_files(&files, &opts), "cached load differs");
+            loads.push(cached.is_ok());
+        }
+        assert_eq!(loads, [false, true, false]);
     }
 
     #[test]

@@ -200,6 +200,15 @@ struct Entry<V> {
     used: bool,
 }
 
+impl<V> std::fmt::Debug for PartMemo<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartMemo")
+            .field("kept", &self.entries.len())
+            .field("made", &self.made)
+            .finish()
+    }
+}
+
 impl<V> Default for PartMemo<V> {
     fn default() -> Self {
         PartMemo {
