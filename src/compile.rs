@@ -104,16 +104,55 @@ impl CompiledRevision {
 
     /// The mesh with `workloads` connected: this revision plus their endpoints. Cannot fail.
     pub fn mesh(self: &Arc<Self>, workloads: &Workloads) -> Mesh {
-        let endpoints = TypeResources::new(self.endpoints.assignments(workloads).into_iter().map(
-            |(name, (assignment, origins))| {
+        self.build_mesh(workloads, None, None)
+    }
+
+    /// [`CompiledRevision::mesh`], reusing the endpoints `previous` built for every port plan
+    /// it shares with this revision (the unchanged parts) when the workloads are the same set.
+    pub fn mesh_after(
+        self: &Arc<Self>,
+        workloads: &Arc<Workloads>,
+        previous: Option<&Mesh>,
+    ) -> Mesh {
+        let reusable = previous
+            .filter(|previous| {
+                previous
+                    .workloads
+                    .as_ref()
+                    .is_some_and(|w| Arc::ptr_eq(w, workloads))
+            })
+            .map(|previous| &previous.by_plan);
+        self.build_mesh(workloads, Some(workloads.clone()), reusable)
+    }
+
+    fn build_mesh(
+        self: &Arc<Self>,
+        workloads: &Workloads,
+        identity: Option<Arc<Workloads>>,
+        reusable: Option<&HashMap<usize, Arc<Resource>>>,
+    ) -> Mesh {
+        let mut index = None;
+        let ports = self.endpoints.ports();
+        let mut by_plan = HashMap::with_capacity(ports.len());
+        let endpoints = TypeResources::new(ports.iter().map(|port| {
+            let plan = Arc::as_ptr(port) as usize;
+            let reused = reusable.and_then(|built| built.get(&plan)).cloned();
+            let resource = reused.unwrap_or_else(|| {
+                let index = index.get_or_insert_with(|| endpoints::WorkloadIndex::new(workloads));
+                let (assignment, origins) = port.assignment(index);
                 Arc::new(
-                    Resource::new(ResourceType::Endpoint, name, &assignment).with_origins(origins),
+                    Resource::new(ResourceType::Endpoint, port.cluster(), &assignment)
+                        .with_origins(origins),
                 )
-            },
-        ));
+            });
+            by_plan.insert(plan, resource.clone());
+            resource
+        }));
         Mesh {
             compiled: self.clone(),
             endpoints,
+            workloads: identity,
+            by_plan,
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -126,6 +165,11 @@ pub struct Mesh {
     compiled: Arc<CompiledRevision>,
     /// EDS resources, the same for every sidecar.
     endpoints: TypeResources,
+    /// The workloads the endpoints were computed with, when known as a shared set.
+    workloads: Option<Arc<Workloads>>,
+    /// Each EDS resource by the address of the port plan it was built from (plans are kept
+    /// alive by `compiled`), for the next mesh to reuse.
+    by_plan: HashMap<usize, Arc<Resource>>,
     /// Built snapshots per configuration key. Filled outside the lock, so two sidecars with the
     /// same new key may both build it; the first one stored wins and both get equal content.
     cache: Mutex<HashMap<ConfigKey, Arc<Snapshot>>>,

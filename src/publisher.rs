@@ -157,7 +157,11 @@ impl Publisher {
         let workloads = self.workloads.borrow().clone();
         let compiled = compiled.clone();
         let started = Instant::now();
-        let mesh = match tokio::task::spawn_blocking(move || compiled.mesh(&workloads)).await {
+        let previous = served.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            compiled.mesh_after(&workloads, previous.as_deref())
+        });
+        let mesh = match built.await {
             Ok(mesh) => Arc::new(mesh),
             // Only a bug panics the endpoint computation; keep serving what works.
             Err(error) => {
@@ -183,7 +187,7 @@ impl Publisher {
     ) {
         let result = match &candidate.loaded {
             Ok(revision) => self
-                .compile(&candidate.revision_id, revision)
+                .compile(&candidate.revision_id, revision, served.clone())
                 .await
                 .map(|mesh| (revision.clone(), mesh)),
             Err(errors) => Err(errors.clone()),
@@ -225,6 +229,7 @@ impl Publisher {
         &self,
         id: &str,
         revision: &Arc<Revision>,
+        served: Option<Arc<Mesh>>,
     ) -> Result<Arc<Mesh>, Vec<Diagnostic>> {
         let workloads = self.workloads.borrow().clone();
         let id = id.to_string();
@@ -234,7 +239,7 @@ impl Publisher {
         let result = tokio::task::spawn_blocking(move || {
             let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
             compile::compile_revision_cached(&id, &revision, &mut cache)
-                .map(|compiled| compiled.mesh(&workloads))
+                .map(|compiled| compiled.mesh_after(&workloads, served.as_deref()))
         })
         .await
         .unwrap_or_else(|err| {

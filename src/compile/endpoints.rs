@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::address;
 use envoy_types::pb::envoy::config::core::v3::socket_address::{PortSpecifier, Protocol};
@@ -28,6 +29,7 @@ use crate::registry::{Workload, Workloads};
 type LocalityKey = (String, String);
 
 /// Per cluster name: its assignment and the manifest positions it came from.
+#[cfg(test)]
 pub(crate) type Assignments = BTreeMap<String, (ClusterLoadAssignment, Vec<String>)>;
 
 /// One EndpointSlice's ready endpoints, parsed once.
@@ -41,11 +43,11 @@ struct Slice<'a> {
 /// are connected. Built once per revision; [`EndpointPlan::assignments`] adds the sidecars.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct EndpointPlan {
-    ports: Vec<PortPlan>,
+    ports: Vec<Arc<PortPlan>>,
 }
 
 #[derive(Clone, Debug)]
-struct PortPlan {
+pub(crate) struct PortPlan {
     cluster: String,
     namespace: String,
     /// Non-empty selector, with the numeric target port sidecars serve on; `None` when only
@@ -86,7 +88,7 @@ impl EndpointPlan {
                 }
                 origins.sort();
                 origins.dedup();
-                ports.push(PortPlan {
+                ports.push(Arc::new(PortPlan {
                     cluster: port.cluster.clone(),
                     namespace: service.key.namespace.clone(),
                     selector: port
@@ -95,7 +97,7 @@ impl EndpointPlan {
                         .map(|target| (service.selector.clone(), target)),
                     slice_addresses,
                     origins,
-                });
+                }));
             }
             for slice in own_slices {
                 if !used_slices.contains(&slice.object.key)
@@ -135,10 +137,30 @@ impl EndpointPlan {
         self.ports.iter().map(|p| p.cluster.as_str())
     }
 
-    /// The assignments with `workloads` connected. Workloads are indexed by (namespace, label),
-    /// so each port looks only at the workloads carrying the first label of its selector: the
-    /// cost grows with Services plus workloads, not with their product.
+    /// Every served port's plan, each shared with the compiled part it came from.
+    pub(crate) fn ports(&self) -> &[Arc<PortPlan>] {
+        &self.ports
+    }
+
+    /// The assignments with `workloads` connected.
+    #[cfg(test)]
     pub(crate) fn assignments(&self, workloads: &Workloads) -> Assignments {
+        let index = WorkloadIndex::new(workloads);
+        self.ports
+            .iter()
+            .map(|port| (port.cluster.clone(), port.assignment(&index)))
+            .collect()
+    }
+}
+
+/// Workloads by (namespace, label), so each port looks only at the workloads carrying the first
+/// label of its selector: the cost grows with Services plus workloads, not with their product.
+pub(crate) struct WorkloadIndex<'w> {
+    by_label: HashMap<(&'w str, &'w str, &'w str), Vec<&'w Workload>>,
+}
+
+impl<'w> WorkloadIndex<'w> {
+    pub(crate) fn new(workloads: &'w Workloads) -> WorkloadIndex<'w> {
         let mut by_label: HashMap<(&str, &str, &str), Vec<&Workload>> = HashMap::new();
         for workload in workloads.by_node.values() {
             for (k, v) in &workload.labels {
@@ -148,35 +170,49 @@ impl EndpointPlan {
                     .push(workload);
             }
         }
-        let mut assignments = Assignments::new();
-        for port in &self.ports {
-            let mut by_address: BTreeMap<SocketAddr, LocalityKey> = BTreeMap::new();
-            if let Some((selector, target)) = &port.selector {
-                let candidates = selector.iter().next().and_then(|(k, v)| {
-                    by_label.get(&(port.namespace.as_str(), k.as_str(), v.as_str()))
-                });
-                for workload in candidates.into_iter().flatten() {
-                    if selects(&port.namespace, selector, workload) {
-                        by_address
-                            .entry(SocketAddr::new(workload.address, *target))
-                            .or_insert_with(|| {
-                                (
-                                    workload.region.clone().unwrap_or_default(),
-                                    workload.zone.clone().unwrap_or_default(),
-                                )
-                            });
-                    }
+        WorkloadIndex { by_label }
+    }
+}
+
+impl PortPlan {
+    pub(crate) fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// This port's assignment with the indexed workloads, and where it came from.
+    pub(crate) fn assignment(
+        &self,
+        index: &WorkloadIndex<'_>,
+    ) -> (ClusterLoadAssignment, Vec<String>) {
+        let mut by_address: BTreeMap<SocketAddr, LocalityKey> = BTreeMap::new();
+        if let Some((selector, target)) = &self.selector {
+            let candidates = selector.iter().next().and_then(|(k, v)| {
+                index
+                    .by_label
+                    .get(&(self.namespace.as_str(), k.as_str(), v.as_str()))
+            });
+            for workload in candidates.into_iter().flatten() {
+                if selects(&self.namespace, selector, workload) {
+                    by_address
+                        .entry(SocketAddr::new(workload.address, *target))
+                        .or_insert_with(|| {
+                            (
+                                workload.region.clone().unwrap_or_default(),
+                                workload.zone.clone().unwrap_or_default(),
+                            )
+                        });
                 }
             }
-            for (address, locality) in &port.slice_addresses {
-                by_address
-                    .entry(*address)
-                    .or_insert_with(|| locality.clone());
-            }
-            let assignment = to_assignment(&port.cluster, by_address);
-            assignments.insert(port.cluster.clone(), (assignment, port.origins.clone()));
         }
-        assignments
+        for (address, locality) in &self.slice_addresses {
+            by_address
+                .entry(*address)
+                .or_insert_with(|| locality.clone());
+        }
+        (
+            to_assignment(&self.cluster, by_address),
+            self.origins.clone(),
+        )
     }
 }
 

@@ -2773,4 +2773,24 @@ fn a_cached_compile_recompiles_only_the_changed_part_and_equals_a_fresh_one() {
     // A part whose result was dropped (not in the latest revision) is compiled again.
     compile_revision_cached("rev-4", &base.revision, &mut cache).expect("compiles");
     assert_eq!(cache.parts_compiled(), parts + 2);
+
+    // Endpoints: with the same workload set, the next mesh reuses those of unchanged parts.
+    let workloads = Arc::new(Workloads::default());
+    let before = first.mesh_after(&workloads, None);
+    let after = cached.mesh_after(&workloads, Some(&before));
+    let fresh = fresh.mesh(&workloads);
+    assert_eq!(after.endpoints, fresh.endpoints);
+    let api = "outbound|80||api.other.svc.cluster.local";
+    for (name, resource) in after.endpoints.resources() {
+        let reused = Arc::ptr_eq(resource, &before.endpoints.resources()[name]);
+        assert_eq!(reused, name != api, "{name}");
+    }
+    // Another workload set: nothing is reused.
+    let other = Arc::new(Workloads::default());
+    let after = cached.mesh_after(&other, Some(&before));
+    assert!(after
+        .endpoints
+        .resources()
+        .iter()
+        .all(|(name, r)| !Arc::ptr_eq(r, &before.endpoints.resources()[name])));
 }
