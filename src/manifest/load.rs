@@ -87,6 +87,17 @@ pub fn load_dir(root: &Path, opts: &LoadOptions) -> Result<Revision, Vec<Diagnos
 /// `root`; an absolute symlink, one that leaves `root`, a dangling one or a loop is an error.
 /// The limits of `opts` are checked on file sizes before any file is read.
 pub fn read_dir(root: &Path, opts: &LoadOptions) -> Result<Vec<SourceFile>, Vec<Diagnostic>> {
+    read_dir_cached(root, opts, &mut ReadCache::default())
+}
+
+/// [`read_dir`], taking the bytes of a file from `cache` instead of reading it again when its
+/// size, modification and change times and inode are those it had at the previous read (the
+/// same signs the folder's change detection goes by).
+pub fn read_dir_cached(
+    root: &Path,
+    opts: &LoadOptions,
+    cache: &mut ReadCache,
+) -> Result<Vec<SourceFile>, Vec<Diagnostic>> {
     let root_display = root.display().to_string();
     let canonical_root = fs::canonicalize(root).map_err(|e| {
         vec![Diagnostic::error(
@@ -98,8 +109,10 @@ pub fn read_dir(root: &Path, opts: &LoadOptions) -> Result<Vec<SourceFile>, Vec<
     let found = walk(&canonical_root, opts, &mut errors);
 
     let mut files = Vec::new();
+    let mut kept = HashMap::new();
     let mut total: usize = 0;
-    for (i, (rel, path, len)) in found.into_iter().enumerate() {
+    for (i, (rel, path, meta)) in found.into_iter().enumerate() {
+        let len = meta.len();
         if i >= opts.max_files {
             errors.push(Diagnostic::error(
                 file_pos(&rel),
@@ -120,6 +133,19 @@ pub fn read_dir(root: &Path, opts: &LoadOptions) -> Result<Vec<SourceFile>, Vec<
             errors.push(total_too_big(&rel, opts.max_total_bytes));
             break;
         }
+        let stamp = Stamp::of(&meta);
+        if let Some((_, bytes)) = cache.files.get(&rel).filter(|(s, _)| *s == stamp) {
+            files.push(SourceFile {
+                path: rel.clone(),
+                bytes: bytes.clone(),
+            });
+            kept.insert(rel, (stamp, bytes.clone()));
+            continue;
+        }
+        #[cfg(test)]
+        {
+            cache.reads += 1;
+        }
         // Read at most one byte past the limit, in case the file grew since it was listed.
         let read = fs::File::open(&path).and_then(|f| {
             let mut bytes = Vec::with_capacity(len.min(opts.max_file_bytes));
@@ -131,18 +157,58 @@ pub fn read_dir(root: &Path, opts: &LoadOptions) -> Result<Vec<SourceFile>, Vec<
             Ok(bytes) if bytes.len() > opts.max_file_bytes => {
                 errors.push(too_big(&rel, bytes.len(), opts.max_file_bytes))
             }
-            Ok(bytes) => files.push(SourceFile { path: rel, bytes }),
+            Ok(bytes) => {
+                kept.insert(rel.clone(), (stamp, bytes.clone()));
+                files.push(SourceFile { path: rel, bytes });
+            }
             Err(e) => errors.push(Diagnostic::error(
                 file_pos(&rel),
                 format!("cannot read the file: {e}"),
             )),
         }
     }
+    cache.files = kept;
     if errors.is_empty() {
         Ok(files)
     } else {
         errors.sort();
         Err(errors)
+    }
+}
+
+/// The files of the previous [`read_dir_cached`], with the stamp each had when it was read.
+#[derive(Debug, Default)]
+pub struct ReadCache {
+    files: HashMap<String, (Stamp, Vec<u8>)>,
+    /// Files read (not reused) so far.
+    #[cfg(test)]
+    reads: usize,
+}
+
+/// What tells that a file may have changed: size, modification and (on Unix) change time and
+/// inode, so a file replaced by a rename or rewritten in place is read again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    #[cfg(unix)]
+    changed: (i64, i64),
+    #[cfg(unix)]
+    inode: (u64, u64),
+}
+
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Stamp {
+        #[cfg(unix)]
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            #[cfg(unix)]
+            changed: (meta.ctime(), meta.ctime_nsec()),
+            #[cfg(unix)]
+            inode: (meta.dev(), meta.ino()),
+        }
     }
 }
 
@@ -168,12 +234,12 @@ struct Dir {
     chain: Vec<PathBuf>,
 }
 
-/// Finds the manifest files below `root` (canonical): (relative path, path to read, size).
+/// Finds the manifest files below `root` (canonical): (relative path, path to read, metadata).
 fn walk(
     root: &Path,
     opts: &LoadOptions,
     errors: &mut Vec<Diagnostic>,
-) -> Vec<(String, PathBuf, u64)> {
+) -> Vec<(String, PathBuf, fs::Metadata)> {
     let mut found = Vec::new();
     let mut stack = vec![Dir {
         path: root.to_path_buf(),
@@ -237,7 +303,7 @@ fn walk(
             if file_type.is_symlink() {
                 if let Some(target) = follow_symlink(&path, &rel, &name, root, &dir.chain, errors) {
                     match target {
-                        Target::File(canonical, len) => found.push((rel, canonical, len)),
+                        Target::File(canonical, meta) => found.push((rel, canonical, meta)),
                         Target::Dir(canonical) => {
                             let mut chain = dir.chain.clone();
                             chain.push(canonical.clone());
@@ -258,8 +324,13 @@ fn walk(
                 );
                 subdirs.push(Dir { path, rel, chain });
             } else if file_type.is_file() && is_manifest_name(&name) {
-                let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
-                found.push((rel, path, len));
+                match entry.metadata() {
+                    Ok(meta) => found.push((rel, path, meta)),
+                    Err(e) => errors.push(Diagnostic::error(
+                        file_pos(&rel),
+                        format!("cannot read the file: {e}"),
+                    )),
+                }
             }
         }
         // Depth-first in name order.
@@ -270,7 +341,7 @@ fn walk(
 }
 
 enum Target {
-    File(PathBuf, u64),
+    File(PathBuf, fs::Metadata),
     Dir(PathBuf),
 }
 
@@ -336,7 +407,7 @@ fn follow_symlink(
         }
         Some(Target::Dir(canonical))
     } else if meta.is_file() {
-        Some(Target::File(canonical, meta.len()))
+        Some(Target::File(canonical, meta))
     } else {
         None
     }
@@ -753,6 +824,48 @@ mod tests {
             "{ECHO}apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: r\nspec:\n  parentRefs:\n  - {{group: \"\", kind: Service, name: echo, port: 80}}\n  rules:\n  - {}\n",
             rule.trim_start().replace('\n', "\n    ")
         )
+    }
+
+    #[test]
+    fn cached_reads_read_only_files_whose_stamp_moved() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let write = |name: &str, text: &str| {
+            fs::write(dir.path().join(name), text).expect("write");
+        };
+        write("a.yaml", ECHO);
+        write("b.yaml", &ECHO.replace("name: echo", "name: other"));
+        let opts = LoadOptions::default();
+        let mut cache = ReadCache::default();
+        let mut reads = Vec::new();
+        let mut check = |cache: &mut ReadCache| {
+            let before = cache.reads;
+            let cached = read_dir_cached(dir.path(), &opts, cache).expect("reads");
+            let fresh = read_dir(dir.path(), &opts).expect("reads");
+            assert_eq!(cached, fresh, "a cached read differs");
+            reads.push(cache.reads - before);
+        };
+        check(&mut cache);
+        check(&mut cache);
+        // Rewritten in place with the same length.
+        write("a.yaml", &ECHO.replace("port: 80", "port: 81"));
+        check(&mut cache);
+        // Replaced by a rename with the same length and modification time: a new inode.
+        let a = dir.path().join("a.yaml");
+        let modified = fs::metadata(&a).and_then(|m| m.modified()).expect("mtime");
+        let swap = dir.path().join(".a.yaml.new");
+        fs::write(&swap, ECHO.replace("port: 80", "port: 82")).expect("write");
+        fs::File::options()
+            .write(true)
+            .open(&swap)
+            .and_then(|f| f.set_modified(modified))
+            .expect("set mtime");
+        fs::rename(&swap, &a).expect("rename");
+        check(&mut cache);
+        // Removed: forgotten.
+        fs::remove_file(dir.path().join("b.yaml")).expect("remove");
+        check(&mut cache);
+        assert_eq!(reads, [2, 0, 1, 1, 0]);
+        assert_eq!(cache.files.len(), 1);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 use xxhash_rust::xxh3::Xxh3;
 
 use super::{Candidate, CandidateSender, Parsed};
-use crate::manifest::{self, LoadOptions};
+use crate::manifest::{self, LoadOptions, ReadCache};
 use crate::metrics::Metrics;
 
 /// How often the folder is checked without change notifications; changes are applied well
@@ -36,6 +36,8 @@ pub struct DirSource {
     options: LoadOptions,
     publish: CandidateSender,
     metrics: Arc<Metrics>,
+    /// The files of the previous read: unchanged ones are not read again.
+    read: Arc<Mutex<ReadCache>>,
     parsed: Parsed,
 }
 
@@ -51,6 +53,7 @@ impl DirSource {
             options,
             publish,
             metrics,
+            read: Arc::default(),
             parsed: Parsed::default(),
         }
     }
@@ -108,8 +111,10 @@ impl DirSource {
     async fn read_stable(&self, before: Option<u64>) -> Option<Candidate> {
         let root = self.root.clone();
         let options = self.options.clone();
+        let cache = self.read.clone();
         let read = tokio::task::spawn_blocking(move || {
-            let files = manifest::read_dir(&root, &options);
+            let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+            let files = manifest::read_dir_cached(&root, &options, &mut cache);
             let after = fingerprint(&root);
             (files, after)
         })
