@@ -5,8 +5,7 @@
 //! The limits are checked before anything is read or parsed, so a hostile or broken repository
 //! costs bounded time and memory.
 
-use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{hash_map, HashMap, HashSet};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -445,7 +444,7 @@ pub fn load_files_cached(
     let mut sorted: Vec<&SourceFile> = files.iter().collect();
     sorted.sort_by(|a, b| a.path.cmp(&b.path));
 
-    let mut docs = Vec::new();
+    let mut taken = Vec::new();
     let mut total: usize = 0;
     for (i, f) in sorted.iter().enumerate() {
         if i >= opts.max_files {
@@ -464,59 +463,71 @@ pub fn load_files_cached(
             break;
         }
         let parsed = cache.parse(f, &limits);
-        docs.extend(parsed.docs.iter().cloned());
         diags.extend(parsed.diags.iter().cloned());
+        taken.push(f.path.as_str());
     }
     cache.keep_only(&sorted);
+    let ParseCache {
+        files, validated, ..
+    } = cache;
+    // Borrowed from the cache: a file that did not change costs no copy of its objects.
+    let docs: Vec<&Loaded> = taken
+        .iter()
+        .filter_map(|path| files.get(*path))
+        .flat_map(|parsed| &parsed.docs)
+        .collect();
 
     let mut rev = Revision::default();
-    let mut trees = Trees::new();
-    let mut first_seen: BTreeMap<(Kind, ObjectKey), Pos> = BTreeMap::new();
-    for doc in docs {
-        let Loaded {
-            kind,
-            key,
-            pos,
-            root,
-            object,
-        } = doc;
-        match first_seen.entry((kind, key.clone())) {
-            Entry::Occupied(first) => {
+    let mut first_seen: HashMap<(Kind, &ObjectKey), &Pos> = HashMap::with_capacity(docs.len());
+    for doc in &docs {
+        match first_seen.entry((doc.kind, &doc.key)) {
+            hash_map::Entry::Occupied(first) => {
                 diags.push(Diagnostic::error(
-                    pos,
-                    format!("{kind} {key} is defined twice: here and in {}", first.get()),
+                    doc.pos.clone(),
+                    format!(
+                        "{} {} is defined twice: here and in {}",
+                        doc.kind,
+                        doc.key,
+                        first.get()
+                    ),
                 ));
                 continue;
             }
-            Entry::Vacant(slot) => {
-                slot.insert(pos.clone());
+            hash_map::Entry::Vacant(slot) => {
+                slot.insert(&doc.pos);
             }
         }
-        trees.insert((kind, key.clone()), root);
-        match object {
+        let key = doc.key.clone();
+        match &doc.object {
             Typed::Service(object) => {
-                rev.services.insert(key, object);
+                rev.services.insert(key, object.clone());
             }
             Typed::EndpointSlice(object) => {
-                rev.endpoint_slices.insert(key, object);
+                rev.endpoint_slices.insert(key, object.clone());
             }
-            Typed::HttpRoute(object) => rev.http_routes.push(object),
-            Typed::GrpcRoute(object) => rev.grpc_routes.push(object),
+            Typed::HttpRoute(object) => rev.http_routes.push(object.clone()),
+            Typed::GrpcRoute(object) => rev.grpc_routes.push(object.clone()),
         }
     }
     sort_routes(&mut rev.http_routes, |r| &r.metadata);
     sort_routes(&mut rev.grpc_routes, |r| &r.metadata);
 
     // Checks never look across parts, so a part holding the same objects as one of the
-    // previous load has the same findings.
+    // previous load has the same findings. The trees that position findings are gathered
+    // only for the parts checked.
+    let mut roots: Option<HashMap<usize, &Arc<Node>>> = None;
     for part in rev.parts() {
-        let findings = cache
-            .validated
-            .get_or_make(&part, |part| Arc::new(validate::validate(part, &trees)));
+        let findings = validated.get_or_make(&part, |part| {
+            let roots = roots.get_or_insert_with(|| {
+                docs.iter()
+                    .map(|doc| (doc.object.address(), &doc.root))
+                    .collect()
+            });
+            Arc::new(validate::validate(part, &part_trees(part, roots)))
+        });
         diags.extend(findings.iter().cloned());
     }
-    cache.validated.sweep();
-    drop(trees);
+    validated.sweep();
 
     let has_errors = diags.iter().any(|d| d.severity == super::Severity::Error);
     if !has_errors && rev.services.is_empty() && !opts.allow_empty {
@@ -625,6 +636,41 @@ enum Typed {
     EndpointSlice(Arc<Object<EndpointSlice>>),
     HttpRoute(Arc<Object<HttpRoute>>),
     GrpcRoute(Arc<Object<GrpcRoute>>),
+}
+
+impl Typed {
+    /// The address of the shared object: who it is, while it is alive.
+    fn address(&self) -> usize {
+        match self {
+            Typed::Service(o) => Arc::as_ptr(o) as usize,
+            Typed::EndpointSlice(o) => Arc::as_ptr(o) as usize,
+            Typed::HttpRoute(o) => Arc::as_ptr(o) as usize,
+            Typed::GrpcRoute(o) => Arc::as_ptr(o) as usize,
+        }
+    }
+}
+
+/// The tree of every object of `part`, from the trees by object address.
+fn part_trees(part: &Revision, roots: &HashMap<usize, &Arc<Node>>) -> Trees {
+    fn add<T>(trees: &mut Trees, roots: &HashMap<usize, &Arc<Node>>, kind: Kind, o: &Arc<Object<T>>) {
+        if let Some(root) = roots.get(&(Arc::as_ptr(o) as usize)) {
+            trees.insert((kind, o.key.clone()), Arc::clone(root));
+        }
+    }
+    let mut trees = Trees::new();
+    for o in part.services.values() {
+        add(&mut trees, roots, Kind::Service, o);
+    }
+    for o in part.endpoint_slices.values() {
+        add(&mut trees, roots, Kind::EndpointSlice, o);
+    }
+    for o in &part.http_routes {
+        add(&mut trees, roots, Kind::HttpRoute, o);
+    }
+    for o in &part.grpc_routes {
+        add(&mut trees, roots, Kind::GrpcRoute, o);
+    }
+    trees
 }
 
 /// One object read from a document, with its tree for positioning later findings.
