@@ -113,7 +113,7 @@ pub struct Object<T> {
 /// Objects are shared: a revision loaded after a change holds the very objects of the previous
 /// one for every file that did not change, so cloning a revision copies no object, and whoever
 /// derives something from an object can tell it is unchanged by its address.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 pub struct Revision {
     pub services: BTreeMap<ObjectKey, Arc<Object<model::Service>>>,
     pub endpoint_slices: BTreeMap<ObjectKey, Arc<Object<model::EndpointSlice>>>,
@@ -123,4 +123,31 @@ pub struct Revision {
     pub grpc_routes: Vec<Arc<Object<model::GrpcRoute>>>,
     /// Findings that do not refuse the revision (a weight-0 backend to a missing Service, ...).
     pub warnings: Vec<Diagnostic>,
+    /// The revision split into parts, when the loader already did it (see [`Revision::parts`]).
+    /// Not part of the revision's value: `==` ignores it and a clone does not carry it, so a
+    /// changed clone is split afresh. A loaded revision is not to be changed in place.
+    parts: Option<Arc<[Revision]>>,
+}
+
+impl Clone for Revision {
+    fn clone(&self) -> Self {
+        Revision {
+            services: self.services.clone(),
+            endpoint_slices: self.endpoint_slices.clone(),
+            http_routes: self.http_routes.clone(),
+            grpc_routes: self.grpc_routes.clone(),
+            warnings: self.warnings.clone(),
+            parts: None,
+        }
+    }
+}
+
+impl PartialEq for Revision {
+    fn eq(&self, other: &Self) -> bool {
+        self.services == other.services
+            && self.endpoint_slices == other.endpoint_slices
+            && self.http_routes == other.http_routes
+            && self.grpc_routes == other.grpc_routes
+            && self.warnings == other.warnings
+    }
 }

@@ -516,8 +516,8 @@ pub fn load_files_cached(
     // previous load has the same findings. The trees that position findings are gathered
     // only for the parts checked.
     let mut roots: Option<HashMap<usize, &Arc<Node>>> = None;
-    for part in rev.parts() {
-        let findings = validated.get_or_make(&part, |part| {
+    for part in rev.keep_parts().iter() {
+        let findings = validated.get_or_make(part, |part| {
             let roots = roots.get_or_insert_with(|| {
                 docs.iter()
                     .map(|doc| (doc.object.address(), &doc.root))
@@ -652,7 +652,12 @@ impl Typed {
 
 /// The tree of every object of `part`, from the trees by object address.
 fn part_trees(part: &Revision, roots: &HashMap<usize, &Arc<Node>>) -> Trees {
-    fn add<T>(trees: &mut Trees, roots: &HashMap<usize, &Arc<Node>>, kind: Kind, o: &Arc<Object<T>>) {
+    fn add<T>(
+        trees: &mut Trees,
+        roots: &HashMap<usize, &Arc<Node>>,
+        kind: Kind,
+        o: &Arc<Object<T>>,
+    ) {
         if let Some(root) = roots.get(&(Arc::as_ptr(o) as usize)) {
             trees.insert((kind, o.key.clone()), Arc::clone(root));
         }

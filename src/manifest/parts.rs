@@ -23,7 +23,21 @@ impl Revision {
     /// The revision split into parts, each a revision of its own (sharing the objects, holding
     /// no warnings). Routes keep their precedence order within a part. The parts are ordered by
     /// their first object: Services by key, then EndpointSlices, then routes.
-    pub fn parts(&self) -> Vec<Revision> {
+    pub fn parts(&self) -> Arc<[Revision]> {
+        match &self.parts {
+            Some(parts) => parts.clone(),
+            None => self.split().into(),
+        }
+    }
+
+    /// Splits the revision once, for everyone who asks for its parts afterwards.
+    pub(super) fn keep_parts(&mut self) -> Arc<[Revision]> {
+        let parts: Arc<[Revision]> = self.split().into();
+        self.parts = Some(parts.clone());
+        parts
+    }
+
+    fn split(&self) -> Vec<Revision> {
         let mut links = Links::default();
         let services: Vec<usize> = self
             .services
@@ -68,15 +82,14 @@ impl Revision {
             .collect();
 
         let mut parts: Vec<Revision> = Vec::new();
-        let mut part_of_root: HashMap<usize, usize> = HashMap::new();
+        let mut part_of_root = vec![usize::MAX; links.parent.len()];
         let mut part_for = |links: &mut Links, node: usize| -> usize {
             let root = links.find(node);
-            let next = part_of_root.len();
-            let index = *part_of_root.entry(root).or_insert(next);
-            if index == parts.len() {
+            if part_of_root[root] == usize::MAX {
+                part_of_root[root] = parts.len();
                 parts.push(Revision::default());
             }
-            index
+            part_of_root[root]
         };
         let mut placed = Vec::with_capacity(services.len());
         for node in &services {
@@ -391,8 +404,16 @@ mod tests {
         let revision = load(&text);
         let parts = revision.parts();
         assert_eq!(parts.len(), 2);
+        assert!(
+            Arc::ptr_eq(&parts, &revision.parts()),
+            "split once, at load"
+        );
+        assert!(
+            !Arc::ptr_eq(&parts, &revision.clone().parts()),
+            "a clone splits afresh"
+        );
         let mut merged = Revision::default();
-        for part in &parts {
+        for part in parts.iter() {
             merged.services.extend(part.services.clone());
             merged.endpoint_slices.extend(part.endpoint_slices.clone());
             merged.http_routes.extend(part.http_routes.iter().cloned());
@@ -413,13 +434,13 @@ mod tests {
         let first = load(&text);
         let mut memo: PartMemo<String> = PartMemo::default();
         let make = |part: &Revision| format!("{:?}", part.services.keys().collect::<Vec<_>>());
-        for part in first.parts() {
-            memo.get_or_make(&part, make);
+        for part in first.parts().iter() {
+            memo.get_or_make(part, make);
         }
         memo.sweep();
         assert_eq!(memo.made(), 2);
-        for part in first.parts() {
-            memo.get_or_make(&part, |_| unreachable!("reused"));
+        for part in first.parts().iter() {
+            memo.get_or_make(part, |_| unreachable!("reused"));
         }
         memo.sweep();
 

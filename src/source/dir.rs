@@ -244,11 +244,19 @@ fn fingerprint(root: &Path) -> Option<u64> {
                 return Some(hasher.digest());
             }
             let path = child.path();
-            let Ok(meta) = std::fs::metadata(&path) else {
+            // A symlink counts as what it points to; anything else is stat-ed relative to its
+            // folder, which spares a lookup of the whole path.
+            let is_symlink = child.file_type().is_ok_and(|t| t.is_symlink());
+            let meta = if is_symlink {
+                std::fs::metadata(&path)
+            } else {
+                child.metadata()
+            };
+            let Ok(meta) = meta else {
                 continue;
             };
             hash_meta(&mut hasher, &path, &meta);
-            if meta.is_dir() && !child.file_type().is_ok_and(|t| t.is_symlink()) {
+            if meta.is_dir() && !is_symlink {
                 stack.push(path);
             }
         }
