@@ -31,7 +31,7 @@ pub use load::{
     is_manifest_name, load_dir, load_files, load_files_cached, read_dir, read_dir_cached,
     LoadOptions, ParseCache, ReadCache, SourceFile, EMPTY_REVISION,
 };
-pub use parts::PartMemo;
+pub use parts::{Part, PartMemo};
 pub use span::{Pos, Spanned};
 
 /// `namespace/name` of an object.
@@ -126,7 +126,7 @@ pub struct Revision {
     /// The revision split into parts, when the loader already did it (see [`Revision::parts`]).
     /// Not part of the revision's value: `==` ignores it and a clone does not carry it, so a
     /// changed clone is split afresh. A loaded revision is not to be changed in place.
-    parts: Option<Arc<[Revision]>>,
+    parts: Option<Arc<[Part]>>,
 }
 
 impl Clone for Revision {

@@ -16,14 +16,71 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::model::{HttpBackendRef, HttpRouteFilter, ParentRef, SERVICE_NAME_LABEL};
+use super::model::{
+    EndpointSlice, GrpcRoute, HttpBackendRef, HttpRoute, HttpRouteFilter, ParentRef, Service,
+    SERVICE_NAME_LABEL,
+};
 use super::{Object, Revision, Spanned};
 
+/// One part of a revision: its objects, shared with the revision, in the revision's order.
+#[derive(Clone, Debug, Default)]
+pub struct Part {
+    pub services: Vec<Arc<Object<Service>>>,
+    pub endpoint_slices: Vec<Arc<Object<EndpointSlice>>>,
+    pub http_routes: Vec<Arc<Object<HttpRoute>>>,
+    pub grpc_routes: Vec<Arc<Object<GrpcRoute>>>,
+}
+
+impl Part {
+    /// The part as a revision of its own (holding no warnings), for the checks and the
+    /// compiler.
+    pub fn to_revision(&self) -> Revision {
+        Revision {
+            services: self
+                .services
+                .iter()
+                .map(|o| (o.key.clone(), o.clone()))
+                .collect(),
+            endpoint_slices: self
+                .endpoint_slices
+                .iter()
+                .map(|o| (o.key.clone(), o.clone()))
+                .collect(),
+            http_routes: self.http_routes.clone(),
+            grpc_routes: self.grpc_routes.clone(),
+            ..Revision::default()
+        }
+    }
+
+    /// The addresses of the part's objects, kind by kind: equal for two parts exactly when
+    /// they hold the same objects, while those objects are alive.
+    fn identity(&self) -> Vec<usize> {
+        fn address<T>(object: &Arc<Object<T>>) -> usize {
+            Arc::as_ptr(object) as usize
+        }
+        let mut id = Vec::with_capacity(
+            self.services.len()
+                + self.endpoint_slices.len()
+                + self.http_routes.len()
+                + self.grpc_routes.len()
+                + 3,
+        );
+        id.extend(self.services.iter().map(address));
+        id.push(0);
+        id.extend(self.endpoint_slices.iter().map(address));
+        id.push(0);
+        id.extend(self.http_routes.iter().map(address));
+        id.push(0);
+        id.extend(self.grpc_routes.iter().map(address));
+        id
+    }
+}
+
 impl Revision {
-    /// The revision split into parts, each a revision of its own (sharing the objects, holding
-    /// no warnings). Routes keep their precedence order within a part. The parts are ordered by
-    /// their first object: Services by key, then EndpointSlices, then routes.
-    pub fn parts(&self) -> Arc<[Revision]> {
+    /// The revision split into parts (sharing the objects). Routes keep their precedence order
+    /// within a part. The parts are ordered by their first object: Services by key, then
+    /// EndpointSlices, then routes.
+    pub fn parts(&self) -> Arc<[Part]> {
         match &self.parts {
             Some(parts) => parts.clone(),
             None => self.split().into(),
@@ -31,13 +88,13 @@ impl Revision {
     }
 
     /// Splits the revision once, for everyone who asks for its parts afterwards.
-    pub(super) fn keep_parts(&mut self) -> Arc<[Revision]> {
-        let parts: Arc<[Revision]> = self.split().into();
+    pub(super) fn keep_parts(&mut self) -> Arc<[Part]> {
+        let parts: Arc<[Part]> = self.split().into();
         self.parts = Some(parts.clone());
         parts
     }
 
-    fn split(&self) -> Vec<Revision> {
+    fn split(&self) -> Vec<Part> {
         let mut links = Links::default();
         let services: Vec<usize> = self
             .services
@@ -81,13 +138,13 @@ impl Revision {
             })
             .collect();
 
-        let mut parts: Vec<Revision> = Vec::new();
+        let mut parts: Vec<Part> = Vec::new();
         let mut part_of_root = vec![usize::MAX; links.parent.len()];
         let mut part_for = |links: &mut Links, node: usize| -> usize {
             let root = links.find(node);
             if part_of_root[root] == usize::MAX {
                 part_of_root[root] = parts.len();
-                parts.push(Revision::default());
+                parts.push(Part::default());
             }
             part_of_root[root]
         };
@@ -98,13 +155,11 @@ impl Revision {
         let slices: Vec<usize> = slices.iter().map(|n| part_for(&mut links, *n)).collect();
         let http: Vec<usize> = http.iter().map(|n| part_for(&mut links, *n)).collect();
         let grpc: Vec<usize> = grpc.iter().map(|n| part_for(&mut links, *n)).collect();
-        for ((key, object), part) in self.services.iter().zip(placed) {
-            parts[part].services.insert(key.clone(), object.clone());
+        for (object, part) in self.services.values().zip(placed) {
+            parts[part].services.push(object.clone());
         }
-        for ((key, object), part) in self.endpoint_slices.iter().zip(slices) {
-            parts[part]
-                .endpoint_slices
-                .insert(key.clone(), object.clone());
+        for (object, part) in self.endpoint_slices.values().zip(slices) {
+            parts[part].endpoint_slices.push(object.clone());
         }
         for (object, part) in self.http_routes.iter().zip(http) {
             parts[part].http_routes.push(object.clone());
@@ -208,7 +263,7 @@ pub struct PartMemo<V> {
 struct Entry<V> {
     /// Holds the part's objects alive, so no other object can take their addresses while the
     /// entry is kept.
-    _part: Revision,
+    _part: Part,
     value: V,
     used: bool,
 }
@@ -234,13 +289,13 @@ impl<V> Default for PartMemo<V> {
 impl<V: Clone> PartMemo<V> {
     /// What `make` derived from a part holding the same objects, or `make(part)` kept for next
     /// time.
-    pub fn get_or_make(&mut self, part: &Revision, make: impl FnOnce(&Revision) -> V) -> V {
-        let id = identity(part);
+    pub fn get_or_make(&mut self, part: &Part, make: impl FnOnce(&Revision) -> V) -> V {
+        let id = part.identity();
         if let Some(entry) = self.entries.get_mut(&id) {
             entry.used = true;
             return entry.value.clone();
         }
-        let value = make(part);
+        let value = make(&part.to_revision());
         self.made += 1;
         self.entries.insert(
             id,
@@ -264,28 +319,6 @@ impl<V: Clone> PartMemo<V> {
     pub fn made(&self) -> usize {
         self.made
     }
-}
-
-/// The addresses of a part's objects, in the part's order, kind by kind.
-fn identity(part: &Revision) -> Vec<usize> {
-    fn address<T>(object: &Arc<Object<T>>) -> usize {
-        Arc::as_ptr(object) as usize
-    }
-    let mut id = Vec::with_capacity(
-        part.services.len()
-            + part.endpoint_slices.len()
-            + part.http_routes.len()
-            + part.grpc_routes.len()
-            + 3,
-    );
-    id.extend(part.services.values().map(address));
-    id.push(0);
-    id.extend(part.endpoint_slices.values().map(address));
-    id.push(0);
-    id.extend(part.http_routes.iter().map(address));
-    id.push(0);
-    id.extend(part.grpc_routes.iter().map(address));
-    id
 }
 
 #[cfg(test)]
@@ -324,9 +357,13 @@ mod tests {
             .map(|part| {
                 let mut names: Vec<String> = part
                     .services
-                    .keys()
-                    .map(|k| format!("svc:{k}"))
-                    .chain(part.endpoint_slices.keys().map(|k| format!("slice:{k}")))
+                    .iter()
+                    .map(|o| format!("svc:{}", o.key))
+                    .chain(
+                        part.endpoint_slices
+                            .iter()
+                            .map(|o| format!("slice:{}", o.key)),
+                    )
                     .chain(part.http_routes.iter().map(|r| format!("route:{}", r.key)))
                     .collect();
                 names.sort();
@@ -414,9 +451,10 @@ mod tests {
         );
         let mut merged = Revision::default();
         for part in parts.iter() {
-            merged.services.extend(part.services.clone());
-            merged.endpoint_slices.extend(part.endpoint_slices.clone());
-            merged.http_routes.extend(part.http_routes.iter().cloned());
+            let part = part.to_revision();
+            merged.services.extend(part.services);
+            merged.endpoint_slices.extend(part.endpoint_slices);
+            merged.http_routes.extend(part.http_routes);
         }
         assert_eq!(merged.services, revision.services);
         assert_eq!(merged.http_routes.len(), revision.http_routes.len());
