@@ -13,8 +13,9 @@
 //! to nothing still links what names it: linking more than needed only makes parts larger,
 //! while missing a link would let a stale result stand.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+
+use foldhash::{HashMap, HashMapExt};
 
 use super::model::{
     EndpointSlice, GrpcRoute, HttpBackendRef, HttpRoute, HttpRouteFilter, ParentRef, Service,

@@ -455,8 +455,13 @@ impl<M: StateMachine> StreamTask<M> {
         }
         let acked = acked_at.iter().any(Option::is_some);
         if let Some(mut entry) = self.shared.streams.entries.get_mut(&self.stream_id) {
+            // Most responses move one type's versions: copy only what moved.
             for resource_type in ResourceType::ALL {
-                entry.types[resource_type.index()] = self.machine.status(resource_type).clone();
+                let status = self.machine.status(resource_type);
+                let shown = &mut entry.types[resource_type.index()];
+                if shown != status {
+                    shown.clone_from(status);
+                }
             }
             for (slot, at) in entry.acked_at.iter_mut().zip(acked_at) {
                 if at.is_some() {
