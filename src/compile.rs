@@ -9,6 +9,11 @@
 //! ([`Mesh::snapshot_for_key`]) is mechanical and cannot fail: it picks, per Service port, the
 //! producer or consumer table that applies to the sidecar's namespace and writes the domains.
 //!
+//! The compile works part by part ([`Revision::parts`]: objects that name each other), and no
+//! part looks at another, so [`compile_revision_cached`] compiles only the parts a change
+//! touched and takes every other part's resources, the same allocations, from the previous
+//! revision; [`CompiledRevision::mesh_after`] does the same for endpoints.
+//!
 //! # Names
 //! - Cluster (and its `ClusterLoadAssignment`): `outbound|PORT||NAME.NS.svc.cluster.local`,
 //!   as Istio names them, so dashboards and habits carry over ([`cluster_name`]).
