@@ -6,6 +6,7 @@ pub mod csds;
 pub mod delta;
 pub mod grpc;
 pub mod reply;
+pub mod request;
 pub mod resource;
 pub mod server;
 pub mod sotw;

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tonic::body::Body;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::codegen::http;
 use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::{Status, Streaming};
@@ -110,21 +110,21 @@ impl<M: StateMachine> StreamingService<M::Request> for Method<M> {
     }
 }
 
-/// Decodes `M`'s requests with prost and encodes its replies with their own encoder.
+/// Decodes `M`'s requests with its decoder and encodes its replies with their own encoder.
 struct AdsCodec<M>(PhantomData<fn() -> M>);
 
 impl<M: StateMachine> Codec for AdsCodec<M> {
     type Encode = M::Response;
     type Decode = M::Request;
     type Encoder = ReplyEncoder<M::Response>;
-    type Decoder = RequestDecoder<M::Request>;
+    type Decoder = M::Decoder;
 
     fn encoder(&mut self) -> Self::Encoder {
         ReplyEncoder(PhantomData)
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        RequestDecoder(PhantomData)
+        M::Decoder::default()
     }
 }
 
@@ -139,20 +139,6 @@ impl<R: Reply> Encoder for ReplyEncoder<R> {
         dst.reserve(reply.encoded_len());
         reply.encode_to(dst);
         Ok(())
-    }
-}
-
-struct RequestDecoder<T>(PhantomData<fn() -> T>);
-
-impl<T: prost::Message + Default> Decoder for RequestDecoder<T> {
-    type Item = T;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<T>, Status> {
-        // The status the generated prost codec gives an undecodable message.
-        T::decode(src)
-            .map(Some)
-            .map_err(|err| Status::internal(err.to_string()))
     }
 }
 

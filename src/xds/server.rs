@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use dashmap::DashMap;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use futures::Stream;
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use super::delta::DeltaStream;
 use super::grpc::AdsService;
 use super::reply::{DeltaReply, Reply, SotwReply};
+use super::request::{ProstDecoder, SotwDecoder, SotwRequest};
 use super::resource::{ResourceType, Snapshot, SnapshotView};
 use super::sotw::SotwStream;
 use super::stream::{Event, Output, TypeStatus};
@@ -193,7 +194,12 @@ pub(super) type ReplyStream<R> = Pin<Box<dyn Stream<Item = Result<R, Status>> + 
 
 /// The two state machines seen through one interface, so one stream loop drives both.
 pub(super) trait StateMachine: Default + Send + 'static {
-    type Request: prost::Message + Default + Send + 'static;
+    type Request: Send + 'static;
+    /// Decodes the stream's requests; one per stream, so it may remember earlier ones.
+    type Decoder: tonic::codec::Decoder<Item = Self::Request, Error = tonic::Status>
+        + Default
+        + Send
+        + 'static;
     type Response: Reply;
     const PROTOCOL: Protocol;
     fn node(request: &Self::Request) -> Option<&Node>;
@@ -207,20 +213,17 @@ pub(super) trait StateMachine: Default + Send + 'static {
 }
 
 impl StateMachine for SotwStream {
-    type Request = DiscoveryRequest;
+    type Request = SotwRequest;
+    type Decoder = SotwDecoder;
     type Response = SotwReply;
     const PROTOCOL: Protocol = Protocol::Sotw;
 
-    fn node(request: &DiscoveryRequest) -> Option<&Node> {
-        request.node.as_ref()
+    fn node(request: &SotwRequest) -> Option<&Node> {
+        request.request.node.as_ref()
     }
 
-    fn handle_request(
-        &mut self,
-        request: &DiscoveryRequest,
-        snapshot: &Snapshot,
-    ) -> Output<SotwReply> {
-        SotwStream::handle_request(self, request, snapshot)
+    fn handle_request(&mut self, request: &SotwRequest, snapshot: &Snapshot) -> Output<SotwReply> {
+        SotwStream::handle_decoded(self, request, snapshot)
     }
 
     fn handle_snapshot(&mut self, snapshot: &Snapshot) -> Output<SotwReply> {
@@ -234,6 +237,7 @@ impl StateMachine for SotwStream {
 
 impl StateMachine for DeltaStream {
     type Request = DeltaDiscoveryRequest;
+    type Decoder = ProstDecoder<DeltaDiscoveryRequest>;
     type Response = DeltaReply;
     const PROTOCOL: Protocol = Protocol::Delta;
 

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use super::reply::{Reply, SotwReply};
+use super::request::{Names, SotwRequest};
 use super::resource::{Resource, ResourceType, Snapshot};
 use super::stream::{
     changed_between, content_hash, response_version, Event, NackRecord, NonceCounter, Output,
@@ -139,6 +140,30 @@ impl SotwStream {
         request: &DiscoveryRequest,
         snapshot: &Snapshot,
     ) -> Output<SotwReply> {
+        self.handle(request, Some(&request.resource_names), snapshot)
+    }
+
+    /// [`Self::handle_request`] for a request as the stream's decoder gives it: its names may
+    /// have been left undecoded because they repeat the previous request's of the type.
+    pub fn handle_decoded(
+        &mut self,
+        decoded: &SotwRequest,
+        snapshot: &Snapshot,
+    ) -> Output<SotwReply> {
+        let names = match decoded.names {
+            Names::Decoded => Some(decoded.request.resource_names.as_slice()),
+            Names::AsBefore => None,
+        };
+        self.handle(&decoded.request, names, snapshot)
+    }
+
+    /// `names`: `None` when they are those of the previous request of the type.
+    fn handle(
+        &mut self,
+        request: &DiscoveryRequest,
+        names: Option<&[String]>,
+        snapshot: &Snapshot,
+    ) -> Output<SotwReply> {
         let Some(t) = ResourceType::from_type_url(&request.type_url) else {
             // Rule 7: answer nothing, touch nothing; other types carry on.
             return Output {
@@ -151,7 +176,7 @@ impl SotwStream {
         let mut events = Vec::new();
         let state = &mut self.types[t.index()];
         state.handle_ack_or_nack(t, request, &mut events);
-        state.update_subscription(t, &request.resource_names);
+        state.update_subscription(t, names);
         // A request may arrive with a snapshot newer than the last one handed to
         // `handle_snapshot` (rule 12): syncing every type here keeps make-before-break order.
         let mut out = self.sync(snapshot);
@@ -641,17 +666,20 @@ impl TypeState {
         }
     }
 
-    /// Takes the request's names as the new subscription, whatever its nonce (rule 17).
-    fn update_subscription(&mut self, t: ResourceType, resource_names: &[String]) {
+    /// Takes the request's names as the new subscription, whatever its nonce (rule 17);
+    /// `None`: the names of the previous request of the type, already in force.
+    fn update_subscription(&mut self, t: ResourceType, resource_names: Option<&[String]>) {
         if !self.requested {
             self.requested = true;
             self.must_answer = true;
             self.settled.clear();
         }
         // An ACK repeats the subscription: then nothing the plan depends on moves here.
-        if !self.asks_for_the_same(t, resource_names) {
-            self.settled.clear();
-            self.replace_names(t, resource_names);
+        if let Some(names) = resource_names {
+            if !self.asks_for_the_same(t, names) {
+                self.settled.clear();
+                self.replace_names(t, names);
+            }
         }
         if !self.subscribed() {
             // Nothing asked for: the client holds nothing of the type any more, and a later
@@ -1754,6 +1782,9 @@ mod proptests {
 
     struct Sim {
         stream: SotwStream,
+        /// Requests go through the wire and the stream's decoder, which leaves out names
+        /// that repeat the previous request's.
+        decoder: crate::xds::request::SotwDecoder,
         snapshot: Snapshot,
         spec: Spec,
         revision: u32,
@@ -1765,6 +1796,7 @@ mod proptests {
         fn new() -> Self {
             Sim {
                 stream: SotwStream::new(),
+                decoder: Default::default(),
                 snapshot: Snapshot::new("rev0", Vec::new()),
                 spec: Spec::default(),
                 revision: 0,
@@ -1780,7 +1812,9 @@ mod proptests {
             if nack {
                 req.error_detail = nack_detail("rejected by the simulated client");
             }
-            let out = to_proto(self.stream.handle_request(&req, &self.snapshot));
+            let wire = prost::bytes::Bytes::from(prost::Message::encode_to_vec(&req));
+            let decoded = self.decoder.decode_bytes(wire).expect("decodes");
+            let out = to_proto(self.stream.handle_decoded(&decoded, &self.snapshot));
             self.deliver(out);
         }
 
@@ -1937,6 +1971,7 @@ mod proptests {
                 }
                 Step::Reconnect => {
                     self.stream = SotwStream::new();
+                    self.decoder = Default::default();
                     self.nonces.clear();
                     for t in ResourceType::ALL {
                         let c = &mut self.client[t.index()];
