@@ -18,6 +18,8 @@ use tonic::codec::{DecodeBuf, Decoder};
 use tonic::Status;
 use xxhash_rust::xxh3::Xxh3;
 
+use super::resource::ResourceType;
+
 /// `DiscoveryRequest.resource_names`.
 const RESOURCE_NAMES: u32 = 3;
 
@@ -50,7 +52,7 @@ impl From<DiscoveryRequest> for SotwRequest {
 /// A hash key chosen at start-up, so a client cannot craft names that collide.
 static SEED: LazyLock<u64> = LazyLock::new(|| std::hash::RandomState::new().hash_one(0u8));
 
-/// The decoder of one SotW stream: it remembers, per type URL, the hash of the previous
+/// The decoder of one SotW stream: it remembers, per served type URL, the hash of the previous
 /// request's names.
 #[derive(Default)]
 pub struct SotwDecoder {
@@ -96,7 +98,11 @@ impl SotwDecoder {
             names.push(name);
         }
         request.resource_names = names;
-        self.previous.insert(request.type_url.clone(), split.digest);
+        // Only the types Sluice serves are remembered: a client naming endless unknown types
+        // cannot grow the map.
+        if ResourceType::from_type_url(&request.type_url).is_some() {
+            self.previous.insert(request.type_url.clone(), split.digest);
+        }
         Ok(SotwRequest::from(request))
     }
 }
@@ -233,6 +239,13 @@ mod tests {
         assert_eq!(decode(&mut decoder, &joined).names, Names::Decoded);
         let split = request(eds, &["a", "b"], "n4");
         assert_eq!(decode(&mut decoder, &split).names, Names::Decoded);
+
+        // Types Sluice does not serve are always decoded and never remembered.
+        for i in 0..3 {
+            let unknown = request(&format!("type.example/T{}", i % 2), &["a"], "");
+            assert_eq!(decode(&mut decoder, &unknown).names, Names::Decoded);
+        }
+        assert_eq!(decoder.previous.len(), 2, "EDS and RDS only");
     }
 
     #[test]
