@@ -108,6 +108,7 @@ pub fn read_dir_cached(
     let found = walk(&canonical_root, opts, &mut errors);
 
     let mut files = Vec::new();
+    let mut previous = std::mem::take(&mut cache.files);
     let mut kept = HashMap::new();
     let mut total: usize = 0;
     for (i, (rel, path, meta)) in found.into_iter().enumerate() {
@@ -133,12 +134,12 @@ pub fn read_dir_cached(
             break;
         }
         let stamp = Stamp::of(&meta);
-        if let Some((_, bytes)) = cache.files.get(&rel).filter(|(s, _)| *s == stamp) {
+        if let Some((_, bytes)) = previous.remove(&rel).filter(|(s, _)| *s == stamp) {
             files.push(SourceFile {
                 path: rel.clone(),
                 bytes: bytes.clone(),
             });
-            kept.insert(rel, (stamp, bytes.clone()));
+            kept.insert(rel, (stamp, bytes));
             continue;
         }
         #[cfg(test)]
@@ -515,15 +516,9 @@ pub fn load_files_cached(
     // Checks never look across parts, so a part holding the same objects as one of the
     // previous load has the same findings. The trees that position findings are gathered
     // only for the parts checked.
-    let mut roots: Option<HashMap<usize, &Arc<Node>>> = None;
     for part in rev.keep_parts().iter() {
         let findings = validated.get_or_make(part, |part| {
-            let roots = roots.get_or_insert_with(|| {
-                docs.iter()
-                    .map(|doc| (doc.object.address(), &doc.root))
-                    .collect()
-            });
-            Arc::new(validate::validate(part, &part_trees(part, roots)))
+            Arc::new(validate::validate(part, &part_trees(part, files)))
         });
         diags.extend(findings.iter().cloned());
     }
@@ -650,30 +645,27 @@ impl Typed {
     }
 }
 
-/// The tree of every object of `part`, from the trees by object address.
-fn part_trees(part: &Revision, roots: &HashMap<usize, &Arc<Node>>) -> Trees {
-    fn add<T>(
-        trees: &mut Trees,
-        roots: &HashMap<usize, &Arc<Node>>,
-        kind: Kind,
-        o: &Arc<Object<T>>,
-    ) {
-        if let Some(root) = roots.get(&(Arc::as_ptr(o) as usize)) {
-            trees.insert((kind, o.key.clone()), Arc::clone(root));
-        }
-    }
+/// The tree of every object of `part`: its document's, found in the parsed file the object's
+/// position names.
+fn part_trees(part: &Revision, files: &HashMap<String, Parsed>) -> Trees {
     let mut trees = Trees::new();
+    let mut add = |kind: Kind, key: &ObjectKey, pos: &Pos, address: usize| {
+        let docs = files.get(&*pos.file).map_or(&[][..], |f| f.docs.as_slice());
+        if let Some(doc) = docs.iter().find(|doc| doc.object.address() == address) {
+            trees.insert((kind, key.clone()), doc.root.clone());
+        }
+    };
     for o in part.services.values() {
-        add(&mut trees, roots, Kind::Service, o);
+        add(Kind::Service, &o.key, &o.pos, Arc::as_ptr(o) as usize);
     }
     for o in part.endpoint_slices.values() {
-        add(&mut trees, roots, Kind::EndpointSlice, o);
+        add(Kind::EndpointSlice, &o.key, &o.pos, Arc::as_ptr(o) as usize);
     }
     for o in &part.http_routes {
-        add(&mut trees, roots, Kind::HttpRoute, o);
+        add(Kind::HttpRoute, &o.key, &o.pos, Arc::as_ptr(o) as usize);
     }
     for o in &part.grpc_routes {
-        add(&mut trees, roots, Kind::GrpcRoute, o);
+        add(Kind::GrpcRoute, &o.key, &o.pos, Arc::as_ptr(o) as usize);
     }
     trees
 }

@@ -114,30 +114,8 @@ impl Revision {
                 node
             })
             .collect();
-        let http: Vec<usize> = self
-            .http_routes
-            .iter()
-            .map(|route| {
-                let spec = &route.value.spec;
-                let rules = spec
-                    .rules
-                    .iter()
-                    .map(|rule| (&rule.value.filters, &rule.value.backend_refs));
-                links.route(&route.key.namespace, &spec.parent_refs, rules)
-            })
-            .collect();
-        let grpc: Vec<usize> = self
-            .grpc_routes
-            .iter()
-            .map(|route| {
-                let spec = &route.value.spec;
-                let rules = spec
-                    .rules
-                    .iter()
-                    .map(|rule| (&rule.value.filters, &rule.value.backend_refs));
-                links.route(&route.key.namespace, &spec.parent_refs, rules)
-            })
-            .collect();
+        let http = links.routes(&self.http_routes);
+        let grpc = links.routes(&self.grpc_routes);
 
         let mut parts: Vec<Part> = Vec::new();
         let mut part_of_root = vec![usize::MAX; links.parent.len()];
@@ -210,25 +188,23 @@ impl<'r> Links<'r> {
         }
     }
 
+    /// The node of each route, in order.
+    fn routes<R: References>(&mut self, routes: &'r [Arc<Object<R>>]) -> Vec<usize> {
+        routes
+            .iter()
+            .map(|route| self.route(&route.key.namespace, &route.value))
+            .collect()
+    }
+
     /// A route's node, linked to every name it references: parents, backends and the
     /// backends of mirror filters (on rules and on backends).
-    fn route(
-        &mut self,
-        namespace: &'r str,
-        parents: &'r [Spanned<ParentRef>],
-        rules: impl Iterator<
-            Item = (
-                &'r Vec<Spanned<HttpRouteFilter>>,
-                &'r Vec<Spanned<HttpBackendRef>>,
-            ),
-        >,
-    ) -> usize {
+    fn route<R: References>(&mut self, namespace: &'r str, route: &'r R) -> usize {
         let node = self.fresh();
         let link = |links: &mut Links<'r>, ns: &'r Option<String>, name: &'r str| {
             let named = links.name(ns.as_deref().unwrap_or(namespace), name);
             links.union(node, named);
         };
-        for parent in parents {
+        for parent in route.parents() {
             link(self, &parent.value.namespace, &parent.value.name);
         }
         let mirrors = |links: &mut Links<'r>, filters: &'r [Spanned<HttpRouteFilter>]| {
@@ -242,7 +218,7 @@ impl<'r> Links<'r> {
                 }
             }
         };
-        for (filters, backends) in rules {
+        for (filters, backends) in route.rules() {
             mirrors(self, filters);
             for backend in backends {
                 link(self, &backend.value.namespace, &backend.value.name);
@@ -250,6 +226,41 @@ impl<'r> Links<'r> {
             }
         }
         node
+    }
+}
+
+/// What linking reads of a route, the same for HTTPRoutes and GRPCRoutes.
+trait References {
+    fn parents(&self) -> &[Spanned<ParentRef>];
+    /// Each rule's filters and backends.
+    fn rules(
+        &self,
+    ) -> impl Iterator<Item = (&[Spanned<HttpRouteFilter>], &[Spanned<HttpBackendRef>])>;
+}
+
+impl References for HttpRoute {
+    fn parents(&self) -> &[Spanned<ParentRef>] {
+        &self.spec.parent_refs
+    }
+
+    fn rules(
+        &self,
+    ) -> impl Iterator<Item = (&[Spanned<HttpRouteFilter>], &[Spanned<HttpBackendRef>])> {
+        let rules = self.spec.rules.iter();
+        rules.map(|r| (r.value.filters.as_slice(), r.value.backend_refs.as_slice()))
+    }
+}
+
+impl References for GrpcRoute {
+    fn parents(&self) -> &[Spanned<ParentRef>] {
+        &self.spec.parent_refs
+    }
+
+    fn rules(
+        &self,
+    ) -> impl Iterator<Item = (&[Spanned<HttpRouteFilter>], &[Spanned<HttpBackendRef>])> {
+        let rules = self.spec.rules.iter();
+        rules.map(|r| (r.value.filters.as_slice(), r.value.backend_refs.as_slice()))
     }
 }
 
