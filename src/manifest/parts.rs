@@ -238,31 +238,27 @@ trait References {
     ) -> impl Iterator<Item = (&[Spanned<HttpRouteFilter>], &[Spanned<HttpBackendRef>])>;
 }
 
-impl References for HttpRoute {
-    fn parents(&self) -> &[Spanned<ParentRef>] {
-        &self.spec.parent_refs
-    }
+/// HTTPRoute and GRPCRoute spell their specs alike, with rules of different types.
+macro_rules! references {
+    ($route:ty) => {
+        impl References for $route {
+            fn parents(&self) -> &[Spanned<ParentRef>] {
+                &self.spec.parent_refs
+            }
 
-    fn rules(
-        &self,
-    ) -> impl Iterator<Item = (&[Spanned<HttpRouteFilter>], &[Spanned<HttpBackendRef>])> {
-        let rules = self.spec.rules.iter();
-        rules.map(|r| (r.value.filters.as_slice(), r.value.backend_refs.as_slice()))
-    }
+            fn rules(
+                &self,
+            ) -> impl Iterator<Item = (&[Spanned<HttpRouteFilter>], &[Spanned<HttpBackendRef>])>
+            {
+                let rules = self.spec.rules.iter();
+                rules.map(|r| (r.value.filters.as_slice(), r.value.backend_refs.as_slice()))
+            }
+        }
+    };
 }
 
-impl References for GrpcRoute {
-    fn parents(&self) -> &[Spanned<ParentRef>] {
-        &self.spec.parent_refs
-    }
-
-    fn rules(
-        &self,
-    ) -> impl Iterator<Item = (&[Spanned<HttpRouteFilter>], &[Spanned<HttpBackendRef>])> {
-        let rules = self.spec.rules.iter();
-        rules.map(|r| (r.value.filters.as_slice(), r.value.backend_refs.as_slice()))
-    }
-}
+references!(HttpRoute);
+references!(GrpcRoute);
 
 /// Something derived from each part of a revision, kept for the parts of the next revision
 /// that hold exactly the same objects.
