@@ -28,8 +28,8 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use load::{
-    is_manifest_name, load_dir, load_files, load_files_cached, read_dir, read_dir_cached,
-    LoadOptions, ParseCache, ReadCache, SourceFile, EMPTY_REVISION,
+    is_manifest_name, list_dir, load_dir, load_files, load_files_cached, read_dir, read_dir_cached,
+    read_listed, Listing, LoadOptions, ParseCache, ReadCache, SourceFile, EMPTY_REVISION,
 };
 pub use parts::{Part, PartMemo};
 pub use span::{Pos, Spanned};

@@ -255,9 +255,14 @@ impl Publisher {
 
     fn publish(&self, mesh: Arc<Mesh>, served: &mut Option<Arc<Mesh>>) {
         let published_at = Instant::now();
-        *served = Some(mesh.clone());
-        self.view
-            .send_replace(Some(mesh.clone() as Arc<dyn SnapshotView>));
+        // The replaced mesh is dropped by the convergence task below once the streams moved
+        // on (or after its timeout): freeing thousands of resources costs milliseconds the
+        // streams should spend sending the new one.
+        let retired = (
+            served.replace(mesh.clone()),
+            self.view
+                .send_replace(Some(mesh.clone() as Arc<dyn SnapshotView>)),
+        );
         // Convergence: from publishing to every open stream having ACKed what it was sent.
         // Checked when streams make progress, at most once per CONVERGENCE_CHECK: a check looks
         // at every stream.
@@ -266,6 +271,7 @@ impl Publisher {
         let mut view = self.view.subscribe();
         let mut progress = streams.progress();
         tokio::spawn(async move {
+            let _retired = retired;
             view.borrow_and_update();
             let deadline = tokio::time::Instant::from_std(published_at + CONVERGENCE_TIMEOUT);
             loop {

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
+use xxhash_rust::xxh3::Xxh3;
 
 use super::de;
 use super::model::{EndpointSlice, GrpcRoute, HttpRoute, ObjectMeta, Service};
@@ -97,16 +98,69 @@ pub fn read_dir_cached(
     opts: &LoadOptions,
     cache: &mut ReadCache,
 ) -> Result<Vec<SourceFile>, Vec<Diagnostic>> {
-    let root_display = root.display().to_string();
+    read_listed(list_dir(root, opts)?, opts, cache)
+}
+
+/// The manifest files below a folder as one walk found them, before any was read: each one's
+/// path relative to the folder, where to read it and its metadata, and the problems met on the
+/// way (refused symlinks, unreadable folders).
+#[derive(Debug)]
+pub struct Listing {
+    /// The folder, resolved.
+    root: PathBuf,
+    found: Vec<(String, PathBuf, fs::Metadata)>,
+    errors: Vec<Diagnostic>,
+}
+
+impl Listing {
+    /// A hash of everything the walk saw: where the folder resolves to, and every file's path
+    /// and [`Stamp`] (size, modification and change times, inode), and the problems met. A
+    /// file written, replaced, added or removed, a symlink swapped or repaired, changes it.
+    pub fn fingerprint(&self) -> u64 {
+        let mut hasher = Xxh3::new();
+        hasher.update(self.root.as_os_str().as_encoded_bytes());
+        hasher.update(&[0]);
+        for (rel, _, meta) in &self.found {
+            hasher.update(rel.as_bytes());
+            hasher.update(&[0]);
+            Stamp::of(meta).hash(&mut hasher);
+        }
+        for error in &self.errors {
+            hasher.update(error.to_string().as_bytes());
+            hasher.update(&[0]);
+        }
+        hasher.digest()
+    }
+}
+
+/// Walks the folder below `root` without reading any file (see [`read_dir`] for what is
+/// skipped and followed). An error when the folder itself cannot be resolved.
+pub fn list_dir(root: &Path, opts: &LoadOptions) -> Result<Listing, Vec<Diagnostic>> {
     let canonical_root = fs::canonicalize(root).map_err(|e| {
         vec![Diagnostic::error(
-            file_pos(&root_display),
+            file_pos(&root.display().to_string()),
             format!("cannot read the manifest folder: {e}"),
         )]
     })?;
     let mut errors = Vec::new();
     let found = walk(&canonical_root, opts, &mut errors);
+    Ok(Listing {
+        root: canonical_root,
+        found,
+        errors,
+    })
+}
 
+/// Reads the files of `listing`, taking from `cache` every file whose metadata at the walk is
+/// what it was when the cache read it.
+pub fn read_listed(
+    listing: Listing,
+    opts: &LoadOptions,
+    cache: &mut ReadCache,
+) -> Result<Vec<SourceFile>, Vec<Diagnostic>> {
+    let Listing {
+        found, mut errors, ..
+    } = listing;
     let mut files = Vec::new();
     let mut previous = std::mem::take(&mut cache.files);
     let mut kept = HashMap::new();
@@ -208,6 +262,22 @@ impl Stamp {
             changed: (meta.ctime(), meta.ctime_nsec()),
             #[cfg(unix)]
             inode: (meta.dev(), meta.ino()),
+        }
+    }
+
+    fn hash(&self, hasher: &mut Xxh3) {
+        hasher.update(&self.len.to_le_bytes());
+        let modified = self
+            .modified
+            .and_then(|m| m.duration_since(std::time::SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        hasher.update(&modified.to_le_bytes());
+        #[cfg(unix)]
+        {
+            hasher.update(&self.changed.0.to_le_bytes());
+            hasher.update(&self.changed.1.to_le_bytes());
+            hasher.update(&self.inode.0.to_le_bytes());
+            hasher.update(&self.inode.1.to_le_bytes());
         }
     }
 }
@@ -909,6 +979,71 @@ mod tests {
         check(&mut cache);
         assert_eq!(reads, [2, 0, 1, 1, 0]);
         assert_eq!(cache.files.len(), 1);
+    }
+
+    #[test]
+    fn a_listing_fingerprint_moves_with_every_change_that_matters() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("mesh");
+        fs::create_dir(&root).expect("mkdir");
+        let opts = LoadOptions::default();
+        let fingerprint = || list_dir(&root, &opts).expect("lists").fingerprint();
+        let mut seen = vec![fingerprint()];
+        let mut step = |moved: bool, what: &str| {
+            let now = fingerprint();
+            let last = *seen.last().expect("a fingerprint");
+            assert_eq!(now != last, moved, "{what}");
+            if moved {
+                assert!(
+                    !seen.contains(&now),
+                    "{what}: back to an earlier fingerprint"
+                );
+            }
+            seen.push(now);
+        };
+        step(false, "nothing changed");
+        fs::write(root.join("a.yaml"), ECHO).expect("write");
+        step(true, "a file added");
+        fs::write(root.join("notes.txt"), "x").expect("write");
+        fs::write(root.join(".a.yaml.swp"), "x").expect("write");
+        step(false, "files that are not read");
+        fs::write(root.join("a.yaml"), ECHO.replace("port: 80", "port: 81")).expect("write");
+        step(true, "rewritten in place with the same length");
+        let a = root.join("a.yaml");
+        let modified = fs::metadata(&a).and_then(|m| m.modified()).expect("mtime");
+        let swap = root.join(".a.yaml.new");
+        fs::write(&swap, ECHO.replace("port: 80", "port: 82")).expect("write");
+        fs::File::options()
+            .write(true)
+            .open(&swap)
+            .and_then(|f| f.set_modified(modified))
+            .expect("set mtime");
+        fs::rename(&swap, &a).expect("rename");
+        step(true, "replaced by a rename with the same length and mtime");
+        fs::create_dir(root.join("sub")).expect("mkdir");
+        step(false, "an empty folder");
+        fs::write(root.join("sub/b.yaml"), ECHO).expect("write");
+        step(true, "a file in a subfolder");
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink("c.yaml", root.join("link.yaml")).expect("symlink");
+            step(true, "a dangling symlink (an error of the listing)");
+            fs::write(root.join("c.yaml"), ECHO).expect("write");
+            step(true, "its target created");
+            fs::write(root.join("c.yaml"), ECHO.replace("port: 80", "port: 83")).expect("write");
+            step(true, "its target rewritten");
+            // The folder itself swapped to another: the resolved root moved.
+            let other = dir.path().join("other");
+            fs::create_dir(&other).expect("mkdir");
+            let link = dir.path().join("current");
+            std::os::unix::fs::symlink(&root, &link).expect("symlink");
+            let first = list_dir(&link, &opts).expect("lists").fingerprint();
+            fs::remove_file(&link).expect("unlink");
+            std::os::unix::fs::symlink(&other, &link).expect("symlink");
+            assert_ne!(list_dir(&link, &opts).expect("lists").fingerprint(), first);
+        }
+        fs::remove_file(root.join("sub/b.yaml")).expect("remove");
+        step(true, "a file removed");
     }
 
     #[test]

@@ -1,12 +1,12 @@
 //! A watched folder as the source, for deployments where a git-sync sidecar keeps it current.
 //!
-//! Change notifications (inotify) wake the source as soon as a file changes; a cheap
-//! fingerprint of every manifest's path, size and modification time then decides whether the
-//! files are read and loaded as one revision. The fingerprint is also taken every [`POLL`]
-//! (every [`POLL_WITH_NOTIFY`] while notifications work), which catches what notifications miss:
-//! network file systems, and the symlink swap git-sync does above the folder. A revision is read
-//! whole: if the fingerprint moved while reading, the read is repeated, so a half-written change
-//! is never served.
+//! Change notifications (inotify) wake the source as soon as a file changes; a walk of the
+//! folder that stats every manifest (no file is read) then decides, by a fingerprint of what it
+//! saw, whether the files are read and loaded as one revision. The walk is also made every
+//! [`POLL`] (every [`POLL_WITH_NOTIFY`] while notifications work), which catches what
+//! notifications miss: network file systems, and the symlink swap git-sync does above the folder.
+//! A revision is read whole: the files the walk found are read, the folder is walked once more,
+//! and if the fingerprint moved the read is repeated, so a half-written change is never served.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
@@ -80,9 +80,10 @@ impl DirSource {
             } else {
                 POLL
             };
-            let fingerprint = fingerprint_blocking(self.root.clone()).await;
+            let listing = self.list().await;
+            let fingerprint = listing.as_ref().ok().map(manifest::Listing::fingerprint);
             if fingerprint != last_fingerprint {
-                match self.read_stable(fingerprint).await {
+                match self.read_stable(listing, fingerprint).await {
                     Some(candidate) => {
                         last_fingerprint = fingerprint;
                         if last_revision.as_ref() != Some(&candidate.revision_id) {
@@ -106,16 +107,37 @@ impl DirSource {
         }
     }
 
-    /// Reads and loads the folder; `None` when it kept changing while being read (the next poll
-    /// tries again).
-    async fn read_stable(&self, before: Option<u64>) -> Option<Candidate> {
+    /// Walks the folder (see [`manifest::list_dir`]).
+    async fn list(&self) -> Result<manifest::Listing, Vec<manifest::Diagnostic>> {
+        let root = self.root.clone();
+        let options = self.options.clone();
+        tokio::task::spawn_blocking(move || manifest::list_dir(&root, &options))
+            .await
+            .unwrap_or_else(|err| {
+                Err(vec![manifest::Diagnostic::error(
+                    manifest::Pos::default(),
+                    format!("walking the manifest folder failed: {err}"),
+                )])
+            })
+    }
+
+    /// Reads the files `listing` found and loads them; `None` when the folder changed while
+    /// being read (the next poll tries again). `before` is the listing's fingerprint.
+    async fn read_stable(
+        &self,
+        listing: Result<manifest::Listing, Vec<manifest::Diagnostic>>,
+        before: Option<u64>,
+    ) -> Option<Candidate> {
         let root = self.root.clone();
         let options = self.options.clone();
         let cache = self.read.clone();
         let read = tokio::task::spawn_blocking(move || {
             let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
-            let files = manifest::read_dir_cached(&root, &options, &mut cache);
-            let after = fingerprint(&root);
+            let files =
+                listing.and_then(|listing| manifest::read_listed(listing, &options, &mut cache));
+            let after = manifest::list_dir(&root, &options)
+                .ok()
+                .map(|listing| listing.fingerprint());
             (files, after)
         })
         .await;
@@ -203,76 +225,6 @@ pub fn revision_id(files: &[manifest::SourceFile]) -> String {
         hasher.update(&file.bytes);
     }
     format!("dir-{:016x}", hasher.digest())
-}
-
-async fn fingerprint_blocking(root: PathBuf) -> Option<u64> {
-    tokio::task::spawn_blocking(move || fingerprint(&root))
-        .await
-        .ok()
-        .flatten()
-}
-
-/// A hash over the path, size and modification time of every entry below `root`, following
-/// the same skipping rules as loading (hidden entries are skipped). `None` when the root is
-/// unreadable.
-fn fingerprint(root: &Path) -> Option<u64> {
-    let mut hasher = Xxh3::new();
-    let mut stack = vec![root.to_path_buf()];
-    let mut entries = 0usize;
-    // The folder's own metadata and where it resolves to first, so a swapped symlink target is
-    // noticed even when the files look alike (timestamps are coarse).
-    let meta = std::fs::metadata(root).ok()?;
-    hash_meta(&mut hasher, root, &meta);
-    if let Ok(target) = std::fs::canonicalize(root) {
-        hasher.update(target.as_os_str().as_encoded_bytes());
-    }
-    while let Some(dir) = stack.pop() {
-        let Ok(read) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        let mut children: Vec<_> = read.filter_map(Result::ok).collect();
-        children.sort_by_key(|e| e.file_name());
-        for child in children {
-            let name = child.file_name();
-            if name.to_string_lossy().starts_with('.') {
-                continue;
-            }
-            entries += 1;
-            // Loading enforces its own limits; this bound only keeps a runaway tree from
-            // making every poll expensive.
-            if entries > 200_000 {
-                return Some(hasher.digest());
-            }
-            let path = child.path();
-            // A symlink counts as what it points to; anything else is stat-ed relative to its
-            // folder, which spares a lookup of the whole path.
-            let is_symlink = child.file_type().is_ok_and(|t| t.is_symlink());
-            let meta = if is_symlink {
-                std::fs::metadata(&path)
-            } else {
-                child.metadata()
-            };
-            let Ok(meta) = meta else {
-                continue;
-            };
-            hash_meta(&mut hasher, &path, &meta);
-            if meta.is_dir() && !is_symlink {
-                stack.push(path);
-            }
-        }
-    }
-    Some(hasher.digest())
-}
-
-fn hash_meta(hasher: &mut Xxh3, path: &Path, meta: &std::fs::Metadata) {
-    hasher.update(path.as_os_str().as_encoded_bytes());
-    hasher.update(&meta.len().to_le_bytes());
-    let modified = meta
-        .modified()
-        .ok()
-        .and_then(|m| m.duration_since(SystemTime::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
-    hasher.update(&modified.to_le_bytes());
 }
 
 #[cfg(test)]
