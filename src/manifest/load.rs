@@ -939,6 +939,22 @@ mod tests {
         )
     }
 
+    /// Replaces `path` by a rename of a new file holding `text`, with the old file's
+    /// modification time: only the inode (and change time) tells them apart.
+    fn replace_keeping_mtime(path: &Path, text: &str) {
+        let modified = fs::metadata(path)
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        let swap = path.with_extension("new");
+        fs::write(&swap, text).expect("write");
+        fs::File::options()
+            .write(true)
+            .open(&swap)
+            .and_then(|f| f.set_modified(modified))
+            .expect("set mtime");
+        fs::rename(&swap, path).expect("rename");
+    }
+
     #[test]
     fn cached_reads_read_only_files_whose_stamp_moved() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -963,16 +979,10 @@ mod tests {
         write("a.yaml", &ECHO.replace("port: 80", "port: 81"));
         check(&mut cache);
         // Replaced by a rename with the same length and modification time: a new inode.
-        let a = dir.path().join("a.yaml");
-        let modified = fs::metadata(&a).and_then(|m| m.modified()).expect("mtime");
-        let swap = dir.path().join(".a.yaml.new");
-        fs::write(&swap, ECHO.replace("port: 80", "port: 82")).expect("write");
-        fs::File::options()
-            .write(true)
-            .open(&swap)
-            .and_then(|f| f.set_modified(modified))
-            .expect("set mtime");
-        fs::rename(&swap, &a).expect("rename");
+        replace_keeping_mtime(
+            &dir.path().join("a.yaml"),
+            &ECHO.replace("port: 80", "port: 82"),
+        );
         check(&mut cache);
         // Removed: forgotten.
         fs::remove_file(dir.path().join("b.yaml")).expect("remove");
@@ -1009,16 +1019,7 @@ mod tests {
         step(false, "files that are not read");
         fs::write(root.join("a.yaml"), ECHO.replace("port: 80", "port: 81")).expect("write");
         step(true, "rewritten in place with the same length");
-        let a = root.join("a.yaml");
-        let modified = fs::metadata(&a).and_then(|m| m.modified()).expect("mtime");
-        let swap = root.join(".a.yaml.new");
-        fs::write(&swap, ECHO.replace("port: 80", "port: 82")).expect("write");
-        fs::File::options()
-            .write(true)
-            .open(&swap)
-            .and_then(|f| f.set_modified(modified))
-            .expect("set mtime");
-        fs::rename(&swap, &a).expect("rename");
+        replace_keeping_mtime(&root.join("a.yaml"), &ECHO.replace("port: 80", "port: 82"));
         step(true, "replaced by a rename with the same length and mtime");
         fs::create_dir(root.join("sub")).expect("mkdir");
         step(false, "an empty folder");
