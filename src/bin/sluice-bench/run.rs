@@ -294,7 +294,9 @@ async fn measure(
         Kind::Floor => Server::start_floor(launcher, mesh.path(), &tag).await?,
     };
     let result = measure_server(plan, mesh, &mut server, protocol, sidecars).await;
-    result.map_err(|err| anyhow!("{err:#} (log: {})", server.log().display()))
+    let log = server.log().to_path_buf();
+    server.stop().await;
+    result.map_err(|err| anyhow!("{err:#} (log: {})", log.display()))
 }
 
 async fn measure_server(

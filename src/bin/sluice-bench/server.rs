@@ -1,5 +1,6 @@
 //! The process under test: `sluice serve` or the floor, pinned to CPU 0, with its logs in the
-//! work folder. It is killed when dropped, so an error or Ctrl-C never leaves one behind.
+//! work folder. A measurement stops it with SIGTERM; it is killed when dropped otherwise, so an
+//! error or Ctrl-C never leaves one behind.
 //!
 //! Readings come from outside the process, the same way for both: resident memory (`VmRSS` in
 //! `/proc/PID/status`) and CPU time (`utime + stime` in `/proc/PID/stat`). Sluice's bytes and
@@ -19,6 +20,8 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 /// Longest wait for a server to start serving.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest wait for a server to exit after SIGTERM (Sluice drains its streams for at most 5 s).
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest wait for one HTTP request or control answer. Generous: a server under load may
 /// answer `/metrics` late, which is not a failure of the run.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -226,6 +229,23 @@ impl Server {
 
     pub fn log(&self) -> &Path {
         &self.log
+    }
+
+    /// Stops the server the way an operator does, with SIGTERM, so that what it writes at exit
+    /// is written (a heap profiler wrapping it, `--sluice WRAPPER`, keeps its output); killed
+    /// if it is still running after [`STOP_TIMEOUT`].
+    pub async fn stop(mut self) {
+        let terminated = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !terminated
+            || tokio::time::timeout(STOP_TIMEOUT, self.child.wait())
+                .await
+                .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
     }
 
     /// An error naming the log if the process has exited.
