@@ -5,6 +5,7 @@
 pub mod csds;
 pub mod delta;
 pub mod grpc;
+pub mod names;
 pub mod reply;
 pub mod request;
 pub mod resource;

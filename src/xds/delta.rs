@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
+use super::names::{intern, PackedSet};
 use super::reply::{DeltaReply, Reply};
 use super::resource::{Resource, ResourceType, Snapshot};
 use super::stream::{
@@ -46,11 +47,11 @@ struct TypeState {
     /// The client subscribes to every resource of the type (LDS/CDS only), by `*` or by the
     /// legacy empty first request (rule 25).
     wildcard: bool,
-    /// Names the client subscribed to explicitly, without `*`.
-    names: BTreeSet<String>,
+    /// Names the client subscribed to explicitly, without `*`, shared with every stream.
+    names: PackedSet<Arc<str>>,
     /// Every resource the client holds as far as the server knows, by name. Only these may
     /// appear in `removed_resources` (rule 22).
-    held: BTreeSet<Held>,
+    held: PackedSet<Held>,
     /// Names to send even if the client holds them at the current version: a subscribe is
     /// always answered (rule 20), and a changed cluster's endpoints are sent again (rule 11).
     force: BTreeSet<String>,
@@ -243,6 +244,10 @@ impl DeltaStream {
         for (t, removed) in tail {
             self.emit(t, Vec::new(), removed, None, snapshot, &mut out);
         }
+        for state in &mut self.types {
+            state.held.pack();
+            state.names.pack();
+        }
         out
     }
 
@@ -316,7 +321,7 @@ impl DeltaStream {
         if !declared_current.is_empty() {
             // One ordered pass rebuilding the set, not a tree search per entry.
             let mut current = declared_current.into_iter().peekable();
-            state.held = std::mem::take(&mut state.held)
+            *state.held = std::mem::take(&mut *state.held)
                 .into_iter()
                 .map(|h| match current.next_if(|r| r.name == h.name()) {
                     Some(resource) => Held::Sent(resource),
@@ -486,7 +491,14 @@ impl TypeState {
         let all = snapshot.resources(t);
         // Envoy names every resource of the type (all EDS clusters, every scope's routes): then
         // the client wants the whole map, as in wildcard mode, and nothing is looked up.
-        if self.wildcard || (self.names.len() == all.len() && self.names.iter().eq(all.keys())) {
+        if self.wildcard
+            || (self.names.len() == all.len()
+                && self
+                    .names
+                    .iter()
+                    .map(|n| &**n)
+                    .eq(all.keys().map(String::as_str)))
+        {
             return Desired::All {
                 resources: all,
                 hash: snapshot.type_version(t),
@@ -495,7 +507,7 @@ impl TypeState {
         Desired::Named(
             self.names
                 .iter()
-                .filter_map(|name| all.get_key_value(name).map(|(k, r)| (k.as_str(), r)))
+                .filter_map(|name| all.get_key_value(&**name).map(|(k, r)| (k.as_str(), r)))
                 .collect(),
         )
     }
@@ -617,7 +629,7 @@ impl TypeState {
                 self.wildcard = true;
                 continue;
             }
-            self.names.insert(name.clone());
+            self.names.insert(intern(name));
             // A subscribe is answered even when the client holds the resource (rule 20), except
             // for what it declared on reconnect: only what changed is sent then (rule 23).
             if !(first && request.initial_resource_versions.contains_key(name)) {
@@ -630,7 +642,7 @@ impl TypeState {
                 continue;
             }
             // Rule 21: unsubscribing a name never subscribed changes nothing.
-            self.names.remove(name);
+            self.names.remove(name.as_str());
             self.force.remove(name);
         }
         // The client drops what it no longer subscribes to; no removal is sent for it. Only an
