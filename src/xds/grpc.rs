@@ -1,26 +1,33 @@
 //! The ADS gRPC service, written here rather than generated. It routes the two ADS methods to
 //! stream tasks ([`super::server`]) and writes their replies with [`Reply::encode_to`], from the
-//! snapshot's shared bytes straight into the HTTP/2 buffer.
+//! snapshot's shared bytes straight into a buffer handed to HTTP/2.
 //!
 //! The service generated from the protos takes prost messages, and building one copies every
 //! resource of a reply before the codec copies it again into the buffer. Requests are small and
 //! are still decoded by prost.
+//!
+//! Replies are not written through tonic's encoding body either: it keeps one buffer per stream
+//! and reuses it, so the buffer grows to the stream's largest reply (a whole CDS or EDS, about a
+//! megabyte per thousand Services) and stays that large while the stream lives. Here each reply
+//! is framed into a buffer of its own, freed once HTTP/2 has written it ([`streaming_response`]).
 
 use std::convert::Infallible;
-use std::future::{ready, Future, Ready};
-use std::marker::PhantomData;
+use std::future::{ready, Future};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use futures::Stream;
+use http_body::{Body as _, Frame};
+use prost::bytes::{BufMut, Bytes, BytesMut};
 use tonic::body::Body;
-use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::codegen::http;
-use tonic::server::{Grpc, NamedService, StreamingService};
-use tonic::{Status, Streaming};
+use tonic::metadata::MetadataValue;
+use tonic::server::NamedService;
+use tonic::Status;
 
 use super::delta::DeltaStream;
 use super::reply::Reply;
-use super::server::{AdsServer, ReplyStream, StateMachine};
+use super::server::{AdsServer, StateMachine};
 use super::sotw::SotwStream;
 
 const SOTW_PATH: &str =
@@ -32,6 +39,8 @@ const DELTA_PATH: &str =
 const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// Largest reply sent: a mesh's whole CDS or a large route configuration fits well below.
 const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
+/// The gRPC message header: a compressed flag and the message length (big-endian u32).
+const HEADER_BYTES: usize = 5;
 
 /// `envoy.service.discovery.v3.AggregatedDiscoveryService` as a tower service; cheap to clone.
 #[derive(Clone)]
@@ -62,83 +71,236 @@ impl tower::Service<http::Request<Body>> for AdsService {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> ResponseFuture {
-        match request.uri().path() {
-            SOTW_PATH => Box::pin(serve(Method::<SotwStream>::new(&self.server), request)),
-            DELTA_PATH => Box::pin(serve(Method::<DeltaStream>::new(&self.server), request)),
+        let response = match request.uri().path() {
+            SOTW_PATH => serve(&self.server, SotwStream::default(), request),
+            DELTA_PATH => serve(&self.server, DeltaStream::default(), request),
             // As the generated services answer a method they do not have.
-            path => {
-                let status = Status::unimplemented(format!("no method {path}"));
-                Box::pin(ready(Ok(status.into_http())))
+            path => Status::unimplemented(format!("no method {path}")).into_http(),
+        };
+        Box::pin(ready(Ok(response)))
+    }
+}
+
+/// Starts a stream task running `machine` on the call's requests and answers with its replies.
+fn serve<M: StateMachine>(
+    server: &AdsServer,
+    machine: M,
+    request: http::Request<Body>,
+) -> http::Response<Body> {
+    match request_stream(request, M::Decoder::default(), MAX_REQUEST_BYTES) {
+        Ok(requests) => streaming_response(server.start(machine, requests), encode_reply),
+        Err(refused) => refused.into_http(),
+    }
+}
+
+fn encode_reply<R: Reply>(reply: R) -> Result<Bytes, Status> {
+    frame(reply.encoded_len(), |buf| reply.encode_to(buf))
+}
+
+/// The messages of a client-streaming call, decoded by `decoder`; a message above `max_bytes`
+/// ends the stream with an error. A call whose messages are compressed is refused with the
+/// status to answer it with (`UNIMPLEMENTED`, naming `identity` as the one encoding taken), the
+/// way tonic's generated services refuse an encoding they were not built with.
+pub fn request_stream<D: MessageDecoder>(
+    request: http::Request<Body>,
+    decoder: D,
+    max_bytes: usize,
+) -> Result<Requests<D>, Status> {
+    if let Some(encoding) = request
+        .headers()
+        .get("grpc-encoding")
+        .filter(|e| e.as_bytes() != b"identity")
+    {
+        let mut status = Status::unimplemented(format!(
+            "Content is compressed with `{}` which isn't supported",
+            String::from_utf8_lossy(encoding.as_bytes())
+        ));
+        status.metadata_mut().insert(
+            "grpc-accept-encoding",
+            MetadataValue::from_static("identity"),
+        );
+        return Err(status);
+    }
+    Ok(Requests {
+        body: request.into_body(),
+        buf: BytesMut::new(),
+        decoder,
+        max_bytes,
+        ended: false,
+    })
+}
+
+/// Turns one whole gRPC message into a request.
+pub trait MessageDecoder: Send + 'static {
+    type Item: Send + 'static;
+
+    fn decode(&mut self, message: Bytes) -> Result<Self::Item, Status>;
+}
+
+/// The requests of a call, as [`request_stream`] made them.
+pub struct Requests<D> {
+    body: Body,
+    /// Received bytes not yet taken as a message. Dropped whenever it is empty: the first
+    /// requests of a stream name every subscribed resource (a hundred kilobytes and more in a
+    /// large mesh) and the ACKs after them are small, so a buffer kept for the stream's life
+    /// would stay as large as its largest request (as tonic's does).
+    buf: BytesMut,
+    decoder: D,
+    max_bytes: usize,
+    /// The body ended.
+    ended: bool,
+}
+
+impl<D: MessageDecoder> Requests<D> {
+    /// The next request; `None` once the client ended its side of the call, an error when the
+    /// transport failed or a message is malformed (the call is then over).
+    pub async fn message(&mut self) -> Result<Option<D::Item>, Status> {
+        loop {
+            if let Some(message) = self.take_message()? {
+                if self.buf.is_empty() {
+                    // The message's allocation is freed once it is decoded and dropped.
+                    self.buf = BytesMut::new();
+                }
+                return self.decoder.decode(message).map(Some);
+            }
+            if self.ended {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(Status::internal("the call ended within a message"))
+                };
+            }
+            let body = &mut self.body;
+            match std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        self.buf.extend_from_slice(data);
+                    }
+                }
+                Some(Err(error)) => return Err(Status::from_error(error.into())),
+                None => self.ended = true,
             }
         }
     }
-}
 
-async fn serve<M: StateMachine>(
-    method: Method<M>,
-    request: http::Request<Body>,
-) -> Result<http::Response<Body>, Infallible> {
-    let mut grpc = Grpc::new(AdsCodec::<M>(PhantomData))
-        .max_decoding_message_size(MAX_REQUEST_BYTES)
-        .max_encoding_message_size(MAX_REPLY_BYTES);
-    Ok(grpc.streaming(method, request).await)
-}
-
-/// One ADS method: each call starts a stream task running a new `M`.
-struct Method<M> {
-    server: AdsServer,
-    machine: PhantomData<fn() -> M>,
-}
-
-impl<M> Method<M> {
-    fn new(server: &AdsServer) -> Self {
-        Method {
-            server: server.clone(),
-            machine: PhantomData,
+    /// The next whole message in the buffer, without its header.
+    fn take_message(&mut self) -> Result<Option<Bytes>, Status> {
+        let Some(header) = self.buf.get(..HEADER_BYTES) else {
+            return Ok(None);
+        };
+        if header[0] != 0 {
+            return Err(Status::internal(
+                "a compressed message, but no compression was agreed",
+            ));
         }
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if len > self.max_bytes {
+            return Err(Status::out_of_range(format!(
+                "Error, decoded message length too large: found {len} bytes, the limit is: {} bytes",
+                self.max_bytes
+            )));
+        }
+        if self.buf.len() < HEADER_BYTES + len {
+            self.buf.reserve(HEADER_BYTES + len - self.buf.len());
+            return Ok(None);
+        }
+        let _ = self.buf.split_to(HEADER_BYTES);
+        Ok(Some(self.buf.split_to(len).freeze()))
     }
 }
 
-impl<M: StateMachine> StreamingService<M::Request> for Method<M> {
-    type Response = M::Response;
-    type ResponseStream = ReplyStream<M::Response>;
-    type Future = Ready<Result<tonic::Response<Self::ResponseStream>, Status>>;
+/// The response of a server-streaming call: `messages`, each framed by `encode` (see
+/// [`frame`]) and handed to HTTP/2 as a buffer of its own, then the `grpc-status` trailers:
+/// OK when the stream ends, or the error the stream (or `encode`) ends with.
+pub fn streaming_response<T, S>(
+    messages: S,
+    encode: fn(T) -> Result<Bytes, Status>,
+) -> http::Response<Body>
+where
+    T: Send + 'static,
+    S: Stream<Item = Result<T, Status>> + Send + Unpin + 'static,
+{
+    let mut response = http::Response::new(Body::new(MessageBody {
+        messages,
+        encode,
+        ended: false,
+    }));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
+}
 
-    fn call(&mut self, request: tonic::Request<Streaming<M::Request>>) -> Self::Future {
-        let replies = self.server.start(M::default(), request.into_inner());
-        ready(Ok(tonic::Response::new(replies)))
+/// One gRPC message of `len` bytes that `write` puts, with its header, in a buffer of exactly
+/// that size. A message above the largest reply is an error, as tonic makes it.
+pub fn frame(len: usize, write: impl FnOnce(&mut BytesMut)) -> Result<Bytes, Status> {
+    if len > MAX_REPLY_BYTES {
+        return Err(Status::out_of_range(format!(
+            "Error, encoded message length too large: found {len} bytes, the limit is: {MAX_REPLY_BYTES} bytes"
+        )));
+    }
+    let mut buf = BytesMut::with_capacity(HEADER_BYTES + len);
+    buf.put_u8(0);
+    // Below MAX_REPLY_BYTES, so it fits.
+    buf.put_u32(len as u32);
+    write(&mut buf);
+    debug_assert_eq!(
+        buf.len(),
+        HEADER_BYTES + len,
+        "a message wrote another length than it announced"
+    );
+    Ok(buf.freeze())
+}
+
+/// The body of [`streaming_response`].
+struct MessageBody<S, T> {
+    messages: S,
+    encode: fn(T) -> Result<Bytes, Status>,
+    /// The trailers went out.
+    ended: bool,
+}
+
+impl<S, T> MessageBody<S, T> {
+    fn end(&mut self, status: Status) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        self.ended = true;
+        let mut trailers = http::HeaderMap::new();
+        Poll::Ready(Some(
+            status
+                .add_header(&mut trailers)
+                .map(|()| Frame::trailers(trailers)),
+        ))
     }
 }
 
-/// Decodes `M`'s requests with its decoder and encodes its replies with their own encoder.
-struct AdsCodec<M>(PhantomData<fn() -> M>);
-
-impl<M: StateMachine> Codec for AdsCodec<M> {
-    type Encode = M::Response;
-    type Decode = M::Request;
-    type Encoder = ReplyEncoder<M::Response>;
-    type Decoder = M::Decoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        ReplyEncoder(PhantomData)
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        M::Decoder::default()
-    }
-}
-
-struct ReplyEncoder<R>(PhantomData<fn(R)>);
-
-impl<R: Reply> Encoder for ReplyEncoder<R> {
-    type Item = R;
+impl<T, S> http_body::Body for MessageBody<S, T>
+where
+    S: Stream<Item = Result<T, Status>> + Unpin,
+{
+    type Data = Bytes;
     type Error = Status;
 
-    fn encode(&mut self, reply: R, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        // One allocation for the whole reply rather than a doubling per growth.
-        dst.reserve(reply.encoded_len());
-        reply.encode_to(dst);
-        Ok(())
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        // Every field is Unpin.
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        match std::task::ready!(Pin::new(&mut this.messages).poll_next(cx)) {
+            Some(Ok(message)) => match (this.encode)(message) {
+                Ok(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                Err(status) => this.end(status),
+            },
+            Some(Err(status)) => this.end(status),
+            None => this.end(Status::ok("")),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
     }
 }
 
@@ -149,10 +311,17 @@ mod tests {
     use tokio::sync::watch;
     use tower::Service;
 
+    use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse;
+    use http_body::Body as _;
+    use prost::Message as _;
+
     use super::*;
     use crate::metrics::Metrics;
     use crate::node::NodeInfo;
+    use crate::xds::reply::DeltaReply;
+    use crate::xds::resource::ResourceType;
     use crate::xds::server::{ConnectionObserver, Shared, Streams};
+    use crate::xds::stream::testing::resource;
 
     struct NoObserver;
 
@@ -184,5 +353,225 @@ mod tests {
         assert_eq!(response.status(), http::StatusCode::OK);
         let status = Status::from_header_map(response.headers()).expect("a gRPC status");
         assert_eq!(status.code(), tonic::Code::Unimplemented);
+    }
+
+    /// Every frame of a response body, until it ends.
+    async fn frames(body: Body) -> Vec<Frame<Bytes>> {
+        let mut body = std::pin::pin!(body);
+        let mut frames = Vec::new();
+        while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            frames.push(frame.expect("a frame"));
+        }
+        assert!(body.is_end_stream());
+        frames
+    }
+
+    fn reply(nonce: &str, resources: usize) -> DeltaReply {
+        DeltaReply {
+            system_version_info: "v1".into(),
+            resource_type: ResourceType::Cluster,
+            resources: (0..resources)
+                .map(|i| Arc::new(resource(ResourceType::Cluster, &format!("c{i}"), 1)))
+                .collect(),
+            removed_resources: vec!["gone".into()],
+            nonce: nonce.into(),
+        }
+    }
+
+    fn trailers_status(frame: &Frame<Bytes>) -> Status {
+        let trailers = frame.trailers_ref().expect("trailers");
+        Status::from_header_map(trailers).expect("a gRPC status")
+    }
+
+    #[tokio::test]
+    async fn replies_go_out_one_framed_message_each_then_ok() {
+        let replies = vec![reply("1", 300), reply("2", 0)];
+        let response = streaming_response(
+            futures::stream::iter(replies.clone().into_iter().map(Ok)),
+            encode_reply::<DeltaReply>,
+        );
+        assert_eq!(
+            response.headers().get(http::header::CONTENT_TYPE),
+            Some(&http::HeaderValue::from_static("application/grpc"))
+        );
+        let frames = frames(response.into_body()).await;
+        assert_eq!(frames.len(), 3);
+        for (frame, reply) in frames.iter().zip(&replies) {
+            let data = frame.data_ref().expect("data");
+            let expected = reply.to_proto().encode_to_vec();
+            assert_eq!(data[0], 0, "not compressed");
+            assert_eq!(data[1..5], (expected.len() as u32).to_be_bytes());
+            assert_eq!(data[5..], expected[..]);
+            let decoded = DeltaDiscoveryResponse::decode(&data[5..]).expect("decodes");
+            assert_eq!(decoded, reply.to_proto());
+        }
+        assert_eq!(trailers_status(&frames[2]).code(), tonic::Code::Ok);
+    }
+
+    #[tokio::test]
+    async fn a_stream_error_ends_the_body_with_its_status() {
+        let replies = vec![
+            Ok(reply("1", 1)),
+            Err(Status::resource_exhausted("too many streams")),
+            Ok(reply("2", 1)),
+        ];
+        let response =
+            streaming_response(futures::stream::iter(replies), encode_reply::<DeltaReply>);
+        let frames = frames(response.into_body()).await;
+        assert_eq!(frames.len(), 2, "nothing after the error");
+        assert!(frames[0].is_data());
+        let status = trailers_status(&frames[1]);
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(status.message(), "too many streams");
+    }
+
+    #[test]
+    fn a_message_over_the_limit_is_refused_before_it_is_written() {
+        let refused = frame(MAX_REPLY_BYTES + 1, |_| panic!("written"));
+        assert_eq!(refused.map_err(|s| s.code()), Err(tonic::Code::OutOfRange));
+        let framed = frame(3, |buf| buf.put_slice(b"abc")).expect("framed");
+        assert_eq!(&framed[..], b"\0\0\0\0\x03abc");
+    }
+
+    #[tokio::test]
+    async fn compressed_requests_are_refused_and_identity_is_served() {
+        let call = |encoding: &'static str| {
+            let request = http::Request::builder()
+                .method("POST")
+                .uri(format!("http://sluice{DELTA_PATH}"))
+                .header("content-type", "application/grpc")
+                .header("grpc-encoding", encoding)
+                .body(Body::empty())
+                .expect("a request");
+            service().call(request)
+        };
+        let Ok(refused) = call("gzip").await;
+        let status = Status::from_header_map(refused.headers()).expect("a gRPC status");
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+        assert_eq!(
+            refused.headers().get("grpc-accept-encoding"),
+            Some(&http::HeaderValue::from_static("identity"))
+        );
+        let Ok(served) = call("identity").await;
+        assert!(Status::from_header_map(served.headers()).is_none());
+        // No request arrives: the stream ends with OK.
+        let frames = frames(served.into_body()).await;
+        assert_eq!(
+            trailers_status(frames.last().expect("trailers")).code(),
+            tonic::Code::Ok
+        );
+    }
+
+    /// A request body that yields these chunks as data frames, then ends.
+    struct Chunks(std::collections::VecDeque<Bytes>);
+
+    impl http_body::Body for Chunks {
+        type Data = Bytes;
+        type Error = Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+            Poll::Ready(self.0.pop_front().map(|chunk| Ok(Frame::data(chunk))))
+        }
+    }
+
+    struct Raw;
+
+    impl MessageDecoder for Raw {
+        type Item = Bytes;
+
+        fn decode(&mut self, message: Bytes) -> Result<Bytes, Status> {
+            Ok(message)
+        }
+    }
+
+    fn requests(chunks: Vec<Vec<u8>>, max_bytes: usize) -> Requests<Raw> {
+        let body = Body::new(Chunks(chunks.into_iter().map(Bytes::from).collect()));
+        let request = http::Request::builder().body(body).expect("a request");
+        request_stream(request, Raw, max_bytes).unwrap_or_else(|_| panic!("refused"))
+    }
+
+    fn framed(message: &[u8]) -> Vec<u8> {
+        frame(message.len(), |buf| buf.put_slice(message))
+            .expect("framed")
+            .to_vec()
+    }
+
+    #[tokio::test]
+    async fn requests_are_taken_whole_however_the_frames_split_them() {
+        let big = vec![7u8; 100_000];
+        let mut wire = framed(b"first");
+        wire.extend(framed(&big));
+        wire.extend(framed(b""));
+        wire.extend(framed(b"last"));
+        // Every split of the bytes into two frames, and one byte per frame for the start.
+        for split in (0..40).chain([wire.len() / 2, wire.len() - 1]) {
+            let mut calls = requests(
+                vec![wire[..split].to_vec(), wire[split..].to_vec()],
+                1 << 20,
+            );
+            let mut got = Vec::new();
+            while let Some(message) = calls.message().await.expect("a message") {
+                got.push(message.to_vec());
+            }
+            assert_eq!(
+                got,
+                [b"first".to_vec(), big.clone(), Vec::new(), b"last".to_vec()],
+                "split at {split}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_request_does_not_keep_its_buffer() {
+        let big = vec![1u8; 200_000];
+        let mut calls = requests(vec![framed(&big), framed(b"ack")], 1 << 20);
+        assert_eq!(
+            calls.message().await.expect("a message").map(|m| m.len()),
+            Some(big.len())
+        );
+        assert_eq!(
+            calls.buf.capacity(),
+            0,
+            "the large request's buffer is kept"
+        );
+        assert_eq!(
+            calls.message().await.expect("a message").as_deref(),
+            Some(&b"ack"[..])
+        );
+        assert!(calls.buf.capacity() < 1024);
+        assert_eq!(calls.message().await.expect("the end"), None);
+    }
+
+    #[tokio::test]
+    async fn malformed_requests_end_the_call_with_an_error() {
+        let code = |chunks: Vec<Vec<u8>>| async move {
+            requests(chunks, 1000)
+                .message()
+                .await
+                .map(|_| ())
+                .map_err(|status| status.code())
+        };
+        // Over the limit, before it is read.
+        let mut header = vec![0u8];
+        header.extend(1001u32.to_be_bytes());
+        assert_eq!(code(vec![header]).await, Err(tonic::Code::OutOfRange));
+        // Compressed though nothing was agreed.
+        let mut compressed = framed(b"x");
+        compressed[0] = 1;
+        assert_eq!(code(vec![compressed]).await, Err(tonic::Code::Internal));
+        // Cut off within a message, or within a header.
+        let whole = framed(b"hello");
+        assert_eq!(
+            code(vec![whole[..7].to_vec()]).await,
+            Err(tonic::Code::Internal)
+        );
+        assert_eq!(
+            code(vec![whole[..3].to_vec()]).await,
+            Err(tonic::Code::Internal)
+        );
+        assert_eq!(code(vec![]).await, Ok(()));
     }
 }

@@ -10,11 +10,11 @@ use std::hash::BuildHasher;
 use std::marker::PhantomData;
 use std::sync::LazyLock;
 
+use super::grpc::MessageDecoder;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use prost::bytes::{Buf, Bytes};
 use prost::encoding::{decode_key, decode_varint, WireType};
 use prost::Message;
-use tonic::codec::{DecodeBuf, Decoder};
 use tonic::Status;
 use xxhash_rust::xxh3::Xxh3;
 
@@ -59,13 +59,11 @@ pub struct SotwDecoder {
     previous: HashMap<String, u128>,
 }
 
-impl Decoder for SotwDecoder {
+impl MessageDecoder for SotwDecoder {
     type Item = SotwRequest;
-    type Error = Status;
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<SotwRequest>, Status> {
-        let bytes = src.copy_to_bytes(src.remaining());
-        self.decode_bytes(bytes).map(Some)
+    fn decode(&mut self, message: Bytes) -> Result<SotwRequest, Status> {
+        self.decode_bytes(message)
     }
 }
 
@@ -164,15 +162,12 @@ impl<T> Default for ProstDecoder<T> {
     }
 }
 
-impl<T: Message + Default> Decoder for ProstDecoder<T> {
+impl<T: Message + Default + Send + 'static> MessageDecoder for ProstDecoder<T> {
     type Item = T;
-    type Error = Status;
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<T>, Status> {
+    fn decode(&mut self, message: Bytes) -> Result<T, Status> {
         // The status the generated prost codec gives an undecodable message.
-        T::decode(src)
-            .map(Some)
-            .map_err(|err| Status::internal(err.to_string()))
+        T::decode(message).map_err(|err| Status::internal(err.to_string()))
     }
 }
 

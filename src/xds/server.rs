@@ -16,11 +16,12 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use futures::Stream;
 use tokio::sync::{mpsc, watch};
-use tonic::{Status, Streaming};
+use tonic::Status;
 use tracing::{debug, info, warn};
 
 use super::delta::DeltaStream;
 use super::grpc::AdsService;
+use super::grpc::{MessageDecoder, Requests};
 use super::reply::{DeltaReply, Reply, SotwReply};
 use super::request::{ProstDecoder, SotwDecoder, SotwRequest};
 use super::resource::{ResourceType, Snapshot, SnapshotView};
@@ -179,7 +180,7 @@ impl AdsServer {
     pub(super) fn start<M: StateMachine>(
         &self,
         machine: M,
-        requests: Streaming<M::Request>,
+        requests: Requests<M::Decoder>,
     ) -> ReplyStream<M::Response> {
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         let shared = self.shared.clone();
@@ -196,10 +197,7 @@ pub(super) type ReplyStream<R> = Pin<Box<dyn Stream<Item = Result<R, Status>> + 
 pub(super) trait StateMachine: Default + Send + 'static {
     type Request: Send + 'static;
     /// Decodes the stream's requests; one per stream, so it may remember earlier ones.
-    type Decoder: tonic::codec::Decoder<Item = Self::Request, Error = tonic::Status>
-        + Default
-        + Send
-        + 'static;
+    type Decoder: MessageDecoder<Item = Self::Request> + Default;
     type Response: Reply;
     const PROTOCOL: Protocol;
     fn node(request: &Self::Request) -> Option<&Node>;
@@ -272,7 +270,7 @@ enum End {
 
 async fn run_stream<M: StateMachine>(
     machine: M,
-    mut requests: Streaming<M::Request>,
+    mut requests: Requests<M::Decoder>,
     tx: mpsc::Sender<Result<M::Response, Status>>,
     shared: Arc<Shared>,
     stream_id: u64,
@@ -349,7 +347,7 @@ struct StreamTask<M: StateMachine> {
 }
 
 impl<M: StateMachine> StreamTask<M> {
-    async fn run(&mut self, first: M::Request, mut requests: Streaming<M::Request>) -> End {
+    async fn run(&mut self, first: M::Request, mut requests: Requests<M::Decoder>) -> End {
         let mut shutdown = self.shutdown.clone();
         let mut view = self.shared.view.clone();
         let mut pending = vec![first];

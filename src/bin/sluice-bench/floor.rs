@@ -30,6 +30,7 @@ use anyhow::{anyhow, Context};
 use prost::bytes::Bytes;
 use sluice::manifest::{self, LoadOptions};
 use sluice::node::NodeInfo;
+use sluice::xds::grpc;
 use sluice::xds::reply::{DeltaReply, Reply, SotwReply};
 use sluice::xds::resource::{ResourceType, Snapshot, SnapshotView};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -38,16 +39,18 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::codegen::BoxFuture;
-use tonic::server::{NamedService, StreamingService};
-use tonic::{Status, Streaming};
+use tonic::server::NamedService;
+use tonic::Status;
 
 use crate::cli::FloorArgs;
 use crate::mesh::{self, WEIGHTS};
 use crate::sidecar::Protocol;
-use crate::wire::{self, FloorCodec, Prebuilt, VersionsDigest};
+use crate::wire::{self, Prebuilt, RawDecoder, VersionsDigest};
 
 /// Responses queued per stream before the stream task waits for the client.
 const RESPONSE_BUFFER: usize = 4;
+/// Largest request taken, as Sluice (and tonic by default) takes.
+const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
 pub fn main(args: FloorArgs) -> anyhow::Result<()> {
     let snapshots = [
@@ -303,14 +306,8 @@ impl tower::Service<http::Request<Body>> for AdsRouter {
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let floor = self.0.clone();
         match request.uri().path() {
-            wire::DELTA_PATH => Box::pin(async move {
-                let mut grpc = tonic::server::Grpc::new(FloorCodec);
-                Ok(grpc.streaming(Method(floor, DELTA), request).await)
-            }),
-            wire::SOTW_PATH => Box::pin(async move {
-                let mut grpc = tonic::server::Grpc::new(FloorCodec);
-                Ok(grpc.streaming(Method(floor, SOTW), request).await)
-            }),
+            wire::DELTA_PATH => Box::pin(std::future::ready(Ok(call(floor, DELTA, request)))),
+            wire::SOTW_PATH => Box::pin(std::future::ready(Ok(call(floor, SOTW, request)))),
             _ => {
                 Box::pin(async move { Ok(Status::unimplemented("not an ADS method").into_http()) })
             }
@@ -318,25 +315,22 @@ impl tower::Service<http::Request<Body>> for AdsRouter {
     }
 }
 
-/// One ADS method: each call spawns the stream's task.
-struct Method(Arc<Floor>, Flavor);
-
-impl StreamingService<Bytes> for Method {
-    type Response = Prebuilt;
-    type ResponseStream = ReceiverStream<Result<Prebuilt, Status>>;
-    type Future = std::future::Ready<Result<tonic::Response<Self::ResponseStream>, Status>>;
-
-    fn call(&mut self, request: tonic::Request<Streaming<Bytes>>) -> Self::Future {
-        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(run_stream(self.0.clone(), self.1, request.into_inner(), tx));
-        std::future::ready(Ok(tonic::Response::new(ReceiverStream::new(rx))))
-    }
+/// One ADS call: spawns the stream's task and answers with what it sends, framed as Sluice
+/// frames its replies.
+fn call(floor: Arc<Floor>, flavor: Flavor, request: http::Request<Body>) -> http::Response<Body> {
+    let requests = match grpc::request_stream(request, RawDecoder, MAX_REQUEST_BYTES) {
+        Ok(requests) => requests,
+        Err(refused) => return refused.into_http(),
+    };
+    let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+    tokio::spawn(run_stream(floor, flavor, requests, tx));
+    grpc::streaming_response(ReceiverStream::new(rx), wire::frame_prebuilt)
 }
 
 async fn run_stream(
     floor: Arc<Floor>,
     flavor: Flavor,
-    mut requests: Streaming<Bytes>,
+    mut requests: grpc::Requests<RawDecoder>,
     tx: mpsc::Sender<Result<Prebuilt, Status>>,
 ) {
     floor.streams.fetch_add(1, Relaxed);

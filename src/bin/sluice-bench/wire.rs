@@ -13,7 +13,7 @@ use std::marker::PhantomData;
 
 use prost::bytes::{BufMut, Bytes};
 use prost::Message;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{EncodeBuf, Encoder};
 use tonic::Status;
 
 pub const SOTW_PATH: &str =
@@ -305,36 +305,10 @@ fn decimal_digits(mut n: u64) -> usize {
     digits
 }
 
-/// The floor's codec: `put_slice`s a [`Prebuilt`] body and appends the nonce field; hands
-/// requests over as bytes, for [`scan_request`].
-#[derive(Default)]
-pub struct FloorCodec;
-
-impl Codec for FloorCodec {
-    type Encode = Prebuilt;
-    type Decode = Bytes;
-    type Encoder = PrebuiltEncoder;
-    type Decoder = RawDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        PrebuiltEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawDecoder
-    }
-}
-
-pub struct PrebuiltEncoder;
-
-impl Encoder for PrebuiltEncoder {
-    type Item = Prebuilt;
-    type Error = Status;
-
-    fn encode(&mut self, item: Prebuilt, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        put_prebuilt(&item, dst);
-        Ok(())
-    }
+/// A [`Prebuilt`] as one gRPC message, framed the way Sluice frames its replies (a buffer of
+/// its own per message, see `sluice::xds::grpc::frame`).
+pub fn frame_prebuilt(item: Prebuilt) -> Result<Bytes, Status> {
+    sluice::xds::grpc::frame(item.encoded_len(), |buf| put_prebuilt(&item, buf))
 }
 
 /// Writes the body, then the nonce as field 5 (a decimal string).
@@ -383,13 +357,11 @@ fn itoa_buffer(mut n: u64) -> Digits {
 /// Takes a whole message as bytes, without decoding it.
 pub struct RawDecoder;
 
-impl Decoder for RawDecoder {
+impl sluice::xds::grpc::MessageDecoder for RawDecoder {
     type Item = Bytes;
-    type Error = Status;
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        use prost::bytes::Buf;
-        Ok(Some(src.copy_to_bytes(src.remaining())))
+    fn decode(&mut self, message: Bytes) -> Result<Bytes, Status> {
+        Ok(message)
     }
 }
 
