@@ -51,7 +51,7 @@ struct TypeState {
     names: PackedSet<Arc<str>>,
     /// Every resource the client holds as far as the server knows, by name. Only these may
     /// appear in `removed_resources` (rule 22).
-    held: PackedSet<Held>,
+    held: HeldSet,
     /// Names to send even if the client holds them at the current version: a subscribe is
     /// always answered (rule 20), and a changed cluster's endpoints are sent again (rule 11).
     force: BTreeSet<String>,
@@ -100,17 +100,7 @@ enum Held {
 
 impl Held {
     fn name(&self) -> &str {
-        match self {
-            Held::Sent(resource) => &resource.name,
-            Held::Declared(declared) => &declared.0,
-        }
-    }
-
-    fn version(&self) -> &str {
-        match self {
-            Held::Sent(resource) => &resource.version,
-            Held::Declared(declared) => &declared.1,
-        }
+        HeldRef::from(self).name()
     }
 }
 
@@ -137,6 +127,106 @@ impl PartialOrd for Held {
 impl Ord for Held {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.name().cmp(other.name())
+    }
+}
+
+/// A resource the client holds, borrowed from a [`HeldSet`].
+#[derive(Clone, Copy, Debug)]
+enum HeldRef<'a> {
+    Sent(&'a Arc<Resource>),
+    Declared(&'a (String, String)),
+}
+
+impl<'a> HeldRef<'a> {
+    fn name(self) -> &'a str {
+        match self {
+            HeldRef::Sent(resource) => &resource.name,
+            HeldRef::Declared(declared) => &declared.0,
+        }
+    }
+
+    fn version(self) -> &'a str {
+        match self {
+            HeldRef::Sent(resource) => &resource.version,
+            HeldRef::Declared(declared) => &declared.1,
+        }
+    }
+
+    fn to_held(self) -> Held {
+        match self {
+            HeldRef::Sent(resource) => Held::Sent(Arc::clone(resource)),
+            HeldRef::Declared(declared) => Held::Declared(Box::new(declared.clone())),
+        }
+    }
+}
+
+impl<'a> From<&'a Held> for HeldRef<'a> {
+    fn from(held: &'a Held) -> Self {
+        match held {
+            Held::Sent(resource) => HeldRef::Sent(resource),
+            Held::Declared(declared) => HeldRef::Declared(declared),
+        }
+    }
+}
+
+/// Everything the client holds of a type. Once a stream holds exactly one snapshot map (the
+/// usual state of a stream in sync with a whole type), that map is kept, shared with the
+/// snapshot and every other stream, instead of an entry per resource per stream; the first
+/// change made entry by entry turns it back into a set.
+#[derive(Debug)]
+enum HeldSet {
+    Set(PackedSet<Held>),
+    Map(Arc<BTreeMap<String, Arc<Resource>>>),
+}
+
+impl Default for HeldSet {
+    fn default() -> Self {
+        HeldSet::Set(PackedSet::default())
+    }
+}
+
+impl HeldSet {
+    fn is_empty(&self) -> bool {
+        match self {
+            HeldSet::Set(set) => set.is_empty(),
+            HeldSet::Map(map) => map.is_empty(),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<HeldRef<'_>> {
+        match self {
+            HeldSet::Set(set) => set.get(name).map(HeldRef::from),
+            HeldSet::Map(map) => map.get(name).map(HeldRef::Sent),
+        }
+    }
+
+    /// In name order.
+    fn iter(&self) -> impl Iterator<Item = HeldRef<'_>> {
+        let (set, map) = match self {
+            HeldSet::Set(set) => (Some(set.iter().map(HeldRef::from)), None),
+            HeldSet::Map(map) => (None, Some(map.values().map(HeldRef::Sent))),
+        };
+        set.into_iter().flatten().chain(map.into_iter().flatten())
+    }
+
+    /// The entries one by one, to change them.
+    fn set_mut(&mut self) -> &mut PackedSet<Held> {
+        if let HeldSet::Map(map) = self {
+            let set: BTreeSet<Held> = map.values().map(|r| Held::Sent(Arc::clone(r))).collect();
+            let mut packed = PackedSet::default();
+            *packed = set;
+            *self = HeldSet::Set(packed);
+        }
+        match self {
+            HeldSet::Set(set) => set,
+            HeldSet::Map(_) => unreachable!("turned into a set above"),
+        }
+    }
+
+    fn pack(&mut self) {
+        if let HeldSet::Set(set) = self {
+            set.pack();
+        }
     }
 }
 
@@ -304,24 +394,27 @@ impl DeltaStream {
                 }
             }
             let entry = held.next_if(|h| h.name() == name);
-            if let Some(Held::Declared(declared)) = entry {
+            if let Some(HeldRef::Declared(declared)) = entry {
                 if declared.1 == resource.version {
                     declared_current.push(Arc::clone(resource));
                 }
             }
-            let version = entry.map(Held::version);
+            let version = entry.map(HeldRef::version);
             let forced = !state.force.is_empty() && state.force.contains(name);
             if forced || (!suppressed && version != Some(resource.version.as_str())) {
                 added.push(Arc::clone(resource));
             }
         }
-        if !suppressed {
+        if suppressed {
+            drop(held);
+        } else {
             removed.extend(held.map(|gone| gone.name().to_string()));
         }
         if !declared_current.is_empty() {
             // One ordered pass rebuilding the set, not a tree search per entry.
             let mut current = declared_current.into_iter().peekable();
-            *state.held = std::mem::take(&mut *state.held)
+            let set = state.held.set_mut();
+            **set = std::mem::take(&mut **set)
                 .into_iter()
                 .map(|h| match current.next_if(|r| r.name == h.name()) {
                     Some(resource) => Held::Sent(resource),
@@ -391,16 +484,33 @@ impl DeltaStream {
         let nonce = self.nonces.next();
         let state = &mut self.types[t.index()];
         let mut changes = Vec::with_capacity(added.len() + removed.len());
-        for resource in &added {
-            let before = state.held.replace(Held::Sent(Arc::clone(resource)));
-            changes.push((Held::Sent(Arc::clone(resource)), before));
-            if !state.force.is_empty() {
-                state.force.remove(&resource.name);
+        if known_hash.is_some() {
+            // The client will hold exactly the snapshot's map: keep that, shared.
+            for resource in &added {
+                let before = state.held.get(&resource.name).map(HeldRef::to_held);
+                changes.push((Held::Sent(Arc::clone(resource)), before));
+            }
+            for name in &removed {
+                if let Some(before) = state.held.get(name).map(HeldRef::to_held) {
+                    changes.push((before.clone(), Some(before)));
+                }
+            }
+            state.held = HeldSet::Map(Arc::clone(snapshot.shared_resources(t)));
+        } else {
+            let held = state.held.set_mut();
+            for resource in &added {
+                let before = held.replace(Held::Sent(Arc::clone(resource)));
+                changes.push((Held::Sent(Arc::clone(resource)), before));
+            }
+            for name in &removed {
+                if let Some(before) = held.take(name.as_str()) {
+                    changes.push((before.clone(), Some(before)));
+                }
             }
         }
-        for name in &removed {
-            if let Some(before) = state.held.take(name.as_str()) {
-                changes.push((before.clone(), Some(before)));
+        if !state.force.is_empty() {
+            for resource in &added {
+                state.force.remove(&resource.name);
             }
         }
         let hash = known_hash
@@ -591,10 +701,10 @@ impl TypeState {
         for (name, before) in restore {
             match before {
                 Some(before) => {
-                    self.held.replace(before);
+                    self.held.set_mut().replace(before);
                 }
                 None => {
-                    self.held.remove(name.as_str());
+                    self.held.set_mut().remove(name.as_str());
                 }
             }
         }
@@ -619,9 +729,9 @@ impl TypeState {
             if t.is_wildcard_type() && request.resource_names_subscribe.is_empty() {
                 self.wildcard = true;
             }
+            let held = self.held.set_mut();
             for (name, version) in &request.initial_resource_versions {
-                self.held
-                    .replace(Held::Declared(Box::new((name.clone(), version.clone()))));
+                held.replace(Held::Declared(Box::new((name.clone(), version.clone()))));
             }
         }
         for name in &request.resource_names_subscribe {
@@ -650,7 +760,9 @@ impl TypeState {
         // changes nothing here.
         let (wildcard, names) = (self.wildcard, &self.names);
         if first || !request.resource_names_unsubscribe.is_empty() {
-            self.held.retain(|h| wildcard || names.contains(h.name()));
+            self.held
+                .set_mut()
+                .retain(|h| wildcard || names.contains(h.name()));
         }
         if !request.resource_names_unsubscribe.is_empty() {
             // Also from the state it would go back to on a NACK of a response sent before
@@ -851,6 +963,38 @@ mod tests {
             assert!(h.ack(&out.responses[0]).responses.is_empty());
         }
         h
+    }
+
+    #[test]
+    fn a_client_holding_a_whole_map_keeps_the_snapshots_map_not_a_copy() {
+        let shares = |h: &Harness, t: ResourceType| {
+            matches!(&h.stream.types[t.index()].held,
+                HeldSet::Map(map) if Arc::ptr_eq(map, h.snapshot.shared_resources(t)))
+        };
+        let mut h = synced();
+        // CDS and LDS by wildcard, EDS and RDS by naming every resource.
+        for t in [C, E, L, R] {
+            assert!(shares(&h, t), "{t} after the first responses");
+        }
+        let out = h.publish(mesh("rev2", [1, 0], [0, 0], 1));
+        for response in &out.responses {
+            h.ack(response);
+        }
+        for t in [C, E, R] {
+            assert!(shares(&h, t), "{t} after a change");
+        }
+        // Nothing of LDS changed or was sent: the stream keeps the earlier, equal map.
+        assert!(matches!(h.stream.types[L.index()].held, HeldSet::Map(_)));
+        // A NACK restores entry by entry: the client holds a set that is no snapshot's map.
+        let out = h.publish(mesh("rev3", [2, 0], [0, 0], 1));
+        let cds = out
+            .responses
+            .iter()
+            .find(|r| type_of(r) == C)
+            .expect("a CDS response");
+        h.nack(cds);
+        assert!(!shares(&h, C));
+        assert!(h.stream.types[C.index()].held.get("a").is_some());
     }
 
     #[test]
@@ -1363,12 +1507,12 @@ mod tests {
         // only a version the snapshot does not have is kept as a copy.
         for t in [C, E] {
             let held = &h2.stream.types[t.index()].held;
-            assert!(held.iter().all(|h| matches!(h, Held::Sent(_))), "{t}");
+            assert!(held.iter().all(|h| matches!(h, HeldRef::Sent(_))), "{t}");
         }
         let first_c = &h.stream.types[C.index()].held;
         assert!(first_c
             .iter()
-            .any(|h| matches!(h, Held::Sent(r) if r.name == "a")));
+            .any(|h| matches!(h, HeldRef::Sent(r) if r.name == "a")));
     }
 
     #[test]
