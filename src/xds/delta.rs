@@ -17,7 +17,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
 use super::names::{intern, PackedSet};
 use super::reply::{DeltaReply, Reply};
-use super::resource::{Resource, ResourceType, Snapshot};
+use super::resource::{entry_digest, Resource, ResourceType, Snapshot};
 use super::stream::{
     changed_between, content_hash, response_version, Event, NackRecord, NonceCounter, Output,
     Settled, TypeStatus,
@@ -230,6 +230,15 @@ impl HeldSet {
     }
 }
 
+/// Whether `names` holds every one of `keys` (both sorted): one ordered walk.
+fn includes<'a>(names: &BTreeSet<Arc<str>>, keys: impl Iterator<Item = &'a String>) -> bool {
+    let mut names = names.iter().peekable();
+    keys.into_iter().all(|key| {
+        while names.next_if(|name| ***name < **key).is_some() {}
+        names.next_if(|name| ***name == **key).is_some()
+    })
+}
+
 /// What one type sends in one sync.
 #[derive(Debug, Default)]
 struct Plan {
@@ -267,7 +276,7 @@ impl DeltaStream {
         let mut events = Vec::new();
         let state = &mut self.types[t.index()];
         state.handle_ack_or_nack(t, request, &mut events);
-        state.update_subscription(t, request);
+        state.update_subscription(t, request, snapshot);
         // A request may arrive with a snapshot newer than the last one handed to
         // `handle_snapshot` (rule 12): syncing every type here keeps make-before-break order.
         let mut out = self.sync(snapshot);
@@ -386,29 +395,35 @@ impl DeltaStream {
         // Entries a reconnecting client declared at the snapshot's version: they become the
         // snapshot's own resources (shared, not a boxed copy of name and version).
         let mut declared_current: Vec<Arc<Resource>> = Vec::new();
-        let mut held = state.held.iter().peekable();
-        for (name, resource) in desired.iter() {
-            while let Some(gone) = held.next_if(|h| h.name() < name) {
-                if !suppressed {
-                    removed.push(gone.name().to_string());
+        // Holding the very map the client should hold, nothing forced: nothing to compare.
+        let holds_desired = state.force.is_empty()
+            && matches!((&state.held, &desired),
+                (HeldSet::Map(held), Desired::All { resources, .. }) if std::ptr::eq(&**held, *resources));
+        if !holds_desired {
+            let mut held = state.held.iter().peekable();
+            for (name, resource) in desired.iter() {
+                while let Some(gone) = held.next_if(|h| h.name() < name) {
+                    if !suppressed {
+                        removed.push(gone.name().to_string());
+                    }
+                }
+                let entry = held.next_if(|h| h.name() == name);
+                if let Some(HeldRef::Declared(declared)) = entry {
+                    if declared.1 == resource.version {
+                        declared_current.push(Arc::clone(resource));
+                    }
+                }
+                let version = entry.map(HeldRef::version);
+                let forced = !state.force.is_empty() && state.force.contains(name);
+                if forced || (!suppressed && version != Some(resource.version.as_str())) {
+                    added.push(Arc::clone(resource));
                 }
             }
-            let entry = held.next_if(|h| h.name() == name);
-            if let Some(HeldRef::Declared(declared)) = entry {
-                if declared.1 == resource.version {
-                    declared_current.push(Arc::clone(resource));
-                }
+            if suppressed {
+                drop(held);
+            } else {
+                removed.extend(held.map(|gone| gone.name().to_string()));
             }
-            let version = entry.map(HeldRef::version);
-            let forced = !state.force.is_empty() && state.force.contains(name);
-            if forced || (!suppressed && version != Some(resource.version.as_str())) {
-                added.push(Arc::clone(resource));
-            }
-        }
-        if suppressed {
-            drop(held);
-        } else {
-            removed.extend(held.map(|gone| gone.name().to_string()));
         }
         if !declared_current.is_empty() {
             // One ordered pass rebuilding the set, not a tree search per entry.
@@ -713,7 +728,12 @@ impl TypeState {
 
     /// Applies the request's subscribe and unsubscribe lists, whatever its nonce (rule 20), and
     /// on the first request of the type, the versions the client already holds (rule 23).
-    fn update_subscription(&mut self, t: ResourceType, request: &DeltaDiscoveryRequest) {
+    fn update_subscription(
+        &mut self,
+        t: ResourceType,
+        request: &DeltaDiscoveryRequest,
+        snapshot: &Snapshot,
+    ) {
         let first = !self.requested;
         if first
             || !request.resource_names_subscribe.is_empty()
@@ -729,9 +749,23 @@ impl TypeState {
             if t.is_wildcard_type() && request.resource_names_subscribe.is_empty() {
                 self.wildcard = true;
             }
-            let held = self.held.set_mut();
-            for (name, version) in &request.initial_resource_versions {
-                held.replace(Held::Declared(Box::new((name.clone(), version.clone()))));
+            let declared = &request.initial_resource_versions;
+            let map = snapshot.shared_resources(t);
+            // A client reconnecting in sync declares exactly the snapshot's map: it holds that
+            // map, found by one sum over the pairs rather than one entry per pair.
+            let sum = || {
+                declared.iter().fold(0u128, |sum, (name, version)| {
+                    sum.wrapping_add(entry_digest(name, version))
+                })
+            };
+            if !declared.is_empty() && declared.len() == map.len() && sum() == snapshot.entry_sum(t)
+            {
+                self.held = HeldSet::Map(Arc::clone(map));
+            } else {
+                let held = self.held.set_mut();
+                for (name, version) in declared {
+                    held.replace(Held::Declared(Box::new((name.clone(), version.clone()))));
+                }
             }
         }
         for name in &request.resource_names_subscribe {
@@ -759,7 +793,12 @@ impl TypeState {
         // unsubscribe (or the first request's declared versions) can leave such names; an ACK
         // changes nothing here.
         let (wildcard, names) = (self.wildcard, &self.names);
-        if first || !request.resource_names_unsubscribe.is_empty() {
+        // Checked only when the subscription narrowed: an ACK walks nothing.
+        let keeps_all = || match &self.held {
+            HeldSet::Map(map) => wildcard || includes(names, map.keys()),
+            HeldSet::Set(_) => false,
+        };
+        if (first || !request.resource_names_unsubscribe.is_empty()) && !keeps_all() {
             self.held
                 .set_mut()
                 .retain(|h| wildcard || names.contains(h.name()));
@@ -1508,7 +1547,21 @@ mod tests {
         for t in [C, E] {
             let held = &h2.stream.types[t.index()].held;
             assert!(held.iter().all(|h| matches!(h, HeldRef::Sent(_))), "{t}");
+            // Declared exactly: the stream holds the snapshot's map itself, found by the sum
+            // of the declared pairs, with no entry of its own.
+            assert!(
+                matches!(held, HeldSet::Map(map) if Arc::ptr_eq(map, h2.snapshot.shared_resources(t))),
+                "{t}"
+            );
         }
+        // One version off (same count): entry by entry, and that one resource is sent.
+        let mut h3 = Harness::new(h.snapshot.clone());
+        let mut first = request(E, &["a", "b"], &[], "");
+        first.initial_resource_versions = held(E);
+        first
+            .initial_resource_versions
+            .insert("b".to_string(), "stale".to_string());
+        assert_eq!(summary(&h3.request(first)), [s(E, &["b"], &[])]);
         let first_c = &h.stream.types[C.index()].held;
         assert!(first_c
             .iter()

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 /// The five resource types Sluice serves, in make-before-break order: a sidecar must have a
 /// cluster before its endpoints, and a cluster before a route may name it (routes are not
@@ -142,6 +142,8 @@ pub struct Snapshot {
     resources: [Arc<BTreeMap<String, Arc<Resource>>>; ResourceType::COUNT],
     /// Per type, a hash over every (name, version) pair: the type's version.
     type_versions: [String; ResourceType::COUNT],
+    /// Per type, the sum of every (name, version) pair's [`entry_digest`].
+    entry_sums: [u128; ResourceType::COUNT],
 }
 
 impl Snapshot {
@@ -174,10 +176,12 @@ impl Snapshot {
         types: [TypeResources; ResourceType::COUNT],
     ) -> Snapshot {
         let type_versions = types.each_ref().map(|t| t.version.clone());
+        let entry_sums = types.each_ref().map(|t| t.entry_sum);
         Snapshot {
             revision: revision.into(),
             resources: types.map(|t| t.map),
             type_versions,
+            entry_sums,
         }
     }
 
@@ -201,6 +205,22 @@ impl Snapshot {
     pub fn type_version(&self, resource_type: ResourceType) -> &str {
         &self.type_versions[resource_type.index()]
     }
+
+    /// The sum of [`entry_digest`] over every resource of the type: whether a set of (name,
+    /// version) pairs given in any order is exactly this type's, without sorting or looking up
+    /// each (the set must also have as many pairs as the type has resources).
+    pub fn entry_sum(&self, resource_type: ResourceType) -> u128 {
+        self.entry_sums[resource_type.index()]
+    }
+}
+
+/// A 128-bit hash of one (name, version) pair; sums of them compare sets of pairs.
+pub fn entry_digest(name: &str, version: &str) -> u128 {
+    let mut hasher = Xxh3::new();
+    hasher.update(name.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(version.as_bytes());
+    hasher.digest128()
 }
 
 /// Every resource of one type, sorted by name, with the type's version: one snapshot's part,
@@ -209,6 +229,7 @@ impl Snapshot {
 pub struct TypeResources {
     map: Arc<BTreeMap<String, Arc<Resource>>>,
     version: String,
+    entry_sum: u128,
 }
 
 impl TypeResources {
@@ -224,6 +245,9 @@ impl TypeResources {
     fn from_map(map: BTreeMap<String, Arc<Resource>>) -> TypeResources {
         TypeResources {
             version: type_version(&map),
+            entry_sum: map.values().fold(0u128, |sum, r| {
+                sum.wrapping_add(entry_digest(&r.name, &r.version))
+            }),
             map: Arc::new(map),
         }
     }
