@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
+use super::names::intern;
 use super::reply::{Reply, SotwReply};
 use super::request::{Names, SotwRequest};
 use super::resource::{Resource, ResourceType, Snapshot};
@@ -60,8 +61,8 @@ struct TypeState {
     ever_named: bool,
     /// The client subscribes to every resource of the type (LDS/CDS only).
     wildcard: bool,
-    /// Names the client asked for, without `*`.
-    names: BTreeSet<String>,
+    /// Names the client asked for, without `*`, shared with every stream.
+    names: BTreeSet<Arc<str>>,
     /// What the client holds as far as the server knows. For LDS/CDS/scoped RDS the last
     /// response it did not reject. For EDS/RDS every resource it got and did not reject (a
     /// response adds to what it holds; a resource deleted from the snapshot stays with the
@@ -112,7 +113,8 @@ enum Before {
     Set(Held),
     /// EDS/RDS: for each name the response carried, the entry it replaced (none: the client did
     /// not hold the name, or holds it at a version the server does not know).
-    Entries(Vec<(String, Option<Arc<Resource>>)>),
+    /// Keyed by the resource the response carried (its name), so no name is copied.
+    Entries(Vec<(Arc<Resource>, Option<Arc<Resource>>)>),
 }
 
 /// A response as remembered for ACK and NACK handling.
@@ -370,9 +372,8 @@ impl SotwStream {
                 resources
                     .iter()
                     .map(|resource| {
-                        let name = resource.name.clone();
-                        let old = held.insert(name.clone(), resource.clone());
-                        (name, old)
+                        let old = held.insert(resource.name.clone(), resource.clone());
+                        (resource.clone(), old)
                     })
                     .collect(),
             )
@@ -418,15 +419,17 @@ impl TypeState {
         // walk; anything else is sorted first.
         if !wildcard && resource_names.windows(2).all(|pair| pair[0] < pair[1]) {
             return resource_names.len() == self.names.len()
-                && resource_names.iter().zip(&self.names).all(|(a, b)| a == b);
+                && resource_names
+                    .iter()
+                    .zip(&self.names)
+                    .all(|(a, b)| a.as_str() == &**b);
         }
         let names: BTreeSet<&str> = resource_names
             .iter()
             .map(String::as_str)
             .filter(|name| !(wildcard && *name == "*"))
             .collect();
-        names.len() == self.names.len()
-            && names.iter().zip(&self.names).all(|(a, b)| *a == b.as_str())
+        names.len() == self.names.len() && names.iter().zip(&self.names).all(|(a, b)| *a == &**b)
     }
 
     fn subscribed(&self) -> bool {
@@ -471,17 +474,23 @@ impl TypeState {
             self.full_walks += 1;
         }
         // Envoy names every resource of the type (all EDS clusters, every scope's routes).
-        let names_all = self.names.len() == map.len() && self.names.iter().eq(map.keys());
+        let names_all = self.names.len() == map.len()
+            && self
+                .names
+                .iter()
+                .map(|n| &**n)
+                .eq(map.keys().map(String::as_str));
         let mut pending = BTreeMap::new();
         let mut held = self.held.iter().peekable();
         for name in &self.names {
-            while held.next_if(|(h, _)| h.as_str() < name.as_str()).is_some() {}
-            let had = held.next_if(|(h, _)| *h == name).map(|(_, r)| r);
+            let name: &str = name;
+            while held.next_if(|(h, _)| h.as_str() < name).is_some() {}
+            let had = held.next_if(|(h, _)| h.as_str() == name).map(|(_, r)| r);
             let Some(resource) = snapshot.get(t, name) else {
                 continue;
             };
             if forced.contains(name) || had.is_none_or(|h| h.version != resource.version) {
-                pending.insert(name.clone(), resource.clone());
+                pending.insert(name.to_string(), resource.clone());
             }
         }
         // A rejected resource stays rejected while the client still lacks it at that version.
@@ -505,7 +514,7 @@ impl TypeState {
             content_hash(self.names.iter().filter_map(|name| {
                 snapshot
                     .get(t, name)
-                    .map(|resource| (name.as_str(), resource.version.as_str()))
+                    .map(|resource| (&**name, resource.version.as_str()))
             }))
         };
         Some(Plan {
@@ -527,7 +536,7 @@ impl TypeState {
                 .filter_map(|name| {
                     snapshot
                         .get(t, name)
-                        .map(|resource| (name.clone(), resource.clone()))
+                        .map(|resource| (name.to_string(), resource.clone()))
                 })
                 .collect(),
         )
@@ -563,7 +572,7 @@ impl TypeState {
                         self.rejected_hash = Some(record.hash.clone());
                     } else {
                         for resource in &record.resources {
-                            if self.names.contains(&resource.name) {
+                            if self.names.contains(resource.name.as_str()) {
                                 self.rejected
                                     .insert(resource.name.clone(), resource.version.clone());
                             }
@@ -615,10 +624,10 @@ impl TypeState {
             Before::Set(held) => self.held = held,
             Before::Entries(entries) => {
                 let held = Arc::make_mut(&mut self.held);
-                for (name, old) in entries {
+                for (sent, old) in entries {
                     match old {
-                        Some(resource) => held.insert(name, resource),
-                        None => held.remove(&name),
+                        Some(resource) => held.insert(sent.name.clone(), resource),
+                        None => held.remove(&sent.name),
                     };
                 }
             }
@@ -655,7 +664,9 @@ impl TypeState {
             }
             if find(&recent[latest], name).is_ok() {
                 if let Some((_, Before::Entries(entries))) = held_before_latest {
-                    if let Ok(i) = entries.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
+                    if let Ok(i) =
+                        entries.binary_search_by(|(sent, _)| sent.name.as_str().cmp(name))
+                    {
                         entries[i].1 = None;
                     }
                 }
@@ -695,7 +706,8 @@ impl TypeState {
     }
 
     fn replace_names(&mut self, t: ResourceType, resource_names: &[String]) {
-        let mut names: BTreeSet<String> = resource_names.iter().cloned().collect();
+        // Collected, not inserted one by one: the tree is built with full nodes.
+        let mut names: BTreeSet<Arc<str>> = resource_names.iter().map(|n| intern(n)).collect();
         if t.is_wildcard_type() {
             // Rule 25, the protocol's wildcard rules: `*` subscribes to everything; an empty
             // list does too, until some request of the stream named a resource.
@@ -711,13 +723,14 @@ impl TypeState {
             // client deletes what a response lacks, so a changed subscription changes what it
             // should hold and the next response is sent.
             let names = &self.names;
-            if self.held.keys().any(|name| !names.contains(name)) {
-                Arc::make_mut(&mut self.held).retain(|name, _| names.contains(name));
+            if self.held.keys().any(|name| !names.contains(name.as_str())) {
+                Arc::make_mut(&mut self.held).retain(|name, _| names.contains(name.as_str()));
             }
             if let Some((_, Before::Entries(entries))) = &mut self.held_before_latest {
-                entries.retain(|(name, _)| names.contains(name));
+                entries.retain(|(sent, _)| names.contains(sent.name.as_str()));
             }
-            self.rejected.retain(|name, _| names.contains(name));
+            self.rejected
+                .retain(|name, _| names.contains(name.as_str()));
         }
     }
 }
