@@ -241,6 +241,7 @@ impl SotwStream {
                     let plan = Plan {
                         content: union,
                         hash,
+                        whole: None,
                     };
                     self.emit(ResourceType::Cluster, plan, snapshot, &mut out);
                 }
@@ -293,6 +294,7 @@ impl SotwStream {
         wanted.then_some(Plan {
             content: desired,
             hash,
+            whole: None,
         })
     }
 
@@ -330,7 +332,11 @@ impl SotwStream {
         snapshot: &Snapshot,
         out: &mut Output<SotwReply>,
     ) {
-        let Plan { content, hash } = plan;
+        let Plan {
+            content,
+            hash,
+            whole,
+        } = plan;
         let nonce = self.nonces.next();
         let state = &mut self.types[t.index()];
         let version = response_version(&snapshot.revision, &hash);
@@ -367,16 +373,26 @@ impl SotwStream {
             // The client adds the response to what it holds. It carries everything the client
             // lacked, rejected resources included: none stays rejected.
             state.rejected.clear();
-            let held = Arc::make_mut(&mut state.held);
-            Before::Entries(
-                resources
+            if let Some(whole) = whole {
+                let entries = resources
                     .iter()
-                    .map(|resource| {
-                        let old = held.insert(resource.name.clone(), resource.clone());
-                        (resource.clone(), old)
-                    })
-                    .collect(),
-            )
+                    .map(|resource| (resource.clone(), state.held.get(&resource.name).cloned()))
+                    .collect();
+                // What it held is among the names it subscribes to, all of which the map has.
+                state.held = whole;
+                Before::Entries(entries)
+            } else {
+                let held = Arc::make_mut(&mut state.held);
+                Before::Entries(
+                    resources
+                        .iter()
+                        .map(|resource| {
+                            let old = held.insert(resource.name.clone(), resource.clone());
+                            (resource.clone(), old)
+                        })
+                        .collect(),
+                )
+            }
         };
         state.held_before_latest = Some((state.held_known, before));
         state.held_known = true;
@@ -401,6 +417,9 @@ impl SotwStream {
 struct Plan {
     content: Held,
     hash: String,
+    /// EDS/RDS: the snapshot map the client holds exactly once it applies the response (it
+    /// subscribes to every name of the map); kept as `held`, shared, instead of a copy.
+    whole: Option<Held>,
 }
 
 impl TypeState {
@@ -465,6 +484,7 @@ impl TypeState {
                     return Some(Plan {
                         content: Arc::new(pending.collect()),
                         hash: snapshot.type_version(t).to_string(),
+                        whole: Some(map.clone()),
                     });
                 }
             }
@@ -520,6 +540,7 @@ impl TypeState {
         Some(Plan {
             content: Arc::new(pending),
             hash,
+            whole: names_all.then(|| map.clone()),
         })
     }
 
@@ -916,6 +937,34 @@ mod tests {
             assert!(h.ack(&out.responses[0], names).responses.is_empty());
         }
         h
+    }
+
+    #[test]
+    fn a_client_naming_every_resource_holds_the_snapshots_map_not_a_copy() {
+        let shares = |h: &Harness, t: ResourceType| {
+            Arc::ptr_eq(
+                &h.stream.types[t.index()].held,
+                h.snapshot.shared_resources(t),
+            )
+        };
+        // EDS and RDS name every resource of the type; CDS and LDS are wildcard.
+        let mut h = synced();
+        for t in [C, E, L, R] {
+            assert!(shares(&h, t), "{t}");
+        }
+        let out = h.publish(mesh("rev2", [0, 0], [0, 1], 1));
+        for (response, names) in out.responses.iter().zip([&["a", "b"][..], &["r"][..]]) {
+            h.ack(response, names);
+        }
+        for t in [E, R] {
+            assert!(shares(&h, t), "{t} after a change");
+        }
+        // Naming fewer than all: the stream keeps its own map of what it got.
+        let mut h = Harness::new(base("rev1"));
+        let out = h.subscribe(E, &["a"]);
+        h.ack(&out.responses[0], &["a"]);
+        assert!(!shares(&h, E));
+        assert_eq!(h.stream.types[E.index()].held.len(), 1);
     }
 
     #[test]
