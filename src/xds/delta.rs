@@ -173,60 +173,53 @@ impl<'a> From<&'a Held> for HeldRef<'a> {
 /// usual state of a stream in sync with a whole type), that map is kept, shared with the
 /// snapshot and every other stream, instead of an entry per resource per stream; the first
 /// change made entry by entry turns it back into a set.
-#[derive(Debug)]
-enum HeldSet {
-    Set(PackedSet<Held>),
-    Map(Arc<BTreeMap<String, Arc<Resource>>>),
-}
-
-impl Default for HeldSet {
-    fn default() -> Self {
-        HeldSet::Set(PackedSet::default())
-    }
+#[derive(Debug, Default)]
+struct HeldSet {
+    /// When present, exactly what the client holds, and `set` is empty.
+    map: Option<Arc<BTreeMap<String, Arc<Resource>>>>,
+    set: PackedSet<Held>,
 }
 
 impl HeldSet {
-    fn is_empty(&self) -> bool {
-        match self {
-            HeldSet::Set(set) => set.is_empty(),
-            HeldSet::Map(map) => map.is_empty(),
+    fn shared(map: &Arc<BTreeMap<String, Arc<Resource>>>) -> HeldSet {
+        HeldSet {
+            map: Some(Arc::clone(map)),
+            set: PackedSet::default(),
         }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.map
+            .as_ref()
+            .map_or(self.set.is_empty(), |map| map.is_empty())
     }
 
     fn get(&self, name: &str) -> Option<HeldRef<'_>> {
-        match self {
-            HeldSet::Set(set) => set.get(name).map(HeldRef::from),
-            HeldSet::Map(map) => map.get(name).map(HeldRef::Sent),
+        match &self.map {
+            Some(map) => map.get(name).map(HeldRef::Sent),
+            None => self.set.get(name).map(HeldRef::from),
         }
     }
 
-    /// In name order.
+    /// In name order (one of the two is empty).
     fn iter(&self) -> impl Iterator<Item = HeldRef<'_>> {
-        let (set, map) = match self {
-            HeldSet::Set(set) => (Some(set.iter().map(HeldRef::from)), None),
-            HeldSet::Map(map) => (None, Some(map.values().map(HeldRef::Sent))),
-        };
-        set.into_iter().flatten().chain(map.into_iter().flatten())
+        let map = self
+            .map
+            .iter()
+            .flat_map(|map| map.values().map(HeldRef::Sent));
+        map.chain(self.set.iter().map(HeldRef::from))
     }
 
     /// The entries one by one, to change them.
     fn set_mut(&mut self) -> &mut PackedSet<Held> {
-        if let HeldSet::Map(map) = self {
-            let set: BTreeSet<Held> = map.values().map(|r| Held::Sent(Arc::clone(r))).collect();
-            let mut packed = PackedSet::default();
-            *packed = set;
-            *self = HeldSet::Set(packed);
+        if let Some(map) = self.map.take() {
+            *self.set = map.values().map(|r| Held::Sent(Arc::clone(r))).collect();
         }
-        match self {
-            HeldSet::Set(set) => set,
-            HeldSet::Map(_) => unreachable!("turned into a set above"),
-        }
+        &mut self.set
     }
 
     fn pack(&mut self) {
-        if let HeldSet::Set(set) = self {
-            set.pack();
-        }
+        self.set.pack();
     }
 }
 
@@ -398,7 +391,7 @@ impl DeltaStream {
         // Holding the very map the client should hold, nothing forced: nothing to compare.
         let holds_desired = state.force.is_empty()
             && matches!((&state.held, &desired),
-                (HeldSet::Map(held), Desired::All { resources, .. }) if std::ptr::eq(&**held, *resources));
+                (HeldSet { map: Some(held), .. }, Desired::All { resources, .. }) if std::ptr::eq(&**held, *resources));
         if !holds_desired {
             let mut held = state.held.iter().peekable();
             for (name, resource) in desired.iter() {
@@ -510,7 +503,7 @@ impl DeltaStream {
                     changes.push((before.clone(), Some(before)));
                 }
             }
-            state.held = HeldSet::Map(Arc::clone(snapshot.shared_resources(t)));
+            state.held = HeldSet::shared(snapshot.shared_resources(t));
         } else {
             let held = state.held.set_mut();
             for resource in &added {
@@ -760,7 +753,7 @@ impl TypeState {
             };
             if !declared.is_empty() && declared.len() == map.len() && sum() == snapshot.entry_sum(t)
             {
-                self.held = HeldSet::Map(Arc::clone(map));
+                self.held = HeldSet::shared(map);
             } else {
                 let held = self.held.set_mut();
                 for (name, version) in declared {
@@ -794,10 +787,8 @@ impl TypeState {
         // changes nothing here.
         let (wildcard, names) = (self.wildcard, &self.names);
         // Checked only when the subscription narrowed: an ACK walks nothing.
-        let keeps_all = || match &self.held {
-            HeldSet::Map(map) => wildcard || includes(names, map.keys()),
-            HeldSet::Set(_) => false,
-        };
+        let keeps_all =
+            || (self.held.map.as_ref()).is_some_and(|map| wildcard || includes(names, map.keys()));
         if (first || !request.resource_names_unsubscribe.is_empty()) && !keeps_all() {
             self.held
                 .set_mut()
@@ -1008,7 +999,7 @@ mod tests {
     fn a_client_holding_a_whole_map_keeps_the_snapshots_map_not_a_copy() {
         let shares = |h: &Harness, t: ResourceType| {
             matches!(&h.stream.types[t.index()].held,
-                HeldSet::Map(map) if Arc::ptr_eq(map, h.snapshot.shared_resources(t)))
+                HeldSet { map: Some(map), .. } if Arc::ptr_eq(map, h.snapshot.shared_resources(t)))
         };
         let mut h = synced();
         // CDS and LDS by wildcard, EDS and RDS by naming every resource.
@@ -1023,7 +1014,7 @@ mod tests {
             assert!(shares(&h, t), "{t} after a change");
         }
         // Nothing of LDS changed or was sent: the stream keeps the earlier, equal map.
-        assert!(matches!(h.stream.types[L.index()].held, HeldSet::Map(_)));
+        assert!(h.stream.types[L.index()].held.map.is_some());
         // A NACK restores entry by entry: the client holds a set that is no snapshot's map.
         let out = h.publish(mesh("rev3", [2, 0], [0, 0], 1));
         let cds = out
@@ -1550,7 +1541,7 @@ mod tests {
             // Declared exactly: the stream holds the snapshot's map itself, found by the sum
             // of the declared pairs, with no entry of its own.
             assert!(
-                matches!(held, HeldSet::Map(map) if Arc::ptr_eq(map, h2.snapshot.shared_resources(t))),
+                matches!(held, HeldSet { map: Some(map), .. } if Arc::ptr_eq(map, h2.snapshot.shared_resources(t))),
                 "{t}"
             );
         }
