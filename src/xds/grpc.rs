@@ -506,7 +506,8 @@ mod tests {
         wire.extend(framed(&big));
         wire.extend(framed(b""));
         wire.extend(framed(b"last"));
-        // Every split of the bytes into two frames, and one byte per frame for the start.
+        // Two frames split anywhere in the first 40 bytes (headers and the first message), in
+        // the middle of the large message, or before the last byte.
         for split in (0..40).chain([wire.len() / 2, wire.len() - 1]) {
             let mut calls = requests(
                 vec![wire[..split].to_vec(), wire[split..].to_vec()],
