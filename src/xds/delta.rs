@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
-use super::names::{intern, PackedSet};
+use super::names::{are_keys_of, include_keys_of, intern, PackedSet};
 use super::reply::{DeltaReply, Reply};
 use super::resource::{entry_digest, Resource, ResourceType, Snapshot};
 use super::stream::{
@@ -223,15 +223,6 @@ impl HeldSet {
     }
 }
 
-/// Whether `names` holds every one of `keys` (both sorted): one ordered walk.
-fn includes<'a>(names: &BTreeSet<Arc<str>>, keys: impl Iterator<Item = &'a String>) -> bool {
-    let mut names = names.iter().peekable();
-    keys.into_iter().all(|key| {
-        while names.next_if(|name| ***name < **key).is_some() {}
-        names.next_if(|name| ***name == **key).is_some()
-    })
-}
-
 /// What one type sends in one sync.
 #[derive(Debug, Default)]
 struct Plan {
@@ -327,14 +318,13 @@ impl DeltaStream {
                 // hash of its state is the type version: no need to hash every name. (Not when
                 // removals follow in the tail: until then it holds more.)
                 let whole_map = plan.holds_all && !tail.iter().any(|(tail_t, _)| *tail_t == t);
-                let hash = whole_map.then(|| snapshot.type_version(t).to_string());
                 if !plan.added.is_empty() || !plan.removed.is_empty() || plan.answer {
-                    self.emit(t, plan.added, plan.removed, hash, snapshot, &mut out);
+                    self.emit(t, plan.added, plan.removed, whole_map, snapshot, &mut out);
                 }
             }
         }
         for (t, removed) in tail {
-            self.emit(t, Vec::new(), removed, None, snapshot, &mut out);
+            self.emit(t, Vec::new(), removed, false, snapshot, &mut out);
         }
         for state in &mut self.types {
             state.held.pack();
@@ -478,22 +468,22 @@ impl DeltaStream {
         }
     }
 
-    /// Builds, records and queues one response. `known_hash` is the content hash of the
-    /// client's state once it applies the response, when the plan already knows it.
+    /// Builds, records and queues one response. `whole_map`: once the client applies it, it
+    /// holds exactly the snapshot's map of the type; the stream then keeps that map, and the
+    /// content hash of the client's state is the type version.
     fn emit(
         &mut self,
         t: ResourceType,
         added: Vec<Arc<Resource>>,
         removed: Vec<String>,
-        known_hash: Option<String>,
+        whole_map: bool,
         snapshot: &Snapshot,
         out: &mut Output<DeltaReply>,
     ) {
         let nonce = self.nonces.next();
         let state = &mut self.types[t.index()];
         let mut changes = Vec::with_capacity(added.len() + removed.len());
-        if known_hash.is_some() {
-            // The client will hold exactly the snapshot's map: keep that, shared.
+        if whole_map {
             for resource in &added {
                 let before = state.held.get(&resource.name).map(HeldRef::to_held);
                 changes.push((Held::Sent(Arc::clone(resource)), before));
@@ -521,13 +511,16 @@ impl DeltaStream {
                 state.force.remove(&resource.name);
             }
         }
-        let hash = known_hash
-            .unwrap_or_else(|| content_hash(state.held.iter().map(|h| (h.name(), h.version()))));
+        let hash = if whole_map {
+            snapshot.type_version(t).to_string()
+        } else {
+            content_hash(state.held.iter().map(|h| (h.name(), h.version())))
+        };
         #[cfg(test)]
         debug_assert_eq!(
             hash,
             content_hash(state.held.iter().map(|h| (h.name(), h.version()))),
-            "a known hash is the hash of what the client holds"
+            "the version's hash is the hash of what the client holds"
         );
         let version = response_version(&snapshot.revision, &hash);
         let response = DeltaReply {
@@ -609,14 +602,7 @@ impl TypeState {
         let all = snapshot.resources(t);
         // Envoy names every resource of the type (all EDS clusters, every scope's routes): then
         // the client wants the whole map, as in wildcard mode, and nothing is looked up.
-        if self.wildcard
-            || (self.names.len() == all.len()
-                && self
-                    .names
-                    .iter()
-                    .map(|n| &**n)
-                    .eq(all.keys().map(String::as_str)))
-        {
+        if self.wildcard || are_keys_of(&self.names, all) {
             return Desired::All {
                 resources: all,
                 hash: snapshot.type_version(t),
@@ -788,7 +774,7 @@ impl TypeState {
         let (wildcard, names) = (self.wildcard, &self.names);
         // Checked only when the subscription narrowed: an ACK walks nothing.
         let keeps_all =
-            || (self.held.map.as_ref()).is_some_and(|map| wildcard || includes(names, map.keys()));
+            || (self.held.map.as_ref()).is_some_and(|map| wildcard || include_keys_of(names, map));
         if (first || !request.resource_names_unsubscribe.is_empty()) && !keeps_all() {
             self.held
                 .set_mut()

@@ -9,7 +9,7 @@
 //!   ascending order, as a first response or a subscription to every name does, leaves the
 //!   nodes about half full.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
@@ -53,6 +53,26 @@ fn interned() -> usize {
         .unwrap_or_else(PoisonError::into_inner)
         .names
         .len()
+}
+
+/// Whether `names` are exactly the keys of `map`: one ordered walk, as both are sorted.
+/// Envoy subscribes to every endpoint set and route configuration by name, so a stream asks
+/// this of its whole subscription.
+pub fn are_keys_of<V>(names: &BTreeSet<Arc<str>>, map: &BTreeMap<String, V>) -> bool {
+    names.len() == map.len()
+        && names
+            .iter()
+            .map(|n| &**n)
+            .eq(map.keys().map(String::as_str))
+}
+
+/// Whether `names` include every key of `map`: one ordered walk.
+pub fn include_keys_of<V>(names: &BTreeSet<Arc<str>>, map: &BTreeMap<String, V>) -> bool {
+    let mut names = names.iter().peekable();
+    map.keys().all(|key| {
+        while names.next_if(|name| ***name < **key).is_some() {}
+        names.next_if(|name| ***name == **key).is_some()
+    })
 }
 
 /// A `BTreeSet` that [`PackedSet::pack`] rebuilds into full nodes when it has doubled since it
@@ -128,6 +148,19 @@ mod tests {
             );
         }
         assert!(Arc::ptr_eq(&a, &intern("outbound|80||names-test-a")));
+    }
+
+    #[test]
+    fn names_compared_with_a_maps_keys() {
+        let map: BTreeMap<String, ()> = ["a", "b", "d"].map(|k| (k.to_string(), ())).into();
+        let names = |list: &[&str]| list.iter().map(|n| intern(n)).collect::<BTreeSet<_>>();
+        assert!(are_keys_of(&names(&["a", "b", "d"]), &map));
+        assert!(!are_keys_of(&names(&["a", "b", "c"]), &map));
+        assert!(!are_keys_of(&names(&["a", "b", "d", "e"]), &map));
+        assert!(include_keys_of(&names(&["a", "b", "c", "d", "e"]), &map));
+        assert!(!include_keys_of(&names(&["a", "c", "d"]), &map));
+        assert!(!include_keys_of(&names(&["a", "b"]), &map));
+        assert!(include_keys_of(&names(&[]), &BTreeMap::<String, ()>::new()));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
-use super::names::intern;
+use super::names::{are_keys_of, intern};
 use super::reply::{Reply, SotwReply};
 use super::request::{Names, SotwRequest};
 use super::resource::{Resource, ResourceType, Snapshot};
@@ -494,12 +494,7 @@ impl TypeState {
             self.full_walks += 1;
         }
         // Envoy names every resource of the type (all EDS clusters, every scope's routes).
-        let names_all = self.names.len() == map.len()
-            && self
-                .names
-                .iter()
-                .map(|n| &**n)
-                .eq(map.keys().map(String::as_str));
+        let names_all = are_keys_of(&self.names, map);
         let mut pending = BTreeMap::new();
         let mut held = self.held.iter().peekable();
         for name in &self.names {
