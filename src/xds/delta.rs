@@ -15,9 +15,10 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
-use super::names::{are_keys_of, include_keys_of, intern, PackedSet};
+use super::names::{NameSet, PackedSet};
 use super::reply::{DeltaReply, Reply};
-use super::resource::{entry_digest, Resource, ResourceType, Snapshot};
+use super::request::DeltaRequest;
+use super::resource::{Resource, ResourceType, Snapshot};
 use super::stream::{
     changed_between, content_hash, response_version, Event, NackRecord, NonceCounter, Output,
     Settled, TypeStatus,
@@ -47,8 +48,9 @@ struct TypeState {
     /// The client subscribes to every resource of the type (LDS/CDS only), by `*` or by the
     /// legacy empty first request (rule 25).
     wildcard: bool,
-    /// Names the client subscribed to explicitly, without `*`, shared with every stream.
-    names: PackedSet<Arc<str>>,
+    /// Names the client subscribed to explicitly, without `*`: shared with every stream, and
+    /// when they are every name of the type, the snapshot's map itself.
+    names: NameSet,
     /// Every resource the client holds as far as the server knows, by name. Only these may
     /// appear in `removed_resources` (rule 22).
     held: HeldSet,
@@ -242,12 +244,14 @@ impl DeltaStream {
         Self::default()
     }
 
-    /// One request from the client. `snapshot` is this node's current snapshot.
+    /// One request from the client, as the stream's decoder gives it. `snapshot` is this
+    /// node's current snapshot.
     pub fn handle_request(
         &mut self,
-        request: &DeltaDiscoveryRequest,
+        decoded: &DeltaRequest,
         snapshot: &Snapshot,
     ) -> Output<DeltaReply> {
+        let request = &decoded.request;
         let Some(t) = ResourceType::from_type_url(&request.type_url) else {
             // Rule 7: answer nothing, touch nothing; other types carry on.
             return Output {
@@ -260,7 +264,7 @@ impl DeltaStream {
         let mut events = Vec::new();
         let state = &mut self.types[t.index()];
         state.handle_ack_or_nack(t, request, &mut events);
-        state.update_subscription(t, request, snapshot);
+        state.update_subscription(t, decoded, snapshot);
         // A request may arrive with a snapshot newer than the last one handed to
         // `handle_snapshot` (rule 12): syncing every type here keeps make-before-break order.
         let mut out = self.sync(snapshot);
@@ -602,7 +606,7 @@ impl TypeState {
         let all = snapshot.resources(t);
         // Envoy names every resource of the type (all EDS clusters, every scope's routes): then
         // the client wants the whole map, as in wildcard mode, and nothing is looked up.
-        if self.wildcard || are_keys_of(&self.names, all) {
+        if self.wildcard || self.names.are_keys_of(snapshot.shared_resources(t)) {
             return Desired::All {
                 resources: all,
                 hash: snapshot.type_version(t),
@@ -611,7 +615,7 @@ impl TypeState {
         Desired::Named(
             self.names
                 .iter()
-                .filter_map(|name| all.get_key_value(&**name).map(|(k, r)| (k.as_str(), r)))
+                .filter_map(|name| all.get_key_value(name).map(|(k, r)| (k.as_str(), r)))
                 .collect(),
         )
     }
@@ -710,13 +714,12 @@ impl TypeState {
     fn update_subscription(
         &mut self,
         t: ResourceType,
-        request: &DeltaDiscoveryRequest,
+        decoded: &DeltaRequest,
         snapshot: &Snapshot,
     ) {
+        let request = &decoded.request;
         let first = !self.requested;
-        if first
-            || !request.resource_names_subscribe.is_empty()
-            || !request.resource_names_unsubscribe.is_empty()
+        if first || !decoded.subscribe.is_empty() || !request.resource_names_unsubscribe.is_empty()
         {
             self.settled.clear();
         }
@@ -725,38 +728,58 @@ impl TypeState {
             self.must_answer = true;
             // Rule 25, the protocol's legacy wildcard: an LDS/CDS stream whose first request
             // subscribes to nothing subscribes to everything.
-            if t.is_wildcard_type() && request.resource_names_subscribe.is_empty() {
+            if t.is_wildcard_type() && decoded.subscribe.is_empty() {
                 self.wildcard = true;
             }
-            let declared = &request.initial_resource_versions;
+            let declared = &decoded.declared;
             let map = snapshot.shared_resources(t);
             // A client reconnecting in sync declares exactly the snapshot's map: it holds that
-            // map, found by one sum over the pairs rather than one entry per pair.
-            let sum = || {
-                declared.iter().fold(0u128, |sum, (name, version)| {
-                    sum.wrapping_add(entry_digest(name, version))
-                })
-            };
-            if !declared.is_empty() && declared.len() == map.len() && sum() == snapshot.entry_sum(t)
+            // map, found by the count and digest sum of the pairs rather than pair by pair.
+            if !declared.is_empty()
+                && declared.len() == map.len()
+                && declared.sum() == snapshot.entry_sum(t)
             {
                 self.held = HeldSet::shared(map);
             } else {
+                // A later pair of the same name replaces an earlier one, as in a protobuf map.
                 let held = self.held.set_mut();
-                for (name, version) in declared {
-                    held.replace(Held::Declared(Box::new((name.clone(), version.clone()))));
+                for (name, version) in declared.iter() {
+                    held.replace(Held::Declared(Box::new((
+                        name.to_string(),
+                        version.to_string(),
+                    ))));
                 }
             }
         }
-        for name in &request.resource_names_subscribe {
-            if name == "*" && t.is_wildcard_type() {
-                self.wildcard = true;
-                continue;
-            }
-            self.names.insert(intern(name));
-            // A subscribe is answered even when the client holds the resource (rule 20), except
-            // for what it declared on reconnect: only what changed is sent then (rule 23).
-            if !(first && request.initial_resource_versions.contains_key(name)) {
-                self.force.insert(name.clone());
+        let subscribe = &decoded.subscribe;
+        let map = snapshot.shared_resources(t);
+        // A first request naming every resource of the type, as Envoy's EDS and RDS requests
+        // do in a mesh where any Service may be called: the names are kept as the snapshot's
+        // map, recognised by the count and digest sum of the names, not name by name.
+        if first
+            && self.names.is_empty()
+            && !subscribe.is_empty()
+            && subscribe.len() == map.len()
+            && subscribe.sum() == snapshot.key_sum(t)
+            && !(t.is_wildcard_type() && map.contains_key("*"))
+        {
+            self.names = NameSet::keys_of(map);
+            // Nothing to force (see below): on a first request the stream holds only what was
+            // declared, and every name it does not hold exists in this snapshot, so it is sent
+            // in answer to this very request.
+        } else {
+            for name in subscribe.iter() {
+                if name == "*" && t.is_wildcard_type() {
+                    self.wildcard = true;
+                    continue;
+                }
+                self.names.insert(name);
+                // A subscribe is answered even when the client holds the resource (rule 20),
+                // except for what it declared on reconnect: only what changed is sent then
+                // (rule 23). On the first request the stream holds only what was declared.
+                if !(first && self.held.get(name).is_some()) {
+                    self.force.insert(name.to_string());
+                }
             }
         }
         for name in &request.resource_names_unsubscribe {
@@ -774,7 +797,7 @@ impl TypeState {
         let (wildcard, names) = (self.wildcard, &self.names);
         // Checked only when the subscription narrowed: an ACK walks nothing.
         let keeps_all =
-            || (self.held.map.as_ref()).is_some_and(|map| wildcard || include_keys_of(names, map));
+            || (self.held.map.as_ref()).is_some_and(|map| wildcard || names.include_keys_of(map));
         if (first || !request.resource_names_unsubscribe.is_empty()) && !keeps_all() {
             self.held
                 .set_mut()
@@ -800,9 +823,12 @@ mod tests {
     use std::collections::{HashMap, HashSet};
 
     use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse;
+    use prost::bytes::Bytes;
     use prost::Message;
 
     use super::*;
+    use crate::xds::grpc::MessageDecoder;
+    use crate::xds::request::DeltaDecoder;
     use crate::xds::stream::testing::{
         any_name, base_with_route, mesh, nack_detail, snapshot, to_proto,
     };
@@ -828,7 +854,10 @@ mod tests {
         }
 
         fn request(&mut self, request: DeltaDiscoveryRequest) -> Output<DeltaDiscoveryResponse> {
-            let out = to_proto(self.stream.handle_request(&request, &self.snapshot));
+            let out = to_proto(
+                self.stream
+                    .handle_request(&decoded(&request), &self.snapshot),
+            );
             check_responses(&self.stream, &out, &mut self.nonces);
             out
         }
@@ -935,6 +964,13 @@ mod tests {
         }
     }
 
+    /// `request` as the stream's decoder reads it off the wire.
+    pub(super) fn decoded(request: &DeltaDiscoveryRequest) -> DeltaRequest {
+        DeltaDecoder
+            .decode(Bytes::from(request.encode_to_vec()))
+            .expect("a well-formed request")
+    }
+
     pub(super) fn type_of(response: &DeltaDiscoveryResponse) -> ResourceType {
         ResourceType::from_type_url(&response.type_url).expect("response of a known type")
     }
@@ -1011,6 +1047,51 @@ mod tests {
         h.nack(cds);
         assert!(!shares(&h, C));
         assert!(h.stream.types[C.index()].held.get("a").is_some());
+    }
+
+    #[test]
+    fn a_client_naming_every_resource_keeps_the_snapshots_map_as_its_names() {
+        let names_are_map = |h: &Harness, t: ResourceType| {
+            h.stream.types[t.index()]
+                .names
+                .is_kept_as(h.snapshot.shared_resources(t))
+        };
+        let mut h = synced();
+        assert!(names_are_map(&h, E) && names_are_map(&h, R));
+        // A name added or removed: a set of the names.
+        h.subscribe(E, &["c"]);
+        assert!(!names_are_map(&h, E));
+        assert_eq!(
+            h.stream.types[E.index()].names.iter().collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        h.unsubscribe(E, &["c"]);
+        assert!(h.stream.types[E.index()]
+            .names
+            .are_keys_of(h.snapshot.shared_resources(E)));
+
+        // A reconnect in sync: the names and what is held are the snapshot's maps, and
+        // nothing is sent.
+        let mut h2 = Harness::new(h.snapshot.clone());
+        let mut first = request(E, &["b", "a"], &[], "");
+        first.initial_resource_versions = h
+            .snapshot
+            .resources(E)
+            .iter()
+            .map(|(n, r)| (n.clone(), r.version.clone()))
+            .collect();
+        assert!(h2.request(first).responses.is_empty());
+        assert!(names_are_map(&h2, E));
+        assert!(h2.stream.types[E.index()].held.map.is_some());
+        // Every name but one, or every name with one twice: a set, answered as before.
+        for names in [&["a"][..], &["a", "b", "b"]] {
+            let mut h3 = Harness::new(h.snapshot.clone());
+            let out = h3.request(request(E, names, &[], ""));
+            assert!(!names_are_map(&h3, E), "{names:?}");
+            let names: BTreeSet<&str> = names.iter().copied().collect();
+            let sent: Vec<&str> = names.into_iter().collect();
+            assert_eq!(summary(&out), [s(E, &sent, &[])]);
+        }
     }
 
     #[test]
@@ -1639,7 +1720,7 @@ mod proptests {
 
     use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse;
 
-    use super::tests::{check_responses, request, type_of};
+    use super::tests::{check_responses, decoded, request, type_of};
     use super::*;
     use crate::xds::stream::testing::{nack_detail, resource, to_proto};
 
@@ -1751,7 +1832,10 @@ mod proptests {
         }
 
         fn send(&mut self, request: DeltaDiscoveryRequest) {
-            let out = to_proto(self.stream.handle_request(&request, &self.snapshot));
+            let out = to_proto(
+                self.stream
+                    .handle_request(&decoded(&request), &self.snapshot),
+            );
             self.deliver(out);
         }
 

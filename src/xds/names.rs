@@ -8,10 +8,14 @@
 //! - [`PackedSet`] rebuilds a set into full B-tree nodes once it has doubled: inserting in
 //!   ascending order, as a first response or a subscription to every name does, leaves the
 //!   nodes about half full.
+//! - [`NameSet`], the names a delta stream subscribes to, is while it can be the snapshot map
+//!   whose keys they are: a sidecar naming every resource of a type keeps no set at all.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+
+use super::resource::Resource;
 
 /// Names no stream holds any more are dropped once the table doubled since the last sweep.
 const SWEEP_FROM: usize = 1024;
@@ -66,13 +70,118 @@ pub fn are_keys_of<V>(names: &BTreeSet<Arc<str>>, map: &BTreeMap<String, V>) -> 
             .eq(map.keys().map(String::as_str))
 }
 
-/// Whether `names` include every key of `map`: one ordered walk.
-pub fn include_keys_of<V>(names: &BTreeSet<Arc<str>>, map: &BTreeMap<String, V>) -> bool {
-    let mut names = names.iter().peekable();
+/// Whether the sorted `names` include every key of `map`: one ordered walk.
+fn sorted_include_keys_of<'a, V>(
+    names: impl Iterator<Item = &'a str>,
+    map: &BTreeMap<String, V>,
+) -> bool {
+    let mut names = names.peekable();
     map.keys().all(|key| {
-        while names.next_if(|name| ***name < **key).is_some() {}
-        names.next_if(|name| ***name == **key).is_some()
+        while names.next_if(|name| *name < key.as_str()).is_some() {}
+        names.next_if(|name| *name == key.as_str()).is_some()
     })
+}
+
+type ResourceMap = BTreeMap<String, Arc<Resource>>;
+
+/// The names a stream subscribes to for one type. Envoy names every endpoint set and route
+/// configuration it needs, and a sidecar that may call every Service needs every one of them:
+/// then the names are exactly the keys of a snapshot's map, and the stream keeps that map,
+/// shared with the snapshot and every such stream, instead of a set of its own. A name added
+/// or removed turns it into a set.
+#[derive(Clone, Debug, Default)]
+pub struct NameSet {
+    /// While the names are exactly the keys of this map.
+    keys: Option<Arc<ResourceMap>>,
+    /// Otherwise; empty while `keys` is set.
+    set: PackedSet<Arc<str>>,
+}
+
+impl NameSet {
+    /// The keys of `map`, kept as the map itself.
+    pub fn keys_of(map: &Arc<ResourceMap>) -> NameSet {
+        NameSet {
+            keys: Some(Arc::clone(map)),
+            set: PackedSet::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.as_ref().map_or(self.set.len(), |keys| keys.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        match &self.keys {
+            Some(keys) => keys.contains_key(name),
+            None => self.set.contains(name),
+        }
+    }
+
+    /// The names in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        let keys = self
+            .keys
+            .iter()
+            .flat_map(|keys| keys.keys().map(String::as_str));
+        keys.chain(self.set.iter().map(|name| &**name))
+    }
+
+    pub fn insert(&mut self, name: &str) {
+        if !self.contains(name) {
+            self.set_mut().insert(intern(name));
+        }
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        if self.contains(name) {
+            self.set_mut().remove(name);
+        }
+    }
+
+    /// Whether the names are exactly the keys of `map`: no walk when they are kept as `map`.
+    pub fn are_keys_of(&self, map: &Arc<ResourceMap>) -> bool {
+        match &self.keys {
+            Some(keys) if Arc::ptr_eq(keys, map) => true,
+            _ => self.len() == map.len() && self.iter().eq(map.keys().map(String::as_str)),
+        }
+    }
+
+    /// Whether the names include every key of `map`.
+    pub fn include_keys_of(&self, map: &Arc<ResourceMap>) -> bool {
+        match &self.keys {
+            Some(keys) if Arc::ptr_eq(keys, map) => true,
+            _ => sorted_include_keys_of(self.iter(), map),
+        }
+    }
+
+    /// Whether the names are kept as `map` itself.
+    #[cfg(test)]
+    pub fn is_kept_as(&self, map: &Arc<ResourceMap>) -> bool {
+        self.keys
+            .as_ref()
+            .is_some_and(|keys| Arc::ptr_eq(keys, map))
+    }
+
+    /// See [`PackedSet::pack`].
+    pub fn pack(&mut self) {
+        self.set.pack();
+    }
+
+    /// The names as a set of their own.
+    fn set_mut(&mut self) -> &mut PackedSet<Arc<str>> {
+        if let Some(keys) = self.keys.take() {
+            // From sorted items the tree is built with full nodes.
+            self.set = PackedSet {
+                set: keys.keys().map(|key| intern(key)).collect(),
+                packed_len: keys.len(),
+            };
+        }
+        &mut self.set
+    }
 }
 
 /// A `BTreeSet` that [`PackedSet::pack`] rebuilds into full nodes when it has doubled since it
@@ -128,6 +237,8 @@ impl<T> DerefMut for PackedSet<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::xds::resource::ResourceType;
+    use crate::xds::stream::testing;
 
     #[test]
     fn equal_names_share_one_allocation_and_unheld_names_are_forgotten() {
@@ -150,17 +261,69 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &intern("outbound|80||names-test-a")));
     }
 
+    fn map(keys: &[&str]) -> Arc<ResourceMap> {
+        let resource = |name: &str| Arc::new(testing::resource(ResourceType::Endpoint, name, 0));
+        Arc::new(keys.iter().map(|k| (k.to_string(), resource(k))).collect())
+    }
+
+    fn name_set(names: &[&str]) -> NameSet {
+        let mut set = NameSet::default();
+        for name in names {
+            set.insert(name);
+        }
+        set
+    }
+
     #[test]
     fn names_compared_with_a_maps_keys() {
-        let map: BTreeMap<String, ()> = ["a", "b", "d"].map(|k| (k.to_string(), ())).into();
+        let abd = map(&["a", "b", "d"]);
         let names = |list: &[&str]| list.iter().map(|n| intern(n)).collect::<BTreeSet<_>>();
-        assert!(are_keys_of(&names(&["a", "b", "d"]), &map));
-        assert!(!are_keys_of(&names(&["a", "b", "c"]), &map));
-        assert!(!are_keys_of(&names(&["a", "b", "d", "e"]), &map));
-        assert!(include_keys_of(&names(&["a", "b", "c", "d", "e"]), &map));
-        assert!(!include_keys_of(&names(&["a", "c", "d"]), &map));
-        assert!(!include_keys_of(&names(&["a", "b"]), &map));
-        assert!(include_keys_of(&names(&[]), &BTreeMap::<String, ()>::new()));
+        assert!(are_keys_of(&names(&["a", "b", "d"]), &abd));
+        assert!(!are_keys_of(&names(&["a", "b", "c"]), &abd));
+        assert!(!are_keys_of(&names(&["a", "b", "d", "e"]), &abd));
+        // The same questions of a name set, kept as a set and as the keys of an equal map.
+        for kept_as_keys in [false, true] {
+            let set = |list: &[&str]| match kept_as_keys {
+                true => NameSet::keys_of(&map(list)),
+                false => name_set(list),
+            };
+            assert!(set(&["a", "b", "d"]).are_keys_of(&abd));
+            assert!(!set(&["a", "b", "c"]).are_keys_of(&abd));
+            assert!(!set(&["a", "b", "d", "e"]).are_keys_of(&abd));
+            assert!(set(&["a", "b", "c", "d", "e"]).include_keys_of(&abd));
+            assert!(!set(&["a", "c", "d"]).include_keys_of(&abd));
+            assert!(!set(&["a", "b"]).include_keys_of(&abd));
+            assert!(set(&[]).include_keys_of(&map(&[])));
+        }
+    }
+
+    #[test]
+    fn a_name_set_is_a_maps_keys_until_a_name_is_added_or_removed() {
+        let abd = map(&["a", "b", "d"]);
+        let mut set = NameSet::keys_of(&abd);
+        assert!(set.are_keys_of(&abd) && set.include_keys_of(&abd));
+        assert!(set.contains("b") && !set.contains("c"));
+        assert_eq!(set.iter().collect::<Vec<_>>(), ["a", "b", "d"]);
+        assert_eq!(set.len(), 3);
+        // Adding or removing what it already has or lacks keeps the map.
+        set.insert("a");
+        set.remove("c");
+        assert!(set
+            .keys
+            .as_ref()
+            .is_some_and(|keys| Arc::ptr_eq(keys, &abd)));
+        set.insert("c");
+        assert!(set.keys.is_none(), "a set of its own");
+        assert_eq!(set.iter().collect::<Vec<_>>(), ["a", "b", "c", "d"]);
+        assert!(!set.are_keys_of(&abd) && set.include_keys_of(&abd));
+        let mut set = NameSet::keys_of(&abd);
+        set.remove("b");
+        assert_eq!(set.iter().collect::<Vec<_>>(), ["a", "d"]);
+        assert!(!set.include_keys_of(&abd));
+        set.insert("b");
+        assert!(set.are_keys_of(&abd), "the same names again");
+        assert!(set.keys.is_none());
+        assert!(NameSet::keys_of(&map(&[])).is_empty());
     }
 
     #[test]

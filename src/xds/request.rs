@@ -1,27 +1,45 @@
-//! Decoding SotW requests. Envoy repeats every name it subscribes to in every request, ACKs
-//! included: with a large mesh an EDS or RDS ACK carries thousands of names, the same as the
-//! previous request of its type, and decoding them into strings on every ACK of every stream
-//! is most of what a change costs a SotW server. So the names of a request are compared with
-//! those of the previous request of the same type on the stream (by a keyed 128-bit hash of
-//! their encoded bytes) and only decoded when they differ.
+//! Decoding ADS requests without decoding what a stream does not need as strings.
+//!
+//! SotW: Envoy repeats every name it subscribes to in every request, ACKs included: with a
+//! large mesh an EDS or RDS ACK carries thousands of names, the same as the previous request of
+//! its type, and decoding them into strings on every ACK of every stream is most of what a
+//! change costs a SotW server. So the names of a request are compared with those of the
+//! previous request of the same type on the stream (by a keyed 128-bit hash of their encoded
+//! bytes) and only decoded when they differ.
+//!
+//! Delta: a connecting client subscribes to thousands of names per type, and a reconnecting one
+//! also declares every (name, version) pair it holds (`initial_resource_versions`). Decoded by
+//! prost they are a string per name and a hash map of owned strings, most of what a reconnect
+//! costs; here they are a [`NameList`] and [`Declared`]: their text in one buffer with the sum of
+//! their digests, which is all a stream needs of a client naming every resource of a type, or
+//! declaring exactly what it should hold.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::marker::PhantomData;
+use std::ops::Range;
 use std::sync::LazyLock;
 
 use super::grpc::MessageDecoder;
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use prost::bytes::{Buf, Bytes};
 use prost::encoding::{decode_key, decode_varint, WireType};
 use prost::Message;
 use tonic::Status;
 use xxhash_rust::xxh3::Xxh3;
 
-use super::resource::ResourceType;
+use super::resource::{entry_digest, key_digest, ResourceType};
 
 /// `DiscoveryRequest.resource_names`.
 const RESOURCE_NAMES: u32 = 3;
+/// `DeltaDiscoveryRequest.resource_names_subscribe`.
+const RESOURCE_NAMES_SUBSCRIBE: u32 = 3;
+/// `DeltaDiscoveryRequest.initial_resource_versions`.
+const INITIAL_RESOURCE_VERSIONS: u32 = 5;
+
+/// The status the generated prost codec gives an undecodable message.
+fn invalid(err: prost::DecodeError) -> Status {
+    Status::internal(err.to_string())
+}
 
 /// A SotW request, with what its names say.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -69,25 +87,29 @@ impl MessageDecoder for SotwDecoder {
 
 impl SotwDecoder {
     pub(crate) fn decode_bytes(&mut self, bytes: Bytes) -> Result<SotwRequest, Status> {
-        // The status the generated prost codec gives an undecodable message.
-        let invalid = |err: prost::DecodeError| Status::internal(err.to_string());
-        let Some(split) = split_names(&bytes) else {
+        let Some((rest, [values])) = split_fields(&bytes, [RESOURCE_NAMES]) else {
             // Not a well-formed message: prost says why.
             return DiscoveryRequest::decode(bytes)
                 .map(SotwRequest::from)
                 .map_err(invalid);
         };
-        let mut request = DiscoveryRequest::decode(split.rest.as_slice()).map_err(invalid)?;
-        if self.previous.get(&request.type_url) == Some(&split.digest) {
+        let mut request = DiscoveryRequest::decode(rest.as_slice()).map_err(invalid)?;
+        let mut hasher = Xxh3::with_seed(*SEED);
+        for range in &values {
+            hasher.update(&(range.len() as u64).to_le_bytes());
+            hasher.update(&bytes[range.clone()]);
+        }
+        hasher.update(&(values.len() as u64).to_le_bytes());
+        let digest = hasher.digest128();
+        if self.previous.get(&request.type_url) == Some(&digest) {
             return Ok(SotwRequest {
                 request,
                 names: Names::AsBefore,
             });
         }
-        let mut names = Vec::with_capacity(split.names.len());
-        for range in split.names {
-            let value = bytes.slice(range);
-            let name = String::from_utf8(value.to_vec()).map_err(|_| {
+        let mut names = Vec::with_capacity(values.len());
+        for range in values {
+            let name = String::from_utf8(bytes[range].to_vec()).map_err(|_| {
                 Status::internal(
                     "failed to decode Protobuf message: DiscoveryRequest.resource_names: invalid \
                      string value: data is not UTF-8 encoded",
@@ -99,30 +121,242 @@ impl SotwDecoder {
         // Only the types Sluice serves are remembered: a client naming endless unknown types
         // cannot grow the map.
         if ResourceType::from_type_url(&request.type_url).is_some() {
-            self.previous.insert(request.type_url.clone(), split.digest);
+            self.previous.insert(request.type_url.clone(), digest);
         }
         Ok(SotwRequest::from(request))
     }
 }
 
-/// A request's encoding taken apart: every field but the names, and where each name is.
-struct Split {
-    rest: Vec<u8>,
-    names: Vec<std::ops::Range<usize>>,
-    digest: u128,
+/// A delta request, with its subscribed names and declared pairs taken out of `request`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeltaRequest {
+    /// The request; `resource_names_subscribe` and `initial_resource_versions` are always
+    /// empty.
+    pub request: DeltaDiscoveryRequest,
+    /// `resource_names_subscribe`.
+    pub subscribe: NameList,
+    /// `initial_resource_versions`.
+    pub declared: Declared,
 }
 
-/// Walks the top-level fields; `None` when the encoding is not well formed.
-fn split_names(bytes: &Bytes) -> Option<Split> {
-    let mut buf: &[u8] = bytes;
-    let mut rest = Vec::with_capacity(256);
-    let mut names = Vec::new();
-    let mut hasher = Xxh3::with_seed(*SEED);
+impl From<DeltaDiscoveryRequest> for DeltaRequest {
+    fn from(mut request: DeltaDiscoveryRequest) -> Self {
+        let mut subscribe = NameList::default();
+        for name in std::mem::take(&mut request.resource_names_subscribe) {
+            subscribe.push(&name);
+        }
+        let mut declared = Declared::default();
+        for (name, version) in std::mem::take(&mut request.initial_resource_versions) {
+            declared.push(&name, &version);
+        }
+        DeltaRequest {
+            request,
+            subscribe,
+            declared,
+        }
+    }
+}
+
+/// Strings off the wire, kept one after the other in one buffer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Texts {
+    text: String,
+    /// Where each string ends in `text`; each starts where the one before it ends.
+    ends: Vec<usize>,
+}
+
+impl Texts {
+    fn with_capacity(bytes: usize, strings: usize) -> Texts {
+        Texts {
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(strings),
+        }
+    }
+
+    fn push(&mut self, s: &str) {
+        self.text.push_str(s);
+        self.ends.push(self.text.len());
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let s = self.text.get(start..end).unwrap_or_default();
+            start = end;
+            s
+        })
+    }
+}
+
+/// The names of a delta request's `resource_names_subscribe`, in the order sent, with the
+/// wrapping sum of their [`key_digest`]s: a client subscribing to exactly the names of a
+/// snapshot's map has that map's count and sum.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NameList {
+    names: Texts,
+    sum: u128,
+}
+
+impl NameList {
+    /// The number of names sent (a name sent twice counts twice).
+    pub fn len(&self) -> usize {
+        self.names.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.ends.is_empty()
+    }
+
+    /// The wrapping sum of the names' digests.
+    pub fn sum(&self) -> u128 {
+        self.sum
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.names.iter()
+    }
+
+    fn push(&mut self, name: &str) {
+        self.names.push(name);
+        self.sum = self.sum.wrapping_add(key_digest(name));
+    }
+
+    /// The names at `values` in `bytes`; `None` if one is not UTF-8.
+    fn parse(bytes: &[u8], values: &[Range<usize>]) -> Option<NameList> {
+        let text_len = values.iter().map(|value| value.len()).sum();
+        let mut list = NameList {
+            names: Texts::with_capacity(text_len, values.len()),
+            sum: 0,
+        };
+        for value in values {
+            list.push(std::str::from_utf8(bytes.get(value.clone())?).ok()?);
+        }
+        Some(list)
+    }
+}
+
+/// The (name, version) pairs of a delta request's `initial_resource_versions`, in the order
+/// sent, with their number and the wrapping sum of their [`entry_digest`]s: a client declaring
+/// exactly a snapshot's map has that map's count and sum.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Declared {
+    /// Name, version, name, version, ...
+    texts: Texts,
+    sum: u128,
+}
+
+impl Declared {
+    /// The number of pairs sent (a name sent twice counts twice; the later pair is the one in
+    /// force, as in a protobuf map).
+    pub fn len(&self) -> usize {
+        self.texts.ends.len() / 2
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.texts.ends.is_empty()
+    }
+
+    /// The wrapping sum of the pairs' digests.
+    pub fn sum(&self) -> u128 {
+        self.sum
+    }
+
+    /// The pairs, in the order sent.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut texts = self.texts.iter();
+        std::iter::from_fn(move || Some((texts.next()?, texts.next()?)))
+    }
+
+    fn push(&mut self, name: &str, version: &str) {
+        self.texts.push(name);
+        self.texts.push(version);
+        self.sum = self.sum.wrapping_add(entry_digest(name, version));
+    }
+
+    /// The pairs of the map entries at `entries` in `bytes`; `None` if one is not as prost
+    /// would accept it.
+    fn parse(bytes: &[u8], entries: &[Range<usize>]) -> Option<Declared> {
+        let text_len = entries.iter().map(|entry| entry.len()).sum();
+        let mut declared = Declared {
+            texts: Texts::with_capacity(text_len, entries.len() * 2),
+            sum: 0,
+        };
+        for entry in entries {
+            let entry = bytes.get(entry.clone())?;
+            // A map entry is a message of its own: the key is field 1, the value field 2, both
+            // optional (empty when absent), the last occurrence winning, other fields skipped.
+            let (mut name, mut version) = ("", "");
+            walk_fields(entry, |field| {
+                let value = match (field.tag, field.wire_type) {
+                    (1 | 2, WireType::LengthDelimited) => {
+                        std::str::from_utf8(entry.get(field.payload)?).ok()?
+                    }
+                    (1 | 2, _) => return None,
+                    _ => return Some(()),
+                };
+                if field.tag == 1 {
+                    name = value;
+                } else {
+                    version = value;
+                }
+                Some(())
+            })?;
+            declared.push(name, version);
+        }
+        Some(declared)
+    }
+}
+
+/// The decoder of delta requests.
+#[derive(Default)]
+pub struct DeltaDecoder;
+
+impl MessageDecoder for DeltaDecoder {
+    type Item = DeltaRequest;
+
+    fn decode(&mut self, bytes: Bytes) -> Result<DeltaRequest, Status> {
+        let parsed = split_fields(
+            &bytes,
+            [RESOURCE_NAMES_SUBSCRIBE, INITIAL_RESOURCE_VERSIONS],
+        )
+        .and_then(|(rest, [subscribe, declared])| {
+            let subscribe = NameList::parse(&bytes, &subscribe)?;
+            let declared = Declared::parse(&bytes, &declared)?;
+            Some((rest, subscribe, declared))
+        });
+        let Some((rest, subscribe, declared)) = parsed else {
+            // Not well formed as read here: prost decides, and says why if it refuses.
+            return DeltaDiscoveryRequest::decode(bytes)
+                .map(DeltaRequest::from)
+                .map_err(invalid);
+        };
+        let request = DeltaDiscoveryRequest::decode(rest.as_slice()).map_err(invalid)?;
+        Ok(DeltaRequest {
+            request,
+            subscribe,
+            declared,
+        })
+    }
+}
+
+/// One top-level field of an encoded message.
+struct Field {
+    tag: u32,
+    wire_type: WireType,
+    /// The whole field: key, length and payload.
+    span: Range<usize>,
+    /// The value; for a length-delimited field, without its length.
+    payload: Range<usize>,
+}
+
+/// Calls `each` with every top-level field of `bytes`, in order; `None` when the encoding is not
+/// well formed (groups included) or `each` returns `None`.
+fn walk_fields(bytes: &[u8], mut each: impl FnMut(Field) -> Option<()>) -> Option<()> {
+    let mut buf = bytes;
     while !buf.is_empty() {
         let start = bytes.len() - buf.len();
-        let (field, wire_type) = decode_key(&mut buf).ok()?;
-        let value_start = bytes.len() - buf.len();
-        let value_len = match wire_type {
+        let (tag, wire_type) = decode_key(&mut buf).ok()?;
+        let len = match wire_type {
             WireType::Varint => {
                 decode_varint(&mut buf).ok()?;
                 0
@@ -132,43 +366,39 @@ fn split_names(bytes: &Bytes) -> Option<Split> {
             WireType::LengthDelimited => usize::try_from(decode_varint(&mut buf).ok()?).ok()?,
             WireType::StartGroup | WireType::EndGroup => return None,
         };
-        if buf.len() < value_len {
+        if buf.len() < len {
             return None;
         }
         let payload_start = bytes.len() - buf.len();
-        buf.advance(value_len);
+        buf.advance(len);
         let end = bytes.len() - buf.len();
-        if field == RESOURCE_NAMES && wire_type == WireType::LengthDelimited {
-            hasher.update(&bytes[value_start..end]);
-            names.push(payload_start..end);
-        } else {
-            rest.extend_from_slice(&bytes[start..end]);
+        each(Field {
+            tag,
+            wire_type,
+            span: start..end,
+            payload: payload_start..end,
+        })?;
+    }
+    Some(())
+}
+
+/// A message's encoding taken apart: every field but some, and where each value of those is.
+type Split<const N: usize> = (Vec<u8>, [Vec<Range<usize>>; N]);
+
+/// Takes the length-delimited fields `tags` out of `bytes`; `None` when the encoding is not
+/// well formed.
+fn split_fields<const N: usize>(bytes: &[u8], tags: [u32; N]) -> Option<Split<N>> {
+    let mut rest = Vec::with_capacity(256);
+    let mut values: [Vec<Range<usize>>; N] = std::array::from_fn(|_| Vec::new());
+    walk_fields(bytes, |field| {
+        let taken = tags.iter().position(|&tag| tag == field.tag);
+        match (taken, field.wire_type) {
+            (Some(i), WireType::LengthDelimited) => values.get_mut(i)?.push(field.payload),
+            _ => rest.extend_from_slice(bytes.get(field.span)?),
         }
-    }
-    hasher.update(&(names.len() as u64).to_le_bytes());
-    Some(Split {
-        rest,
-        names,
-        digest: hasher.digest128(),
-    })
-}
-
-/// The plain prost decoder, for delta requests.
-pub struct ProstDecoder<T>(PhantomData<fn() -> T>);
-
-impl<T> Default for ProstDecoder<T> {
-    fn default() -> Self {
-        ProstDecoder(PhantomData)
-    }
-}
-
-impl<T: Message + Default + Send + 'static> MessageDecoder for ProstDecoder<T> {
-    type Item = T;
-
-    fn decode(&mut self, message: Bytes) -> Result<T, Status> {
-        // The status the generated prost codec gives an undecodable message.
-        T::decode(message).map_err(|err| Status::internal(err.to_string()))
-    }
+        Some(())
+    })?;
+    Some((rest, values))
 }
 
 #[cfg(test)]
@@ -241,6 +471,150 @@ mod tests {
             assert_eq!(decode(&mut decoder, &unknown).names, Names::Decoded);
         }
         assert_eq!(decoder.previous.len(), 2, "EDS and RDS only");
+    }
+
+    fn delta_decode(bytes: Vec<u8>) -> Result<DeltaRequest, Status> {
+        DeltaDecoder.decode(Bytes::from(bytes))
+    }
+
+    /// The pairs as prost's map holds them: the later of two pairs of one name wins.
+    fn as_map(declared: &Declared) -> HashMap<String, String> {
+        declared
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// One map entry of `initial_resource_versions`, encoded field by field.
+    fn entry(fields: &[(u32, &[u8])]) -> Vec<u8> {
+        let mut entry = Vec::new();
+        for (tag, value) in fields {
+            prost::encoding::bytes::encode(*tag, &value.to_vec(), &mut entry);
+        }
+        let mut field = Vec::new();
+        prost::encoding::bytes::encode(INITIAL_RESOURCE_VERSIONS, &entry, &mut field);
+        field
+    }
+
+    #[test]
+    fn delta_requests_decode_as_prost_decodes_them_with_the_pairs_kept_as_text_and_a_sum() {
+        let request = DeltaDiscoveryRequest {
+            node: Some(Node {
+                id: "sidecar".into(),
+                ..Default::default()
+            }),
+            type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
+            resource_names_subscribe: vec!["a".into(), "ü".into()],
+            resource_names_unsubscribe: vec!["z".into()],
+            initial_resource_versions: HashMap::from([
+                ("a".to_string(), "1".to_string()),
+                ("ü".to_string(), "ß".to_string()),
+                ("".to_string(), "".to_string()),
+                ("c".to_string(), String::new()),
+            ]),
+            response_nonce: "n7".into(),
+            ..Default::default()
+        };
+        let bytes = request.encode_to_vec();
+        let decoded = delta_decode(bytes.clone()).expect("decodes");
+        let prost = DeltaDiscoveryRequest::decode(bytes.as_slice()).expect("decodes");
+        assert_eq!(
+            decoded.request,
+            DeltaDiscoveryRequest {
+                resource_names_subscribe: Vec::new(),
+                initial_resource_versions: HashMap::new(),
+                ..prost.clone()
+            }
+        );
+        assert_eq!(
+            decoded.subscribe.iter().collect::<Vec<_>>(),
+            prost.resource_names_subscribe
+        );
+        assert_eq!(decoded.subscribe.len(), 2);
+        let key_sum = (prost.resource_names_subscribe.iter())
+            .fold(0u128, |s, n| s.wrapping_add(key_digest(n)));
+        assert_eq!(decoded.subscribe.sum(), key_sum);
+        assert_eq!(as_map(&decoded.declared), prost.initial_resource_versions);
+        assert_eq!(decoded.declared.len(), 4);
+        let sum = (prost.initial_resource_versions.iter())
+            .fold(0u128, |s, (n, v)| s.wrapping_add(entry_digest(n, v)));
+        assert_eq!(decoded.declared.sum(), sum);
+        // The conversion the tests use gives the same pairs and sum.
+        let converted = DeltaRequest::from(prost);
+        assert_eq!(as_map(&converted.declared), as_map(&decoded.declared));
+        assert_eq!(converted.declared.sum(), sum);
+        assert_eq!(converted.subscribe, decoded.subscribe);
+        assert_eq!(converted.request, decoded.request);
+
+        // Map entries as other encoders may write them: fields in either order or missing,
+        // repeated (the last wins), unknown fields inside, entries between other fields.
+        let mut bytes = entry(&[(2, b"v1"), (1, b"x")]);
+        bytes.extend(entry(&[(1, b"only-a-name")]));
+        bytes.extend(entry(&[(2, b"only-a-version")]));
+        prost::encoding::string::encode(6, &"nonce".to_string(), &mut bytes);
+        bytes.extend(entry(&[(1, b"y"), (1, b"w"), (2, b"v2"), (9, b"unknown")]));
+        bytes.extend(entry(&[(1, b"x"), (2, b"v3")]));
+        let decoded = delta_decode(bytes.clone()).expect("decodes");
+        let prost = DeltaDiscoveryRequest::decode(bytes.as_slice()).expect("decodes");
+        assert_eq!(as_map(&decoded.declared), prost.initial_resource_versions);
+        assert_eq!(decoded.request.response_nonce, "nonce");
+        assert_eq!(
+            decoded.declared.iter().collect::<Vec<_>>(),
+            [
+                ("x", "v1"),
+                ("only-a-name", ""),
+                ("", "only-a-version"),
+                ("w", "v2"),
+                ("x", "v3")
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_delta_requests_are_refused_as_prost_refuses_them() {
+        let name = |bytes: &[u8]| {
+            let mut field = Vec::new();
+            prost::encoding::bytes::encode(RESOURCE_NAMES_SUBSCRIBE, &bytes.to_vec(), &mut field);
+            field
+        };
+        let cases: [(&str, Vec<u8>); 7] = [
+            ("a subscribed name that is not UTF-8", name(&[b'a', 0xff])),
+            ("a subscribed name cut short", {
+                let mut field = name(b"abc");
+                field.pop();
+                field
+            }),
+            (
+                "a name that is not UTF-8",
+                entry(&[(1, &[0xff, 0xfe]), (2, b"1")]),
+            ),
+            (
+                "a version that is not UTF-8",
+                entry(&[(1, b"a"), (2, &[0xc3])]),
+            ),
+            ("a name of the wrong wire type", {
+                let mut inner = Vec::new();
+                prost::encoding::uint64::encode(1, &7, &mut inner);
+                let mut field = Vec::new();
+                prost::encoding::bytes::encode(INITIAL_RESOURCE_VERSIONS, &inner, &mut field);
+                field
+            }),
+            ("an entry cut short", {
+                let mut field = entry(&[(1, b"abc")]);
+                field[3] += 1;
+                field
+            }),
+            ("a message cut inside an entry", {
+                let mut field = entry(&[(1, b"abc"), (2, b"1")]);
+                field.pop();
+                field
+            }),
+        ];
+        for (case, bytes) in cases {
+            let ours = delta_decode(bytes.clone()).expect_err(case);
+            let prost = DeltaDiscoveryRequest::decode(bytes.as_slice()).expect_err(case);
+            assert_eq!(ours.message(), prost.to_string(), "{case}");
+        }
     }
 
     #[test]

@@ -13,7 +13,6 @@ use std::time::SystemTime;
 
 use dashmap::DashMap;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use futures::Stream;
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
@@ -23,7 +22,7 @@ use super::delta::DeltaStream;
 use super::grpc::AdsService;
 use super::grpc::{MessageDecoder, Requests};
 use super::reply::{DeltaReply, Reply, SotwReply};
-use super::request::{ProstDecoder, SotwDecoder, SotwRequest};
+use super::request::{DeltaDecoder, DeltaRequest, SotwDecoder, SotwRequest};
 use super::resource::{ResourceType, Snapshot, SnapshotView};
 use super::sotw::SotwStream;
 use super::stream::{Event, Output, TypeStatus};
@@ -234,18 +233,18 @@ impl StateMachine for SotwStream {
 }
 
 impl StateMachine for DeltaStream {
-    type Request = DeltaDiscoveryRequest;
-    type Decoder = ProstDecoder<DeltaDiscoveryRequest>;
+    type Request = DeltaRequest;
+    type Decoder = DeltaDecoder;
     type Response = DeltaReply;
     const PROTOCOL: Protocol = Protocol::Delta;
 
-    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
-        request.node.as_ref()
+    fn node(request: &DeltaRequest) -> Option<&Node> {
+        request.request.node.as_ref()
     }
 
     fn handle_request(
         &mut self,
-        request: &DeltaDiscoveryRequest,
+        request: &DeltaRequest,
         snapshot: &Snapshot,
     ) -> Output<DeltaReply> {
         DeltaStream::handle_request(self, request, snapshot)
