@@ -8,8 +8,8 @@
 //! - [`PackedSet`] rebuilds a set into full B-tree nodes once it has doubled: inserting in
 //!   ascending order, as a first response or a subscription to every name does, leaves the
 //!   nodes about half full.
-//! - [`NameSet`], the names a delta stream subscribes to, is while it can be the snapshot map
-//!   whose keys they are: a sidecar naming every resource of a type keeps no set at all.
+//! - [`NameSet`], the names a stream subscribes to, is while it can be the snapshot map whose
+//!   keys they are: a sidecar naming every resource of a type keeps no set at all.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::{Deref, DerefMut};
@@ -59,17 +59,6 @@ fn interned() -> usize {
         .len()
 }
 
-/// Whether `names` are exactly the keys of `map`: one ordered walk, as both are sorted.
-/// Envoy subscribes to every endpoint set and route configuration by name, so a stream asks
-/// this of its whole subscription.
-pub fn are_keys_of<V>(names: &BTreeSet<Arc<str>>, map: &BTreeMap<String, V>) -> bool {
-    names.len() == map.len()
-        && names
-            .iter()
-            .map(|n| &**n)
-            .eq(map.keys().map(String::as_str))
-}
-
 /// Whether the sorted `names` include every key of `map`: one ordered walk.
 fn sorted_include_keys_of<'a, V>(
     names: impl Iterator<Item = &'a str>,
@@ -98,6 +87,19 @@ pub struct NameSet {
 }
 
 impl NameSet {
+    /// `names` (in any order, repeats allowed) as a set of their own.
+    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> NameSet {
+        // Collected, not inserted one by one: the tree is built with full nodes.
+        let set: BTreeSet<Arc<str>> = names.into_iter().map(intern).collect();
+        NameSet {
+            keys: None,
+            set: PackedSet {
+                packed_len: set.len(),
+                set,
+            },
+        }
+    }
+
     /// The keys of `map`, kept as the map itself.
     pub fn keys_of(map: &Arc<ResourceMap>) -> NameSet {
         NameSet {
@@ -136,13 +138,14 @@ impl NameSet {
         }
     }
 
-    pub fn remove(&mut self, name: &str) {
-        if self.contains(name) {
-            self.set_mut().remove(name);
-        }
+    /// Removes `name`; whether it was there.
+    pub fn remove(&mut self, name: &str) -> bool {
+        self.contains(name) && self.set_mut().remove(name)
     }
 
-    /// Whether the names are exactly the keys of `map`: no walk when they are kept as `map`.
+    /// Whether the names are exactly the keys of `map`: no walk when they are kept as `map`,
+    /// else one ordered walk. Envoy subscribes to every endpoint set and route configuration
+    /// by name, so a stream asks this of its whole subscription.
     pub fn are_keys_of(&self, map: &Arc<ResourceMap>) -> bool {
         match &self.keys {
             Some(keys) if Arc::ptr_eq(keys, map) => true,
@@ -277,15 +280,13 @@ mod tests {
     #[test]
     fn names_compared_with_a_maps_keys() {
         let abd = map(&["a", "b", "d"]);
-        let names = |list: &[&str]| list.iter().map(|n| intern(n)).collect::<BTreeSet<_>>();
-        assert!(are_keys_of(&names(&["a", "b", "d"]), &abd));
-        assert!(!are_keys_of(&names(&["a", "b", "c"]), &abd));
-        assert!(!are_keys_of(&names(&["a", "b", "d", "e"]), &abd));
-        // The same questions of a name set, kept as a set and as the keys of an equal map.
-        for kept_as_keys in [false, true] {
-            let set = |list: &[&str]| match kept_as_keys {
-                true => NameSet::keys_of(&map(list)),
-                false => name_set(list),
+        // Kept as a set built name by name, as a set collected at once, and as the keys of an
+        // equal map.
+        for kept_as in 0..3 {
+            let set = |list: &[&str]| match kept_as {
+                0 => name_set(list),
+                1 => NameSet::from_names(list.iter().rev().copied()),
+                _ => NameSet::keys_of(&map(list)),
             };
             assert!(set(&["a", "b", "d"]).are_keys_of(&abd));
             assert!(!set(&["a", "b", "c"]).are_keys_of(&abd));
@@ -307,7 +308,7 @@ mod tests {
         assert_eq!(set.len(), 3);
         // Adding or removing what it already has or lacks keeps the map.
         set.insert("a");
-        set.remove("c");
+        assert!(!set.remove("c"));
         assert!(set
             .keys
             .as_ref()
@@ -317,7 +318,7 @@ mod tests {
         assert_eq!(set.iter().collect::<Vec<_>>(), ["a", "b", "c", "d"]);
         assert!(!set.are_keys_of(&abd) && set.include_keys_of(&abd));
         let mut set = NameSet::keys_of(&abd);
-        set.remove("b");
+        assert!(set.remove("b"));
         assert_eq!(set.iter().collect::<Vec<_>>(), ["a", "d"]);
         assert!(!set.include_keys_of(&abd));
         set.insert("b");

@@ -22,10 +22,10 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
-use super::names::{are_keys_of, intern};
+use super::names::NameSet;
 use super::reply::{Reply, SotwReply};
 use super::request::{Names, SotwRequest};
-use super::resource::{Resource, ResourceType, Snapshot};
+use super::resource::{key_digest, Resource, ResourceType, Snapshot};
 use super::stream::{
     changed_between, content_hash, response_version, Event, NackRecord, NonceCounter, Output,
     Settled, TypeStatus,
@@ -61,8 +61,9 @@ struct TypeState {
     ever_named: bool,
     /// The client subscribes to every resource of the type (LDS/CDS only).
     wildcard: bool,
-    /// Names the client asked for, without `*`, shared with every stream.
-    names: BTreeSet<Arc<str>>,
+    /// Names the client asked for, without `*`: shared with every stream, and when they are
+    /// every name of the type, the snapshot's map itself.
+    names: NameSet,
     /// What the client holds as far as the server knows. For LDS/CDS/scoped RDS the last
     /// response it did not reject. For EDS/RDS every resource it got and did not reject (a
     /// response adds to what it holds; a resource deleted from the snapshot stays with the
@@ -178,7 +179,7 @@ impl SotwStream {
         let mut events = Vec::new();
         let state = &mut self.types[t.index()];
         state.handle_ack_or_nack(t, request, &mut events);
-        state.update_subscription(t, names);
+        state.update_subscription(t, names, snapshot);
         // A request may arrive with a snapshot newer than the last one handed to
         // `handle_snapshot` (rule 12): syncing every type here keeps make-before-break order.
         let mut out = self.sync(snapshot);
@@ -440,15 +441,15 @@ impl TypeState {
             return resource_names.len() == self.names.len()
                 && resource_names
                     .iter()
-                    .zip(&self.names)
-                    .all(|(a, b)| a.as_str() == &**b);
+                    .zip(self.names.iter())
+                    .all(|(a, b)| a == b);
         }
         let names: BTreeSet<&str> = resource_names
             .iter()
             .map(String::as_str)
             .filter(|name| !(wildcard && *name == "*"))
             .collect();
-        names.len() == self.names.len() && names.iter().zip(&self.names).all(|(a, b)| *a == &**b)
+        names.len() == self.names.len() && names.into_iter().eq(self.names.iter())
     }
 
     fn subscribed(&self) -> bool {
@@ -494,11 +495,10 @@ impl TypeState {
             self.full_walks += 1;
         }
         // Envoy names every resource of the type (all EDS clusters, every scope's routes).
-        let names_all = are_keys_of(&self.names, map);
+        let names_all = self.names.are_keys_of(map);
         let mut pending = BTreeMap::new();
         let mut held = self.held.iter().peekable();
-        for name in &self.names {
-            let name: &str = name;
+        for name in self.names.iter() {
             while held.next_if(|(h, _)| h.as_str() < name).is_some() {}
             let had = held.next_if(|(h, _)| h.as_str() == name).map(|(_, r)| r);
             let Some(resource) = snapshot.get(t, name) else {
@@ -529,7 +529,7 @@ impl TypeState {
             content_hash(self.names.iter().filter_map(|name| {
                 snapshot
                     .get(t, name)
-                    .map(|resource| (&**name, resource.version.as_str()))
+                    .map(|resource| (name, resource.version.as_str()))
             }))
         };
         Some(Plan {
@@ -695,7 +695,12 @@ impl TypeState {
 
     /// Takes the request's names as the new subscription, whatever its nonce (rule 17);
     /// `None`: the names of the previous request of the type, already in force.
-    fn update_subscription(&mut self, t: ResourceType, resource_names: Option<&[String]>) {
+    fn update_subscription(
+        &mut self,
+        t: ResourceType,
+        resource_names: Option<&[String]>,
+        snapshot: &Snapshot,
+    ) {
         if !self.requested {
             self.requested = true;
             self.must_answer = true;
@@ -705,7 +710,7 @@ impl TypeState {
         if let Some(names) = resource_names {
             if !self.asks_for_the_same(t, names) {
                 self.settled.clear();
-                self.replace_names(t, names);
+                self.replace_names(t, names, snapshot);
             }
         }
         if !self.subscribed() {
@@ -721,9 +726,22 @@ impl TypeState {
         self.status.subscribed = self.subscribed();
     }
 
-    fn replace_names(&mut self, t: ResourceType, resource_names: &[String]) {
-        // Collected, not inserted one by one: the tree is built with full nodes.
-        let mut names: BTreeSet<Arc<str>> = resource_names.iter().map(|n| intern(n)).collect();
+    fn replace_names(&mut self, t: ResourceType, resource_names: &[String], snapshot: &Snapshot) {
+        let map = snapshot.shared_resources(t);
+        // Every name of the type, as Envoy's EDS and RDS requests name them in a mesh where any
+        // Service may be called: kept as the snapshot's map, recognised by the count and digest
+        // sum of the names rather than name by name.
+        let sum =
+            || (resource_names.iter()).fold(0u128, |sum, name| sum.wrapping_add(key_digest(name)));
+        let mut names = if !resource_names.is_empty()
+            && resource_names.len() == map.len()
+            && !(t.is_wildcard_type() && map.contains_key("*"))
+            && sum() == snapshot.key_sum(t)
+        {
+            NameSet::keys_of(map)
+        } else {
+            NameSet::from_names(resource_names.iter().map(String::as_str))
+        };
         if t.is_wildcard_type() {
             // Rule 25, the protocol's wildcard rules: `*` subscribes to everything; an empty
             // list does too, until some request of the stream named a resource.
@@ -947,6 +965,11 @@ mod tests {
         for t in [C, E, L, R] {
             assert!(shares(&h, t), "{t}");
         }
+        // Their names are the snapshot's maps too, not sets of their own.
+        for t in [E, R] {
+            let names = &h.stream.types[t.index()].names;
+            assert!(names.is_kept_as(h.snapshot.shared_resources(t)), "{t}");
+        }
         let out = h.publish(mesh("rev2", [0, 0], [0, 1], 1));
         for (response, names) in out.responses.iter().zip([&["a", "b"][..], &["r"][..]]) {
             h.ack(response, names);
@@ -960,6 +983,15 @@ mod tests {
         h.ack(&out.responses[0], &["a"]);
         assert!(!shares(&h, E));
         assert_eq!(h.stream.types[E.index()].held.len(), 1);
+        let names = &h.stream.types[E.index()].names;
+        assert!(!names.is_kept_as(h.snapshot.shared_resources(E)));
+        assert_eq!(names.iter().collect::<Vec<_>>(), ["a"]);
+        // Every name, one of them twice: a set of its own, the same subscription.
+        let out = h.subscribe(E, &["b", "a", "b"]);
+        assert_eq!(summary(&out), [s(E, &["b"])]);
+        let names = &h.stream.types[E.index()].names;
+        assert!(!names.is_kept_as(h.snapshot.shared_resources(E)));
+        assert!(names.are_keys_of(h.snapshot.shared_resources(E)));
     }
 
     #[test]
