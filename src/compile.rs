@@ -119,29 +119,29 @@ impl CompiledRevision {
         workloads: &Arc<Workloads>,
         previous: Option<&Mesh>,
     ) -> Mesh {
-        let reusable = previous
-            .filter(|previous| {
-                previous
-                    .workloads
-                    .as_ref()
-                    .is_some_and(|w| Arc::ptr_eq(w, workloads))
-            })
-            .map(|previous| &previous.by_plan);
+        let reusable = previous.filter(|previous| {
+            previous
+                .workloads
+                .as_ref()
+                .is_some_and(|w| Arc::ptr_eq(w, workloads))
+        });
         self.build_mesh(workloads, Some(workloads.clone()), reusable)
     }
 
+    /// `reusable`: a mesh built with the same workloads, whose endpoints are reused for the
+    /// port plans it shares with this one, and kept as the map when all are equal.
     fn build_mesh(
         self: &Arc<Self>,
         workloads: &Workloads,
         identity: Option<Arc<Workloads>>,
-        reusable: Option<&HashMap<usize, Arc<Resource>>>,
+        reusable: Option<&Mesh>,
     ) -> Mesh {
         let mut index = None;
         let ports = self.endpoints.ports();
         let mut by_plan = HashMap::with_capacity(ports.len());
-        let endpoints = TypeResources::new(ports.iter().map(|port| {
+        let resources = ports.iter().map(|port| {
             let plan = Arc::as_ptr(port) as usize;
-            let reused = reusable.and_then(|built| built.get(&plan)).cloned();
+            let reused = reusable.and_then(|built| built.by_plan.get(&plan)).cloned();
             let resource = reused.unwrap_or_else(|| {
                 let index = index.get_or_insert_with(|| endpoints::WorkloadIndex::new(workloads));
                 let (assignment, origins) = port.assignment(index);
@@ -152,7 +152,9 @@ impl CompiledRevision {
             });
             by_plan.insert(plan, resource.clone());
             resource
-        }));
+        });
+        let endpoints =
+            TypeResources::new_or_previous(resources, reusable.map(|built| &built.endpoints));
         Mesh {
             compiled: self.clone(),
             endpoints,
@@ -279,6 +281,9 @@ pub fn compile_revision(
 #[derive(Default)]
 pub struct CompileCache {
     parts: PartMemo<Arc<CompiledPart>>,
+    /// The last revision compiled without errors: its per-type maps are kept for types whose
+    /// resources did not change.
+    last: Option<Arc<CompiledRevision>>,
 }
 
 impl CompileCache {
@@ -305,7 +310,9 @@ pub fn compile_revision_cached(
         })
         .collect();
     cache.parts.sweep();
-    assemble(revision_id, &parts)
+    let compiled = assemble(revision_id, &parts, cache.last.as_deref())?;
+    cache.last = Some(compiled.clone());
+    Ok(compiled)
 }
 
 /// What one part of a revision compiles to; parts never look at each other.
@@ -407,10 +414,12 @@ static PASSTHROUGH: LazyLock<Passthrough> = LazyLock::new(|| Passthrough {
     routes: Arc::new(listener::to_passthrough_route_configuration()),
 });
 
-/// The revision from its compiled parts, or every error and warning of them all.
+/// The revision from its compiled parts, or every error and warning of them all. A type whose
+/// resources equal `previous`'s keeps `previous`'s map.
 fn assemble(
     revision_id: &str,
     parts: &[Arc<CompiledPart>],
+    previous: Option<&CompiledRevision>,
 ) -> Result<Arc<CompiledRevision>, Vec<Diagnostic>> {
     let findings = parts.iter().map(|part| &part.findings);
     if findings.clone().any(|f| !f.errors.is_empty()) {
@@ -429,7 +438,10 @@ fn assemble(
     let clusters = parts.iter().flat_map(|part| part.clusters.iter().cloned());
     let scopes = parts.iter().flat_map(|part| part.scopes.iter().cloned());
     let routes = parts.iter().flat_map(|part| part.routes.iter().cloned());
-    let routes = TypeResources::new(routes.chain([PASSTHROUGH.routes.clone()]));
+    let routes = TypeResources::new_or_previous(
+        routes.chain([PASSTHROUGH.routes.clone()]),
+        previous.map(|p| &p.routes),
+    );
 
     let mut replaced: BTreeMap<&str, Vec<Arc<Resource>>> = BTreeMap::new();
     for part in parts {
@@ -447,9 +459,15 @@ fn assemble(
 
     Ok(Arc::new(CompiledRevision {
         revision: revision_id.to_string(),
-        clusters: TypeResources::new(clusters.chain([PASSTHROUGH.cluster.clone()])),
+        clusters: TypeResources::new_or_previous(
+            clusters.chain([PASSTHROUGH.cluster.clone()]),
+            previous.map(|p| &p.clusters),
+        ),
         endpoints: endpoints::EndpointPlan::merge(parts.iter().map(|part| &part.endpoints)),
-        scopes: TypeResources::new(scopes.chain([PASSTHROUGH.scope.clone()])),
+        scopes: TypeResources::new_or_previous(
+            scopes.chain([PASSTHROUGH.scope.clone()]),
+            previous.map(|p| &p.scopes),
+        ),
         routes,
         consumer_routes,
         warnings,

@@ -1,7 +1,7 @@
 //! Compiler tests: revisions built in Rust, compiled, and the produced bytes decoded back into
 //! Envoy types to assert on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -278,7 +278,7 @@ impl Rev {
 /// revision into parts must never change what it compiles to.
 fn compile_checked(revision: &Revision) -> Result<Arc<CompiledRevision>, Vec<Diagnostic>> {
     let by_parts = compile_revision("rev-1", revision);
-    let whole = assemble("rev-1", &[Arc::new(compile_part(revision))]);
+    let whole = assemble("rev-1", &[Arc::new(compile_part(revision))], None);
     match (&by_parts, &whole) {
         (Ok(a), Ok(b)) => {
             assert_eq!(a.clusters, b.clusters, "clusters differ by parts");
@@ -2769,6 +2769,19 @@ fn a_cached_compile_recompiles_only_the_changed_part_and_equals_a_fresh_one() {
     assert_eq!(cached.routes, fresh.routes);
     assert_eq!(cached.clusters, fresh.clusters);
     assert_ne!(cached.routes, first.routes);
+    // Types the change did not touch keep the first revision's maps, shared.
+    assert!(std::ptr::eq(
+        cached.clusters.resources(),
+        first.clusters.resources()
+    ));
+    assert!(std::ptr::eq(
+        cached.scopes.resources(),
+        first.scopes.resources()
+    ));
+    assert!(!std::ptr::eq(
+        cached.routes.resources(),
+        first.routes.resources()
+    ));
 
     // A part whose result was dropped (not in the latest revision) is compiled again.
     compile_revision_cached("rev-4", &base.revision, &mut cache).expect("compiles");
@@ -2780,11 +2793,20 @@ fn a_cached_compile_recompiles_only_the_changed_part_and_equals_a_fresh_one() {
     let after = cached.mesh_after(&workloads, Some(&before));
     let fresh = fresh.mesh(&workloads);
     assert_eq!(after.endpoints, fresh.endpoints);
+    // Per port plan, the changed part's endpoints are built again, the others reused...
     let api = "outbound|80||api.other.svc.cluster.local";
-    for (name, resource) in after.endpoints.resources() {
-        let reused = Arc::ptr_eq(resource, &before.endpoints.resources()[name]);
-        assert_eq!(reused, name != api, "{name}");
+    let built_before: HashMap<&str, &Arc<Resource>> = (before.by_plan.values())
+        .map(|r| (r.name.as_str(), r))
+        .collect();
+    for resource in after.by_plan.values() {
+        let reused = Arc::ptr_eq(resource, built_before[resource.name.as_str()]);
+        assert_eq!(reused, resource.name != api, "{}", resource.name);
     }
+    // ...and as a weight change leaves every endpoint set equal, the mesh keeps the map.
+    assert!(std::ptr::eq(
+        after.endpoints.resources(),
+        before.endpoints.resources()
+    ));
     // Another workload set: nothing is reused.
     let other = Arc::new(Workloads::default());
     let after = cached.mesh_after(&other, Some(&before));

@@ -272,6 +272,39 @@ impl TypeResources {
         )
     }
 
+    /// [`TypeResources::new`], or a clone of `previous` when it holds exactly these resources
+    /// (equal content, origins included): a type a change did not touch costs no new map and
+    /// no hashing, and stays the same shared map for every stream.
+    pub fn new_or_previous(
+        resources: impl IntoIterator<Item = Arc<Resource>>,
+        previous: Option<&TypeResources>,
+    ) -> TypeResources {
+        let mut sorted: Vec<Arc<Resource>> = resources.into_iter().collect();
+        // Stable: of resources with one name the last is kept, as `new`'s map keeps it.
+        sorted.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut unique: Vec<Arc<Resource>> = Vec::with_capacity(sorted.len());
+        for resource in sorted {
+            match unique.last_mut() {
+                Some(last) if last.name == resource.name => *last = resource,
+                _ => unique.push(resource),
+            }
+        }
+        if let Some(previous) = previous {
+            let same = previous.map.len() == unique.len()
+                && (previous.map.values().zip(&unique))
+                    .all(|(old, new)| Arc::ptr_eq(old, new) || old == new);
+            if same {
+                return previous.clone();
+            }
+        }
+        TypeResources::from_map(
+            unique
+                .into_iter()
+                .map(|resource| (resource.name.clone(), resource))
+                .collect(),
+        )
+    }
+
     fn from_map(map: BTreeMap<String, Arc<Resource>>) -> TypeResources {
         let (mut entry_sum, mut key_sum) = (0u128, 0u128);
         for (name, resource) in &map {
@@ -346,5 +379,47 @@ mod tests {
             assert_eq!(entry_digest(&name, &version), hasher.digest128(), "{n} {v}");
         }
         assert_ne!(entry_digest("ab", "c"), entry_digest("a", "bc"));
+    }
+
+    #[test]
+    fn an_unchanged_type_is_the_previous_map_and_a_changed_one_a_new_one() {
+        use crate::xds::stream::testing::resource;
+        let t = ResourceType::Cluster;
+        let make = |variants: &[(&str, u32)]| -> Vec<Arc<Resource>> {
+            (variants.iter())
+                .map(|(name, variant)| Arc::new(resource(t, name, *variant)))
+                .collect()
+        };
+        let previous = TypeResources::new(make(&[("a", 0), ("b", 0)]));
+        // Equal content in other allocations and another order: the previous map itself.
+        let same = TypeResources::new_or_previous(make(&[("b", 0), ("a", 0)]), Some(&previous));
+        assert!(Arc::ptr_eq(&same.map, &previous.map));
+        assert_eq!(same, previous);
+        // A changed version, a resource more or fewer, other origins: a new map, as `new`
+        // builds it.
+        let moved_origin = {
+            let mut list = make(&[("a", 0), ("b", 0)]);
+            list[1] = Arc::new(resource(t, "b", 0).with_origins(vec!["b.yaml:3".into()]));
+            list
+        };
+        for list in [
+            make(&[("a", 0), ("b", 1)]),
+            make(&[("a", 0), ("b", 0), ("c", 0)]),
+            make(&[("a", 0)]),
+            moved_origin,
+        ] {
+            let built = TypeResources::new_or_previous(list.clone(), Some(&previous));
+            assert!(!Arc::ptr_eq(&built.map, &previous.map));
+            assert_eq!(built, TypeResources::new(list));
+        }
+        // Two resources of one name: the later one, as in `new`; none before: built afresh.
+        let twice = make(&[("a", 1), ("b", 0), ("a", 0)]);
+        let built = TypeResources::new_or_previous(twice.clone(), Some(&previous));
+        assert_eq!(built, TypeResources::new(twice.clone()));
+        assert!(Arc::ptr_eq(&built.map, &previous.map), "a:0 came last");
+        assert_eq!(
+            TypeResources::new_or_previous(twice.clone(), None),
+            TypeResources::new(twice)
+        );
     }
 }
