@@ -633,3 +633,140 @@ mod tests {
         assert!(error.message().contains("UTF-8"), "{error}");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::google::rpc;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            "[a-c]{1,3}",
+            "outbound\\|80\\|\\|[a-z]{1,8}\\.svc",
+            "\\PC{0,6}",
+        ]
+    }
+
+    fn delta_request() -> impl Strategy<Value = DeltaDiscoveryRequest> {
+        (
+            proptest::collection::vec(text(), 0..6),
+            proptest::collection::vec(text(), 0..3),
+            proptest::collection::hash_map(text(), text(), 0..6),
+            text(),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(subscribe, unsubscribe, declared, nonce, node, nack)| {
+                DeltaDiscoveryRequest {
+                    node: node.then(|| Node {
+                        id: "sidecar".into(),
+                        ..Default::default()
+                    }),
+                    type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
+                    resource_names_subscribe: subscribe,
+                    resource_names_unsubscribe: unsubscribe,
+                    initial_resource_versions: declared,
+                    response_nonce: nonce,
+                    error_detail: nack.then(|| rpc::Status {
+                        code: 3,
+                        message: "rejected".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }
+            })
+    }
+
+    /// What a client or the network may do to a well-formed request.
+    #[derive(Clone, Debug)]
+    enum Damage {
+        None,
+        Cut(usize),
+        Flip(usize, u8),
+        Insert(usize, u8),
+    }
+
+    fn damage() -> impl Strategy<Value = Damage> {
+        prop_oneof![
+            Just(Damage::None),
+            any::<usize>().prop_map(Damage::Cut),
+            (any::<usize>(), 1u8..=255).prop_map(|(at, bits)| Damage::Flip(at, bits)),
+            (any::<usize>(), any::<u8>()).prop_map(|(at, byte)| Damage::Insert(at, byte)),
+        ]
+    }
+
+    fn damaged(mut bytes: Vec<u8>, damage: &Damage) -> Vec<u8> {
+        // Often a key: field 1 to 15 of any wire type.
+        let key = |byte: u8| {
+            if byte.is_multiple_of(2) {
+                (byte >> 1) & 0x7f
+            } else {
+                byte
+            }
+        };
+        let len = bytes.len().max(1);
+        match *damage {
+            Damage::None => {}
+            Damage::Cut(at) => bytes.truncate(at % len),
+            Damage::Flip(at, bits) => {
+                if let Some(byte) = bytes.get_mut(at % len) {
+                    *byte ^= bits;
+                }
+            }
+            Damage::Insert(at, byte) => bytes.insert(at % (bytes.len() + 1), key(byte)),
+        }
+        bytes
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Whatever the bytes, the decoders never panic, refuse exactly what prost refuses,
+        /// and read what prost reads.
+        #[test]
+        fn decoders_read_any_bytes_as_prost_does(
+            request in delta_request(),
+            damages in proptest::collection::vec(damage(), 0..4),
+        ) {
+            let bytes = damages.iter().fold(request.encode_to_vec(), damaged);
+            let ours = DeltaDecoder.decode(Bytes::from(bytes.clone()));
+            match DeltaDiscoveryRequest::decode(bytes.as_slice()) {
+                Err(_) => {
+                    // Refused as prost refuses it; the reason may differ in its last words
+                    // (the fields around a damaged one are decoded apart).
+                    let ours = ours.expect_err("prost refuses it");
+                    prop_assert!(ours.message().starts_with("failed to decode Protobuf message"));
+                }
+                Ok(prost) => {
+                    let ours = ours.expect("prost reads it");
+                    prop_assert_eq!(
+                        ours.subscribe.iter().collect::<Vec<_>>(),
+                        prost.resource_names_subscribe.clone()
+                    );
+                    let declared: HashMap<String, String> = (ours.declared.iter())
+                        .map(|(n, v)| (n.to_string(), v.to_string()))
+                        .collect();
+                    prop_assert_eq!(&declared, &prost.initial_resource_versions);
+                    prop_assert_eq!(ours.request, DeltaDiscoveryRequest {
+                        resource_names_subscribe: Vec::new(),
+                        initial_resource_versions: HashMap::new(),
+                        ..prost
+                    });
+                }
+            }
+
+            // The same bytes read as a SotW request by a fresh decoder.
+            let ours = SotwDecoder::default().decode_bytes(Bytes::from(bytes.clone()));
+            match DiscoveryRequest::decode(bytes.as_slice()) {
+                Err(_) => prop_assert!(ours.is_err()),
+                Ok(prost) => prop_assert_eq!(ours.expect("prost reads it"), SotwRequest::from(prost)),
+            }
+        }
+    }
+}
