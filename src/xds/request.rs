@@ -94,10 +94,12 @@ impl SotwDecoder {
                 .map_err(invalid);
         };
         let mut request = DiscoveryRequest::decode(rest.as_slice()).map_err(invalid)?;
+        // The walk found every value within `bytes`.
+        let value = |range: &Range<usize>| bytes.get(range.clone()).unwrap_or_default();
         let mut hasher = Xxh3::with_seed(*SEED);
         for range in &values {
             hasher.update(&(range.len() as u64).to_le_bytes());
-            hasher.update(&bytes[range.clone()]);
+            hasher.update(value(range));
         }
         hasher.update(&(values.len() as u64).to_le_bytes());
         let digest = hasher.digest128();
@@ -108,8 +110,8 @@ impl SotwDecoder {
             });
         }
         let mut names = Vec::with_capacity(values.len());
-        for range in values {
-            let name = String::from_utf8(bytes[range].to_vec()).map_err(|_| {
+        for range in &values {
+            let name = String::from_utf8(value(range).to_vec()).map_err(|_| {
                 Status::internal(
                     "failed to decode Protobuf message: DiscoveryRequest.resource_names: invalid \
                      string value: data is not UTF-8 encoded",
