@@ -496,18 +496,25 @@ impl TypeState {
         }
         // Envoy names every resource of the type (all EDS clusters, every scope's routes).
         let names_all = self.names.are_keys_of(map);
-        let mut pending = BTreeMap::new();
-        let mut held = self.held.iter().peekable();
-        for name in self.names.iter() {
-            while held.next_if(|(h, _)| h.as_str() < name).is_some() {}
-            let had = held.next_if(|(h, _)| h.as_str() == name).map(|(_, r)| r);
-            let Some(resource) = snapshot.get(t, name) else {
-                continue;
-            };
-            if forced.contains(name) || had.is_none_or(|h| h.version != resource.version) {
-                pending.insert(name.to_string(), resource.clone());
+        let pending = if names_all && self.held.is_empty() {
+            // Every name, none held (a first request): every resource of the map is lacking,
+            // so the map itself is sent, shared, not a copy built entry by entry.
+            Arc::clone(map)
+        } else {
+            let mut pending = BTreeMap::new();
+            let mut held = self.held.iter().peekable();
+            for name in self.names.iter() {
+                while held.next_if(|(h, _)| h.as_str() < name).is_some() {}
+                let had = held.next_if(|(h, _)| h.as_str() == name).map(|(_, r)| r);
+                let Some(resource) = snapshot.get(t, name) else {
+                    continue;
+                };
+                if forced.contains(name) || had.is_none_or(|h| h.version != resource.version) {
+                    pending.insert(name.to_string(), resource.clone());
+                }
             }
-        }
+            Arc::new(pending)
+        };
         // A rejected resource stays rejected while the client still lacks it at that version.
         self.rejected
             .retain(|name, version| pending.get(name).is_some_and(|r| r.version == *version));
@@ -533,7 +540,7 @@ impl TypeState {
             }))
         };
         Some(Plan {
-            content: Arc::new(pending),
+            content: pending,
             hash,
             whole: names_all.then(|| map.clone()),
         })
@@ -992,6 +999,22 @@ mod tests {
         let names = &h.stream.types[E.index()].names;
         assert!(!names.is_kept_as(h.snapshot.shared_resources(E)));
         assert!(names.are_keys_of(h.snapshot.shared_resources(E)));
+    }
+
+    #[test]
+    fn a_first_request_naming_every_resource_is_answered_with_the_snapshots_map() {
+        let snapshot = base("rev1");
+        let plan = |names: &[&str]| {
+            let mut state = TypeState::default();
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            state.update_subscription(E, Some(&names), &snapshot);
+            state.plan_partial(E, &snapshot, &BTreeSet::new())
+        };
+        let all = plan(&["b", "a"]).expect("a plan");
+        assert!(Arc::ptr_eq(&all.content, snapshot.shared_resources(E)));
+        // Naming fewer: a map of its own, of just those.
+        let some = plan(&["a"]).expect("a plan");
+        assert_eq!(some.content.keys().collect::<Vec<_>>(), ["a"]);
     }
 
     #[test]
