@@ -752,18 +752,14 @@ impl TypeState {
             }
         }
         let subscribe = &decoded.subscribe;
-        let map = snapshot.shared_resources(t);
-        // A first request naming every resource of the type, as Envoy's EDS and RDS requests
-        // do in a mesh where any Service may be called: the names are kept as the snapshot's
-        // map, recognised by the count and digest sum of the names, not name by name.
-        if first
-            && self.names.is_empty()
-            && !subscribe.is_empty()
-            && subscribe.len() == map.len()
-            && subscribe.sum() == snapshot.key_sum(t)
-            && !(t.is_wildcard_type() && map.contains_key("*"))
-        {
-            self.names = NameSet::keys_of(map);
+        // A first request naming every resource of the type keeps the snapshot's map as names.
+        let every_name = if first && self.names.is_empty() {
+            NameSet::keys_if_exactly(t, snapshot, subscribe.len(), || subscribe.sum())
+        } else {
+            None
+        };
+        if let Some(names) = every_name {
+            self.names = names;
             // Nothing to force (see below): on a first request the stream holds only what was
             // declared, and every name it does not hold exists in this snapshot, so it is sent
             // in answer to this very request.

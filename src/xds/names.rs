@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
-use super::resource::Resource;
+use super::resource::{Resource, ResourceType, Snapshot};
 
 /// Names no stream holds any more are dropped once the table doubled since the last sweep.
 const SWEEP_FROM: usize = 1024;
@@ -98,6 +98,26 @@ impl NameSet {
                 set,
             },
         }
+    }
+
+    /// The names as the snapshot's map of `t` when `count` names whose digests
+    /// ([`key_digest`](super::resource::key_digest)) sum to `sum()` are exactly its keys:
+    /// recognised by count and sum, no name looked up. Envoy's EDS and RDS requests name every
+    /// resource of the type in a mesh where any Service may be called. `None` for no names,
+    /// and for a wildcard type whose map has a resource named `*` (a `*` in a request is the
+    /// wildcard).
+    pub fn keys_if_exactly(
+        t: ResourceType,
+        snapshot: &Snapshot,
+        count: usize,
+        sum: impl FnOnce() -> u128,
+    ) -> Option<NameSet> {
+        let map = snapshot.shared_resources(t);
+        let exactly = count != 0
+            && count == map.len()
+            && !(t.is_wildcard_type() && map.contains_key("*"))
+            && sum() == snapshot.key_sum(t);
+        exactly.then(|| NameSet::keys_of(map))
     }
 
     /// The keys of `map`, kept as the map itself.
@@ -240,7 +260,6 @@ impl<T> DerefMut for PackedSet<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xds::resource::ResourceType;
     use crate::xds::stream::testing;
 
     #[test]
@@ -296,6 +315,42 @@ mod tests {
             assert!(!set(&["a", "b"]).include_keys_of(&abd));
             assert!(set(&[]).include_keys_of(&map(&[])));
         }
+    }
+
+    #[test]
+    fn names_are_recognised_as_a_snapshots_keys_by_count_and_digest_sum() {
+        use crate::xds::resource::key_digest;
+        let snapshot = |names: &[&str]| {
+            let resource = |t, name: &str| (t, testing::resource(t, name, 0));
+            Snapshot::new(
+                "rev",
+                (names.iter())
+                    .flat_map(|n| {
+                        [
+                            resource(ResourceType::Endpoint, n),
+                            resource(ResourceType::Cluster, n),
+                        ]
+                    })
+                    .collect(),
+            )
+        };
+        let sum = |names: &[&str]| {
+            names
+                .iter()
+                .fold(0u128, |s, n| s.wrapping_add(key_digest(n)))
+        };
+        let ab = snapshot(&["a", "b"]);
+        let e = ResourceType::Endpoint;
+        let names = NameSet::keys_if_exactly(e, &ab, 2, || sum(&["b", "a"])).expect("every name");
+        assert!(names.is_kept_as(ab.shared_resources(e)));
+        assert!(NameSet::keys_if_exactly(e, &ab, 2, || sum(&["a", "c"])).is_none());
+        assert!(NameSet::keys_if_exactly(e, &ab, 3, || sum(&["a", "b", "b"])).is_none());
+        assert!(NameSet::keys_if_exactly(e, &snapshot(&[]), 0, || sum(&[])).is_none());
+        // A cluster named `*`: a `*` in a CDS request is the wildcard, never that name.
+        let star = snapshot(&["*", "a"]);
+        let c = ResourceType::Cluster;
+        assert!(NameSet::keys_if_exactly(c, &star, 2, || sum(&["*", "a"])).is_none());
+        assert!(NameSet::keys_if_exactly(e, &star, 2, || sum(&["*", "a"])).is_some());
     }
 
     #[test]

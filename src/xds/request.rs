@@ -94,12 +94,13 @@ impl SotwDecoder {
                 .map_err(invalid);
         };
         let mut request = DiscoveryRequest::decode(rest.as_slice()).map_err(invalid)?;
-        // The walk found every value within `bytes`.
+        // The walk found every field within `bytes`.
         let value = |range: &Range<usize>| bytes.get(range.clone()).unwrap_or_default();
+        // Each name hashed as encoded, length included: one call per name, as an ACK of a
+        // large mesh repeats thousands.
         let mut hasher = Xxh3::with_seed(*SEED);
-        for range in &values {
-            hasher.update(&(range.len() as u64).to_le_bytes());
-            hasher.update(value(range));
+        for field in &values {
+            hasher.update(value(&field.span));
         }
         hasher.update(&(values.len() as u64).to_le_bytes());
         let digest = hasher.digest128();
@@ -110,8 +111,8 @@ impl SotwDecoder {
             });
         }
         let mut names = Vec::with_capacity(values.len());
-        for range in &values {
-            let name = String::from_utf8(value(range).to_vec()).map_err(|_| {
+        for field in &values {
+            let name = String::from_utf8(value(&field.payload).to_vec()).map_err(|_| {
                 Status::internal(
                     "failed to decode Protobuf message: DiscoveryRequest.resource_names: invalid \
                      string value: data is not UTF-8 encoded",
@@ -223,15 +224,15 @@ impl NameList {
         self.sum = self.sum.wrapping_add(key_digest(name));
     }
 
-    /// The names at `values` in `bytes`; `None` if one is not UTF-8.
-    fn parse(bytes: &[u8], values: &[Range<usize>]) -> Option<NameList> {
-        let text_len = values.iter().map(|value| value.len()).sum();
+    /// The names of `values` in `bytes`; `None` if one is not UTF-8.
+    fn parse(bytes: &[u8], values: &[Field]) -> Option<NameList> {
+        let text_len = values.iter().map(|value| value.payload.len()).sum();
         let mut list = NameList {
             names: Texts::with_capacity(text_len, values.len()),
             sum: 0,
         };
         for value in values {
-            list.push(std::str::from_utf8(bytes.get(value.clone())?).ok()?);
+            list.push(std::str::from_utf8(bytes.get(value.payload.clone())?).ok()?);
         }
         Some(list)
     }
@@ -275,16 +276,16 @@ impl Declared {
         self.sum = self.sum.wrapping_add(entry_digest(name, version));
     }
 
-    /// The pairs of the map entries at `entries` in `bytes`; `None` if one is not as prost
+    /// The pairs of the map entries `entries` in `bytes`; `None` if one is not as prost
     /// would accept it.
-    fn parse(bytes: &[u8], entries: &[Range<usize>]) -> Option<Declared> {
-        let text_len = entries.iter().map(|entry| entry.len()).sum();
+    fn parse(bytes: &[u8], entries: &[Field]) -> Option<Declared> {
+        let text_len = entries.iter().map(|entry| entry.payload.len()).sum();
         let mut declared = Declared {
             texts: Texts::with_capacity(text_len, entries.len() * 2),
             sum: 0,
         };
         for entry in entries {
-            let entry = bytes.get(entry.clone())?;
+            let entry = bytes.get(entry.payload.clone())?;
             // A map entry is a message of its own: the key is field 1, the value field 2, both
             // optional (empty when absent), the last occurrence winning, other fields skipped.
             let (mut name, mut version) = ("", "");
@@ -385,17 +386,17 @@ fn walk_fields(bytes: &[u8], mut each: impl FnMut(Field) -> Option<()>) -> Optio
 }
 
 /// A message's encoding taken apart: every field but some, and where each value of those is.
-type Split<const N: usize> = (Vec<u8>, [Vec<Range<usize>>; N]);
+type Split<const N: usize> = (Vec<u8>, [Vec<Field>; N]);
 
 /// Takes the length-delimited fields `tags` out of `bytes`; `None` when the encoding is not
 /// well formed.
 fn split_fields<const N: usize>(bytes: &[u8], tags: [u32; N]) -> Option<Split<N>> {
     let mut rest = Vec::with_capacity(256);
-    let mut values: [Vec<Range<usize>>; N] = std::array::from_fn(|_| Vec::new());
+    let mut values: [Vec<Field>; N] = std::array::from_fn(|_| Vec::new());
     walk_fields(bytes, |field| {
         let taken = tags.iter().position(|&tag| tag == field.tag);
         match (taken, field.wire_type) {
-            (Some(i), WireType::LengthDelimited) => values.get_mut(i)?.push(field.payload),
+            (Some(i), WireType::LengthDelimited) => values.get_mut(i)?.push(field),
             _ => rest.extend_from_slice(bytes.get(field.span)?),
         }
         Some(())

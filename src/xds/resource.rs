@@ -264,12 +264,7 @@ pub struct TypeResources {
 
 impl TypeResources {
     pub fn new(resources: impl IntoIterator<Item = Arc<Resource>>) -> TypeResources {
-        TypeResources::from_map(
-            resources
-                .into_iter()
-                .map(|resource| (resource.name.clone(), resource))
-                .collect(),
-        )
+        TypeResources::new_or_previous(resources, None)
     }
 
     /// [`TypeResources::new`], or a clone of `previous` when it holds exactly these resources

@@ -734,21 +734,11 @@ impl TypeState {
     }
 
     fn replace_names(&mut self, t: ResourceType, resource_names: &[String], snapshot: &Snapshot) {
-        let map = snapshot.shared_resources(t);
-        // Every name of the type, as Envoy's EDS and RDS requests name them in a mesh where any
-        // Service may be called: kept as the snapshot's map, recognised by the count and digest
-        // sum of the names rather than name by name.
+        // Every name of the type: kept as the snapshot's map.
         let sum =
             || (resource_names.iter()).fold(0u128, |sum, name| sum.wrapping_add(key_digest(name)));
-        let mut names = if !resource_names.is_empty()
-            && resource_names.len() == map.len()
-            && !(t.is_wildcard_type() && map.contains_key("*"))
-            && sum() == snapshot.key_sum(t)
-        {
-            NameSet::keys_of(map)
-        } else {
-            NameSet::from_names(resource_names.iter().map(String::as_str))
-        };
+        let mut names = NameSet::keys_if_exactly(t, snapshot, resource_names.len(), sum)
+            .unwrap_or_else(|| NameSet::from_names(resource_names.iter().map(String::as_str)));
         if t.is_wildcard_type() {
             // Rule 25, the protocol's wildcard rules: `*` subscribes to everything; an empty
             // list does too, until some request of the stream named a resource.
