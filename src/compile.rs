@@ -113,48 +113,70 @@ impl CompiledRevision {
     }
 
     /// [`CompiledRevision::mesh`], reusing the endpoints `previous` built for every port plan
-    /// it shares with this revision (the unchanged parts) when the workloads are the same set.
+    /// it shares with this revision (the unchanged parts) whose endpoints the workloads that
+    /// changed since `previous` (if any) do not select.
     pub fn mesh_after(
         self: &Arc<Self>,
         workloads: &Arc<Workloads>,
         previous: Option<&Mesh>,
     ) -> Mesh {
-        let reusable = previous.filter(|previous| {
-            previous
-                .workloads
-                .as_ref()
-                .is_some_and(|w| Arc::ptr_eq(w, workloads))
+        let reusable = previous.and_then(|previous| {
+            let built_with = previous.workloads.as_ref()?;
+            let changed = (!Arc::ptr_eq(built_with, workloads))
+                .then(|| endpoints::WorkloadIndex::changed(built_with, workloads));
+            Some((previous, changed))
         });
         self.build_mesh(workloads, Some(workloads.clone()), reusable)
     }
 
-    /// `reusable`: a mesh built with the same workloads, whose endpoints are reused for the
-    /// port plans it shares with this one, and kept as the map when all are equal.
+    /// `reusable`: a mesh built with other (or the same, `None`) workloads, whose endpoints are
+    /// reused for the port plans it shares with this one that select no changed workload, and
+    /// kept as the map when all are equal.
     fn build_mesh(
         self: &Arc<Self>,
         workloads: &Workloads,
         identity: Option<Arc<Workloads>>,
-        reusable: Option<&Mesh>,
+        reusable: Option<(&Mesh, Option<endpoints::WorkloadIndex<'_>>)>,
     ) -> Mesh {
         let mut index = None;
         let ports = self.endpoints.ports();
         let mut by_plan = HashMap::with_capacity(ports.len());
-        let resources = ports.iter().map(|port| {
-            let plan = Arc::as_ptr(port) as usize;
-            let reused = reusable.and_then(|built| built.by_plan.get(&plan)).cloned();
-            let resource = reused.unwrap_or_else(|| {
-                let index = index.get_or_insert_with(|| endpoints::WorkloadIndex::new(workloads));
-                let (assignment, origins) = port.assignment(index);
-                Arc::new(
-                    Resource::new(ResourceType::Endpoint, port.cluster(), &assignment)
-                        .with_origins(origins),
-                )
-            });
-            by_plan.insert(plan, resource.clone());
-            resource
-        });
-        let endpoints =
-            TypeResources::new_or_previous(resources, reusable.map(|built| &built.endpoints));
+        let mut reused_all = true;
+        let resources: Vec<Arc<Resource>> = ports
+            .iter()
+            .map(|port| {
+                let plan = Arc::as_ptr(port) as usize;
+                let reused = reusable
+                    .as_ref()
+                    .filter(|(_, changed)| changed.as_ref().is_none_or(|c| !port.selects_any(c)))
+                    .and_then(|(built, _)| built.by_plan.get(&plan))
+                    .cloned();
+                reused_all &= reused.is_some();
+                let resource = reused.unwrap_or_else(|| {
+                    let index =
+                        index.get_or_insert_with(|| endpoints::WorkloadIndex::new(workloads));
+                    let (assignment, origins) = port.assignment(index);
+                    Arc::new(
+                        Resource::new(ResourceType::Endpoint, port.cluster(), &assignment)
+                            .with_origins(origins),
+                    )
+                });
+                by_plan.insert(plan, resource.clone());
+                resource
+            })
+            .collect();
+        let previous = reusable.map(|(built, _)| built);
+        // Every plan of the previous mesh and no other, each with its resource: its endpoints.
+        let endpoints = match previous {
+            Some(built)
+                if reused_all
+                    && by_plan.len() == ports.len()
+                    && by_plan.len() == built.by_plan.len() =>
+            {
+                built.endpoints.clone()
+            }
+            _ => TypeResources::new_or_previous(resources, previous.map(|built| &built.endpoints)),
+        };
         Mesh {
             compiled: self.clone(),
             endpoints,

@@ -147,8 +147,9 @@ impl Publisher {
         }
     }
 
-    /// The sidecars changed: only their endpoints are recomputed, and nothing is published
-    /// when no endpoint moved (a sidecar that no Service selects came or went).
+    /// The sidecars changed: only the endpoints of the ports selecting a sidecar that came,
+    /// changed or went are recomputed, and nothing is published when no endpoint moved (a
+    /// sidecar that no Service selects came or went).
     async fn update_endpoints(
         &self,
         compiled: &Arc<CompiledRevision>,

@@ -6,6 +6,7 @@
 //! at the slice port named like the Service port). Endpoints are grouped by locality
 //! (region, zone); localities and addresses are sorted, so equal inputs give equal bytes.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -161,8 +162,41 @@ pub(crate) struct WorkloadIndex<'w> {
 
 impl<'w> WorkloadIndex<'w> {
     pub(crate) fn new(workloads: &'w Workloads) -> WorkloadIndex<'w> {
+        WorkloadIndex::of(workloads.by_node.values().map(|w| &**w))
+    }
+
+    /// The workloads that differ between two sets: both versions of every node added, removed
+    /// or changed (a node keeping its shared workload is unchanged). A port that selects none
+    /// of them has the same endpoints with either set.
+    pub(crate) fn changed(before: &'w Workloads, after: &'w Workloads) -> WorkloadIndex<'w> {
+        let mut changed: Vec<&Workload> = Vec::new();
+        let mut before = before.by_node.iter().peekable();
+        let mut after = after.by_node.iter().peekable();
+        loop {
+            let order = match (before.peek(), after.peek()) {
+                (None, None) => break,
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some((b, _)), Some((a, _))) => b.cmp(a),
+            };
+            match order {
+                Ordering::Less => changed.extend(before.next().map(|(_, w)| &**w)),
+                Ordering::Greater => changed.extend(after.next().map(|(_, w)| &**w)),
+                Ordering::Equal => {
+                    if let (Some((_, b)), Some((_, a))) = (before.next(), after.next()) {
+                        if !Arc::ptr_eq(b, a) {
+                            changed.extend([&**b, &**a]);
+                        }
+                    }
+                }
+            }
+        }
+        WorkloadIndex::of(changed)
+    }
+
+    fn of(workloads: impl IntoIterator<Item = &'w Workload>) -> WorkloadIndex<'w> {
         let mut by_label: HashMap<(&str, &str, &str), Vec<&Workload>> = HashMap::new();
-        for workload in workloads.by_node.values() {
+        for workload in workloads {
             for (k, v) in &workload.labels {
                 by_label
                     .entry((workload.namespace.as_str(), k.as_str(), v.as_str()))
@@ -185,23 +219,16 @@ impl PortPlan {
         index: &WorkloadIndex<'_>,
     ) -> (ClusterLoadAssignment, Vec<String>) {
         let mut by_address: BTreeMap<SocketAddr, LocalityKey> = BTreeMap::new();
-        if let Some((selector, target)) = &self.selector {
-            let candidates = selector.iter().next().and_then(|(k, v)| {
-                index
-                    .by_label
-                    .get(&(self.namespace.as_str(), k.as_str(), v.as_str()))
-            });
-            for workload in candidates.into_iter().flatten() {
-                if selects(&self.namespace, selector, workload) {
-                    by_address
-                        .entry(SocketAddr::new(workload.address, *target))
-                        .or_insert_with(|| {
-                            (
-                                workload.region.clone().unwrap_or_default(),
-                                workload.zone.clone().unwrap_or_default(),
-                            )
-                        });
-                }
+        if let Some((_, target)) = &self.selector {
+            for workload in self.selected(index) {
+                by_address
+                    .entry(SocketAddr::new(workload.address, *target))
+                    .or_insert_with(|| {
+                        (
+                            workload.region.clone().unwrap_or_default(),
+                            workload.zone.clone().unwrap_or_default(),
+                        )
+                    });
             }
         }
         for (address, locality) in &self.slice_addresses {
@@ -213,6 +240,30 @@ impl PortPlan {
             to_assignment(&self.cluster, by_address),
             self.origins.clone(),
         )
+    }
+}
+
+impl PortPlan {
+    /// Whether this port's endpoints depend on any of the indexed workloads.
+    pub(crate) fn selects_any(&self, index: &WorkloadIndex<'_>) -> bool {
+        self.selected(index).next().is_some()
+    }
+
+    /// The indexed workloads this port's selector picks, in index order.
+    fn selected<'i>(&'i self, index: &'i WorkloadIndex<'_>) -> impl Iterator<Item = &'i Workload> {
+        let candidates = self.selector.as_ref().and_then(|(selector, _)| {
+            let (k, v) = selector.iter().next()?;
+            let found = index
+                .by_label
+                .get(&(self.namespace.as_str(), k.as_str(), v.as_str()))?;
+            Some((selector, found))
+        });
+        candidates.into_iter().flat_map(move |(selector, found)| {
+            found
+                .iter()
+                .copied()
+                .filter(move |workload| selects(&self.namespace, selector, workload))
+        })
     }
 }
 

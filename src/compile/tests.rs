@@ -2807,12 +2807,85 @@ fn a_cached_compile_recompiles_only_the_changed_part_and_equals_a_fresh_one() {
         after.endpoints.resources(),
         before.endpoints.resources()
     ));
-    // Another workload set: nothing is reused.
+    // Another set of the same workloads (none changed): everything is reused.
     let other = Arc::new(Workloads::default());
-    let after = cached.mesh_after(&other, Some(&before));
-    assert!(after
-        .endpoints
-        .resources()
-        .iter()
-        .all(|(name, r)| !Arc::ptr_eq(r, &before.endpoints.resources()[name])));
+    let again = cached.mesh_after(&other, Some(&after));
+    assert!(std::ptr::eq(
+        again.endpoints.resources(),
+        after.endpoints.resources()
+    ));
+}
+
+#[test]
+fn a_sidecar_coming_changing_or_going_rebuilds_only_the_endpoints_selecting_it() {
+    let compiled =
+        compile_revision("rev-1", &Rev::default().echo_services().revision).expect("compiles");
+    let echo = |node: &str, namespace: &str, version: &str, address: &str| {
+        let labels = [("app", "echo"), ("version", version)];
+        Arc::new(workload(node, namespace, &labels, address, None))
+    };
+    let v1 = echo("v1", "mesh", "v1", "127.0.10.1");
+    let v2 = echo("v2", "mesh", "v2", "127.0.10.2");
+    let moved_v1 = echo("v1", "mesh", "v1", "127.0.10.3");
+    // In another namespace, with the labels of v2: selected by nothing.
+    let elsewhere = echo("far", "other", "v2", "127.0.10.8");
+    let stranger = Arc::new(workload(
+        "client",
+        "mesh",
+        &[("app", "client")],
+        "127.0.10.9",
+        None,
+    ));
+    // Each step: (workloads, the Services whose ports' endpoints must be built again).
+    let (echo, echo_v1, echo_v2) = ("echo", "echo-v1", "echo-v2");
+    let steps: Vec<(Vec<Arc<Workload>>, Vec<&str>)> = vec![
+        (vec![stranger.clone()], vec![]),
+        (vec![stranger.clone(), elsewhere.clone()], vec![]),
+        (
+            vec![stranger.clone(), elsewhere, v2.clone()],
+            vec![echo, echo_v2],
+        ),
+        (vec![stranger.clone(), v2.clone()], vec![]),
+        (
+            vec![stranger.clone(), v2.clone(), v1.clone()],
+            vec![echo, echo_v1],
+        ),
+        (
+            vec![stranger.clone(), v2.clone(), moved_v1],
+            vec![echo, echo_v1],
+        ),
+        (vec![v2], vec![echo, echo_v1]),
+        (vec![], vec![echo, echo_v2]),
+    ];
+    let first = Arc::new(Workloads::default());
+    let mut previous = compiled.mesh_after(&first, None);
+    for (i, (list, rebuilt)) in steps.into_iter().enumerate() {
+        // The registry shares the workload of a node that did not change between sets.
+        let set = Arc::new(Workloads {
+            by_node: list.into_iter().map(|w| (w.node_id.clone(), w)).collect(),
+        });
+        let next = compiled.mesh_after(&set, Some(&previous));
+        assert_eq!(
+            next.endpoints,
+            compiled.mesh(&set).endpoints,
+            "step {i}: as a fresh build"
+        );
+        let before: HashMap<&str, &Arc<Resource>> = (previous.by_plan.values())
+            .map(|r| (r.name.as_str(), r))
+            .collect();
+        for resource in next.by_plan.values() {
+            let reused = Arc::ptr_eq(resource, before[resource.name.as_str()]);
+            let name = resource.name.as_str();
+            let selecting = rebuilt
+                .iter()
+                .any(|service| name.contains(&format!("||{service}.mesh.")));
+            assert_eq!(reused, !selecting, "step {i}: {name}");
+        }
+        assert_eq!(
+            std::ptr::eq(next.endpoints.resources(), previous.endpoints.resources()),
+            rebuilt.is_empty(),
+            "step {i}: the map is kept exactly when nothing was rebuilt"
+        );
+        previous = next;
+    }
 }
