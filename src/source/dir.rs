@@ -1,8 +1,8 @@
 //! A watched folder as the source, for deployments where a git-sync sidecar keeps it current.
 //!
-//! Change notifications (inotify) wake the source as soon as a file changes; a walk of the
-//! folder that stats every manifest (no file is read) then decides, by a fingerprint of what it
-//! saw, whether the files are read and loaded as one revision. The walk is also made every
+//! Change notifications (inotify) wake the source as soon as a file changes; once they pause
+//! ([`QUIET`]), a walk of the folder that stats every manifest (no file is read) decides, by a
+//! fingerprint of what it saw, whether the files are read and loaded as one revision. The walk is also made every
 //! [`POLL`] (every [`POLL_WITH_NOTIFY`] while notifications work), which catches what
 //! notifications miss: network file systems, and the symlink swap git-sync does above the folder.
 //! A revision is read whole: the files the walk found are read, the folder is walked once more,
@@ -27,9 +27,12 @@ use crate::metrics::Metrics;
 pub const POLL: Duration = Duration::from_millis(200);
 /// How often the folder is checked while change notifications work.
 pub const POLL_WITH_NOTIFY: Duration = Duration::from_secs(2);
-/// Notifications arriving this soon after a first one are taken together (an editor or a
-/// checkout writes several files); short enough not to delay a single change.
-const SETTLE: Duration = Duration::from_millis(5);
+/// After a notification, the folder is walked once no other arrived for this long: the writes
+/// of an editor's save or a checkout come back to back and are taken together, and a single
+/// change waits about this long.
+const QUIET: Duration = Duration::from_millis(2);
+/// The longest a stream of notifications delays the walk (a folder written to without pause).
+const SETTLE_MAX: Duration = Duration::from_millis(50);
 
 pub struct DirSource {
     root: PathBuf,
@@ -98,10 +101,7 @@ impl DirSource {
             }
             tokio::select! {
                 _ = tokio::time::sleep(next_check) => {}
-                Some(()) = notified.recv() => {
-                    tokio::time::sleep(SETTLE).await;
-                    while notified.try_recv().is_ok() {}
-                }
+                Some(()) = notified.recv() => settle(&mut notified).await,
                 _ = crate::shutdown::drained(&mut shutdown) => return,
             }
         }
@@ -185,6 +185,19 @@ impl DirSource {
     }
 }
 
+/// Waits, after a notification, until none arrived for [`QUIET`], or [`SETTLE_MAX`] in all.
+/// The channel holds at most one wake-up, however many notifications it stands for.
+async fn settle(notified: &mut mpsc::Receiver<()>) {
+    let until = tokio::time::Instant::now() + SETTLE_MAX;
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        tokio::time::sleep(QUIET.min(left)).await;
+        if notified.try_recv().is_err() || tokio::time::Instant::now() >= until {
+            return;
+        }
+    }
+}
+
 /// Change notifications for everything below `root` (and for `root` itself being replaced when
 /// it is a symlink, as git-sync swaps it). `None` when the platform or its limits refuse; the
 /// folder is then polled more often.
@@ -259,6 +272,57 @@ mod tests {
         let candidate = candidates.borrow_and_update().clone().expect("a candidate");
         assert!(candidate.loaded.is_ok(), "the folder loads");
         candidate.revision_id.clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn notifications_are_taken_together_until_the_folder_is_quiet() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let started = tokio::time::Instant::now();
+        // Writes 1 ms apart for 10 ms (the channel keeps one wake-up for them all).
+        let writer = tokio::spawn(async move {
+            for _ in 0..10 {
+                let _ = tx.try_send(());
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            tx
+        });
+        settle(&mut rx).await;
+        let waited = started.elapsed();
+        let tick = Duration::from_millis(1);
+        assert!(
+            waited >= Duration::from_millis(10),
+            "walked mid-burst after {waited:?}"
+        );
+        assert!(
+            waited <= Duration::from_millis(10) + QUIET + tick,
+            "{waited:?}"
+        );
+
+        // A lone notification: walked after QUIET, not later.
+        let tx = writer.await.expect("writer");
+        while rx.try_recv().is_ok() {}
+        let started = tokio::time::Instant::now();
+        settle(&mut rx).await;
+        let waited = started.elapsed();
+        assert!(waited >= QUIET && waited <= QUIET + tick, "{waited:?}");
+
+        // Without a pause, at most SETTLE_MAX.
+        let endless = tokio::spawn(async move {
+            loop {
+                if tx.send(()).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        });
+        let started = tokio::time::Instant::now();
+        settle(&mut rx).await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= SETTLE_MAX && waited <= SETTLE_MAX + tick,
+            "{waited:?}"
+        );
+        endless.abort();
     }
 
     #[tokio::test]
