@@ -5,7 +5,8 @@
 //! The limits are checked before anything is read or parsed, so a hostile or broken repository
 //! costs bounded time and memory.
 
-use std::collections::{hash_map, HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet};
+use std::collections::hash_map;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
