@@ -96,7 +96,13 @@ impl Revision {
     }
 
     fn split(&self) -> Vec<Part> {
-        let mut links = Links::default();
+        // Every object is a node, and most are named (a route's references mostly name
+        // Services already counted).
+        let objects = self.services.len()
+            + self.endpoint_slices.len()
+            + self.http_routes.len()
+            + self.grpc_routes.len();
+        let mut links = Links::with_capacity(self.services.len(), objects + self.services.len());
         let services: Vec<usize> = self
             .services
             .keys()
@@ -151,7 +157,6 @@ impl Revision {
 }
 
 /// Union-find over names and objects.
-#[derive(Default)]
 struct Links<'r> {
     parent: Vec<usize>,
     names: HashMap<(&'r str, &'r str), usize>,
@@ -163,14 +168,21 @@ impl<'r> Links<'r> {
         self.parent.len() - 1
     }
 
+    /// Room for `names` names and `nodes` nodes in all.
+    fn with_capacity(names: usize, nodes: usize) -> Links<'r> {
+        Links {
+            parent: Vec::with_capacity(nodes),
+            names: HashMap::with_capacity(names),
+        }
+    }
+
     /// The node of the name `namespace/name`.
     fn name(&mut self, namespace: &'r str, name: &'r str) -> usize {
-        if let Some(node) = self.names.get(&(namespace, name)) {
-            return *node;
-        }
-        let node = self.fresh();
-        self.names.insert((namespace, name), node);
-        node
+        let parent = &mut self.parent;
+        *self.names.entry((namespace, name)).or_insert_with(|| {
+            parent.push(parent.len());
+            parent.len() - 1
+        })
     }
 
     fn find(&mut self, mut node: usize) -> usize {
