@@ -241,9 +241,7 @@ impl PortPlan {
             self.origins.clone(),
         )
     }
-}
 
-impl PortPlan {
     /// Whether this port's endpoints depend on any of the indexed workloads.
     pub(crate) fn selects_any(&self, index: &WorkloadIndex<'_>) -> bool {
         self.selected(index).next().is_some()

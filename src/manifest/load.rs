@@ -5,13 +5,13 @@
 //! The limits are checked before anything is read or parsed, so a hostile or broken repository
 //! costs bounded time and memory.
 
-use foldhash::{HashMap, HashMapExt, HashSet};
 use std::collections::hash_map;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use foldhash::{HashMap, HashMapExt, HashSet};
 use serde::Deserialize;
 use xxhash_rust::xxh3::Xxh3;
 
