@@ -87,22 +87,39 @@ impl MessageDecoder for SotwDecoder {
 
 impl SotwDecoder {
     pub(crate) fn decode_bytes(&mut self, bytes: Bytes) -> Result<SotwRequest, Status> {
-        let Some((rest, [values])) = split_fields(&bytes, [RESOURCE_NAMES]) else {
+        // Every field but the names is kept for prost; the names are remembered as runs of
+        // consecutive fields (an encoder writes a repeated field in one run), not one by one:
+        // an ACK of a large mesh repeats thousands.
+        let mut rest = Vec::with_capacity(256);
+        let mut runs: Vec<Range<usize>> = Vec::new();
+        let mut count: u64 = 0;
+        let walked = walk_fields(&bytes, |field| {
+            if field.tag == RESOURCE_NAMES && field.wire_type == WireType::LengthDelimited {
+                count += 1;
+                match runs.last_mut() {
+                    Some(run) if run.end == field.span.start => run.end = field.span.end,
+                    _ => runs.push(field.span),
+                }
+            } else {
+                rest.extend_from_slice(bytes.get(field.span)?);
+            }
+            Some(())
+        });
+        if walked.is_none() {
             // Not a well-formed message: prost says why.
             return DiscoveryRequest::decode(bytes)
                 .map(SotwRequest::from)
                 .map_err(invalid);
-        };
-        let mut request = DiscoveryRequest::decode(rest.as_slice()).map_err(invalid)?;
-        // The walk found every field within `bytes`.
-        let value = |range: &Range<usize>| bytes.get(range.clone()).unwrap_or_default();
-        // Each name hashed as encoded, length included: one call per name, as an ACK of a
-        // large mesh repeats thousands.
-        let mut hasher = Xxh3::with_seed(*SEED);
-        for field in &values {
-            hasher.update(value(&field.span));
         }
-        hasher.update(&(values.len() as u64).to_le_bytes());
+        let mut request = DiscoveryRequest::decode(rest.as_slice()).map_err(invalid)?;
+        // The walk found every run within `bytes`.
+        let run_bytes = |run: &Range<usize>| bytes.get(run.clone()).unwrap_or_default();
+        // The names as encoded, lengths included, then their count: one call per run.
+        let mut hasher = Xxh3::with_seed(*SEED);
+        for run in &runs {
+            hasher.update(run_bytes(run));
+        }
+        hasher.update(&count.to_le_bytes());
         let digest = hasher.digest128();
         if self.previous.get(&request.type_url) == Some(&digest) {
             return Ok(SotwRequest {
@@ -110,15 +127,21 @@ impl SotwDecoder {
                 names: Names::AsBefore,
             });
         }
-        let mut names = Vec::with_capacity(values.len());
-        for field in &values {
-            let name = String::from_utf8(value(&field.payload).to_vec()).map_err(|_| {
+        let mut names = Vec::with_capacity(usize::try_from(count).unwrap_or_default());
+        for run in &runs {
+            let run = run_bytes(run);
+            // A run holds only name fields, each found well formed by the walk above.
+            walk_fields(run, |field| {
+                let name = String::from_utf8(run.get(field.payload)?.to_vec()).ok()?;
+                names.push(name);
+                Some(())
+            })
+            .ok_or_else(|| {
                 Status::internal(
                     "failed to decode Protobuf message: DiscoveryRequest.resource_names: invalid \
                      string value: data is not UTF-8 encoded",
                 )
             })?;
-            names.push(name);
         }
         request.resource_names = names;
         // Only the types Sluice serves are remembered: a client naming endless unknown types
@@ -474,6 +497,34 @@ mod tests {
             assert_eq!(decode(&mut decoder, &unknown).names, Names::Decoded);
         }
         assert_eq!(decoder.previous.len(), 2, "EDS and RDS only");
+
+        // Names interleaved with other fields (runs of names apart) read as prost reads them,
+        // and are the same names as the same names written in one run.
+        let mut interleaved = Vec::new();
+        let name = |tag: u32, value: &str, out: &mut Vec<u8>| {
+            prost::encoding::string::encode(tag, &value.to_string(), out)
+        };
+        name(3, "x", &mut interleaved);
+        name(4, eds, &mut interleaved);
+        name(3, "y", &mut interleaved);
+        name(5, "n5", &mut interleaved);
+        name(3, "z", &mut interleaved);
+        let mut decoder = SotwDecoder::default();
+        let decoded = decoder
+            .decode_bytes(Bytes::from(interleaved.clone()))
+            .expect("decodes");
+        let prost = DiscoveryRequest::decode(interleaved.as_slice()).expect("prost decodes");
+        assert_eq!(prost.resource_names, ["x", "y", "z"]);
+        assert_eq!(decoded, SotwRequest::from(prost));
+        let mut together = DiscoveryRequest {
+            type_url: eds.into(),
+            resource_names: vec!["x".into(), "y".into(), "z".into()],
+            response_nonce: "n6".into(),
+            ..Default::default()
+        };
+        assert_eq!(decode(&mut decoder, &together).names, Names::AsBefore);
+        together.resource_names.push("w".into());
+        assert_eq!(decode(&mut decoder, &together).names, Names::Decoded);
     }
 
     fn delta_decode(bytes: Vec<u8>) -> Result<DeltaRequest, Status> {
