@@ -74,7 +74,27 @@ static SEED: LazyLock<u64> = LazyLock::new(|| std::hash::RandomState::new().hash
 /// request's names.
 #[derive(Default)]
 pub struct SotwDecoder {
-    previous: HashMap<String, u128>,
+    previous: HashMap<String, Previous>,
+}
+
+/// The names of the previous request of a type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Previous {
+    /// Of the names as encoded, then their count (see [`names_digest`]).
+    digest: u128,
+    /// When the names were one run of fields: its length in bytes, and the count.
+    run: Option<(usize, u64)>,
+}
+
+/// The digest of names encoded as `runs` of fields (in order), `count` in all, keyed with
+/// [`SEED`]. The same names in the same order give the same digest however the runs fall.
+fn names_digest<'a>(runs: impl IntoIterator<Item = &'a [u8]>, count: u64) -> u128 {
+    let mut hasher = Xxh3::with_seed(*SEED);
+    for run in runs {
+        hasher.update(run);
+    }
+    hasher.update(&count.to_le_bytes());
+    hasher.digest128()
 }
 
 impl MessageDecoder for SotwDecoder {
@@ -87,6 +107,9 @@ impl MessageDecoder for SotwDecoder {
 
 impl SotwDecoder {
     pub(crate) fn decode_bytes(&mut self, bytes: Bytes) -> Result<SotwRequest, Status> {
+        if let Some(request) = self.repeated(&bytes) {
+            return Ok(request);
+        }
         // Every field but the names is kept for prost; the names are remembered as runs of
         // consecutive fields (an encoder writes a repeated field in one run), not one by one:
         // an ACK of a large mesh repeats thousands.
@@ -115,13 +138,8 @@ impl SotwDecoder {
         // The walk found every run within `bytes`.
         let run_bytes = |run: &Range<usize>| bytes.get(run.clone()).unwrap_or_default();
         // The names as encoded, lengths included, then their count: one call per run.
-        let mut hasher = Xxh3::with_seed(*SEED);
-        for run in &runs {
-            hasher.update(run_bytes(run));
-        }
-        hasher.update(&count.to_le_bytes());
-        let digest = hasher.digest128();
-        if self.previous.get(&request.type_url) == Some(&digest) {
+        let digest = names_digest(runs.iter().map(run_bytes), count);
+        if self.previous.get(&request.type_url).map(|p| p.digest) == Some(digest) {
             return Ok(SotwRequest {
                 request,
                 names: Names::AsBefore,
@@ -147,9 +165,65 @@ impl SotwDecoder {
         // Only the types Sluice serves are remembered: a client naming endless unknown types
         // cannot grow the map.
         if ResourceType::from_type_url(&request.type_url).is_some() {
-            self.previous.insert(request.type_url.clone(), digest);
+            let run = match runs.as_slice() {
+                [run] => Some((run.len(), count)),
+                _ => None,
+            };
+            let previous = Previous { digest, run };
+            self.previous.insert(request.type_url.clone(), previous);
         }
         Ok(SotwRequest::from(request))
+    }
+
+    /// A request repeating, in one run of fields, the names the previous request of its type
+    /// had in one run (an ACK): the run is recognised by its length and digest where the
+    /// first name starts, not walked name by name. `None` when that is not the case (or the
+    /// bytes are not well formed); the full decode then decides.
+    fn repeated(&self, bytes: &[u8]) -> Option<SotwRequest> {
+        // The fields before the first name.
+        let mut before = Vec::with_capacity(256);
+        let mut first_name = None;
+        let walked = walk_fields(bytes, |field| {
+            if field.tag == RESOURCE_NAMES {
+                first_name = Some(field.span.start);
+                return None;
+            }
+            before.extend_from_slice(bytes.get(field.span)?);
+            Some(())
+        });
+        let start = match (walked, first_name) {
+            (None, Some(start)) => start,
+            _ => return None,
+        };
+        for (type_url, previous) in &self.previous {
+            let Some((len, count)) = previous.run else {
+                continue;
+            };
+            let Some(run) = bytes.get(start..start.checked_add(len)?) else {
+                continue;
+            };
+            if names_digest([run], count) != previous.digest {
+                continue;
+            }
+            // The same names; every field after them must be another field.
+            let after = bytes.get(start + len..)?;
+            let mut rest = before.clone();
+            walk_fields(after, |field| {
+                if field.tag == RESOURCE_NAMES {
+                    return None;
+                }
+                rest.extend_from_slice(after.get(field.span)?);
+                Some(())
+            })?;
+            let request = DiscoveryRequest::decode(rest.as_slice()).ok()?;
+            if request.type_url == *type_url {
+                return Some(SotwRequest {
+                    request,
+                    names: Names::AsBefore,
+                });
+            }
+        }
+        None
     }
 }
 
@@ -463,8 +537,10 @@ mod tests {
             SotwRequest::from(first.clone())
         );
 
-        // The ACK repeats the names: everything else is decoded, the names are not.
+        // The ACK repeats the names: everything else is decoded, the names are not (and not
+        // even walked one by one: the run is recognised where it starts).
         let ack = request(eds, &["a", "b"], "n1");
+        assert!(decoder.repeated(&ack.encode_to_vec()).is_some());
         let decoded = decode(&mut decoder, &ack);
         assert_eq!(decoded.names, Names::AsBefore);
         assert!(decoded.request.resource_names.is_empty());
@@ -737,6 +813,32 @@ mod proptests {
             })
     }
 
+    /// (type index, names, nonce, names written in two runs, damages).
+    fn sotw_request() -> impl Strategy<Value = (usize, Vec<String>, String, bool, Vec<Damage>)> {
+        let name = prop_oneof![Just("a"), Just("b"), Just("outbound|80||x.svc")];
+        (
+            0..3usize,
+            proptest::collection::vec(name.prop_map(String::from), 0..4),
+            text(),
+            any::<bool>(),
+            proptest::collection::vec(prop_oneof![8 => Just(Damage::None), 1 => damage()], 0..2),
+        )
+    }
+
+    /// A SotW request as Envoy encodes it (fields in number order), or with the names in two
+    /// runs around the type URL.
+    fn sotw_bytes(type_url: &str, names: &[String], nonce: &str, split: bool) -> Vec<u8> {
+        use prost::encoding::string;
+        let mut out = Vec::new();
+        string::encode(1, &"v1".to_string(), &mut out);
+        let (first, second) = names.split_at(if split { names.len() / 2 } else { names.len() });
+        string::encode_repeated(3, first, &mut out);
+        string::encode(4, &type_url.to_string(), &mut out);
+        string::encode_repeated(3, second, &mut out);
+        string::encode(5, &nonce.to_string(), &mut out);
+        out
+    }
+
     /// What a client or the network may do to a well-formed request.
     #[derive(Clone, Debug)]
     enum Damage {
@@ -820,6 +922,50 @@ mod proptests {
             match DiscoveryRequest::decode(bytes.as_slice()) {
                 Err(_) => prop_assert!(ours.is_err()),
                 Ok(prost) => prop_assert_eq!(ours.expect("prost reads it"), SotwRequest::from(prost)),
+            }
+        }
+
+        /// One stream's decoder over a sequence of requests: what prost reads, with the names
+        /// left out exactly when they are those of the previous request of a served type.
+        #[test]
+        fn a_sotw_decoder_leaves_out_exactly_the_names_its_type_had_before(
+            requests in proptest::collection::vec(sotw_request(), 1..12),
+        ) {
+            let types = [
+                "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+                "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+                "type.example/Unknown",
+            ];
+            let mut decoder = SotwDecoder::default();
+            let mut before: HashMap<&str, Vec<String>> = HashMap::new();
+            for (t, names, nonce, split, damages) in requests {
+                let type_url = types[t];
+                let bytes = damages.iter().fold(sotw_bytes(type_url, &names, &nonce, split), damaged);
+                let ours = decoder.decode_bytes(Bytes::from(bytes.clone()));
+                let prost = match DiscoveryRequest::decode(bytes.as_slice()) {
+                    Err(_) => {
+                        prop_assert!(ours.is_err());
+                        continue;
+                    }
+                    Ok(prost) => prost,
+                };
+                let ours = ours.expect("prost reads it");
+                let served = ResourceType::from_type_url(&prost.type_url).is_some();
+                let type_url = prost.type_url.clone();
+                if served && before.get(type_url.as_str()) == Some(&prost.resource_names) {
+                    prop_assert_eq!(ours, SotwRequest {
+                        request: DiscoveryRequest { resource_names: Vec::new(), ..prost },
+                        names: Names::AsBefore,
+                    });
+                } else {
+                    if served {
+                        let known = types.iter().find(|t| **t == type_url).copied();
+                        if let Some(known) = known {
+                            before.insert(known, prost.resource_names.clone());
+                        }
+                    }
+                    prop_assert_eq!(ours, SotwRequest::from(prost));
+                }
             }
         }
     }
