@@ -146,11 +146,12 @@ impl CompiledRevision {
             .iter()
             .map(|port| {
                 let plan = Arc::as_ptr(port) as usize;
-                let reused = reusable
-                    .as_ref()
-                    .filter(|(_, changed)| changed.as_ref().is_none_or(|c| !port.selects_any(c)))
-                    .and_then(|(built, _)| built.by_plan.get(&plan))
-                    .cloned();
+                // A plan the previous mesh built, selecting none of the changed workloads.
+                let reused = reusable.as_ref().and_then(|(built, changed)| {
+                    let resource = built.by_plan.get(&plan)?;
+                    let moved = changed.as_ref().is_some_and(|c| port.selects_any(c));
+                    (!moved).then(|| resource.clone())
+                });
                 reused_all &= reused.is_some();
                 let resource = reused.unwrap_or_else(|| {
                     let index =

@@ -2,9 +2,10 @@
 //!
 //! Change notifications (inotify) wake the source as soon as a file changes; once they pause
 //! ([`QUIET`]), a walk of the folder that stats every manifest (no file is read) decides, by a
-//! fingerprint of what it saw, whether the files are read and loaded as one revision. The walk is also made every
-//! [`POLL`] (every [`POLL_WITH_NOTIFY`] while notifications work), which catches what
-//! notifications miss: network file systems, and the symlink swap git-sync does above the folder.
+//! fingerprint of what it saw, whether the files are read and loaded as one revision. The walk
+//! is also made every [`POLL`] (every [`POLL_WITH_NOTIFY`] while notifications work), which
+//! catches what notifications miss: network file systems, and the symlink swap git-sync does
+//! above the folder.
 //! A revision is read whole: the files the walk found are read, the folder is walked once more,
 //! and if the fingerprint moved the read is repeated, so a half-written change is never served.
 
