@@ -45,6 +45,10 @@ pub struct Metrics {
     pub git_fetches_error: AtomicU64,
     /// When a git fetch last succeeded, in milliseconds since the Unix epoch (0: never).
     pub git_last_success_millis: AtomicU64,
+    /// Looks at `--dir`: walks of the whole folder, and looks at only the paths change
+    /// notifications named.
+    pub dir_walks: AtomicU64,
+    pub dir_path_looks: AtomicU64,
 }
 
 impl Metrics {
@@ -143,6 +147,18 @@ impl Metrics {
             "sluice_git_fetches_total{{result=\"ok\"}} {}\nsluice_git_fetches_total{{result=\"error\"}} {}",
             self.git_fetches_ok.load(Relaxed),
             self.git_fetches_error.load(Relaxed)
+        );
+        header(
+            &mut out,
+            "sluice_dir_looks_total",
+            "Looks at --dir for changes: walks of the whole folder, and looks at only the paths change notifications named.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "sluice_dir_looks_total{{how=\"walk\"}} {}\nsluice_dir_looks_total{{how=\"paths\"}} {}",
+            self.dir_walks.load(Relaxed),
+            self.dir_path_looks.load(Relaxed)
         );
         header(
             &mut out,

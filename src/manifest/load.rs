@@ -11,7 +11,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use foldhash::{HashMap, HashMapExt, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use serde::Deserialize;
 use xxhash_rust::xxh3::Xxh3;
 
@@ -99,7 +99,7 @@ pub fn read_dir_cached(
     opts: &LoadOptions,
     cache: &mut ReadCache,
 ) -> Result<Vec<SourceFile>, Vec<Diagnostic>> {
-    read_listed(list_dir(root, opts)?, opts, cache)
+    read_listed(&list_dir(root, opts)?, opts, cache)
 }
 
 /// The manifest files below a folder as one walk found them, before any was read: each one's
@@ -110,6 +110,11 @@ pub struct Listing {
     /// The folder, resolved.
     root: PathBuf,
     found: Vec<(String, PathBuf, fs::Metadata)>,
+    /// The folders walked, relative to the root (`""` is the root).
+    dirs: HashSet<String>,
+    /// No symlink was followed and every file found has one link: a file's content changes
+    /// only through its own path, so a change notification names every file that changed.
+    plain: bool,
     errors: Vec<Diagnostic>,
 }
 
@@ -132,6 +137,101 @@ impl Listing {
         }
         hasher.digest()
     }
+
+    /// The listing after the files or folders at `changed` (paths relative to the folder, as
+    /// change notifications name them) changed, told by looking at those paths alone instead of
+    /// walking the folder: a manifest rewritten, created, renamed or removed in a folder the walk
+    /// went through. `None` when only a walk can tell: a folder or symlink created or removed, a
+    /// path that is not plain UTF-8, a hard-linked file, and any listing that followed a symlink
+    /// or met an error.
+    pub fn updated<'a>(&self, changed: impl IntoIterator<Item = &'a Path>) -> Option<Listing> {
+        if !self.plain || !self.errors.is_empty() {
+            return None;
+        }
+        let mut found = self.found.clone();
+        for path in changed {
+            let Some(rel) = walked_name(path)? else {
+                continue;
+            };
+            let at = found.binary_search_by(|(r, _, _)| r.as_str().cmp(&rel));
+            let path = self.root.join(&rel);
+            match fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_file() => {
+                    let (parent, name) = rel.rsplit_once('/').unwrap_or(("", &rel));
+                    if !is_manifest_name(name) {
+                        continue;
+                    }
+                    if !self.dirs.contains(parent) || !has_one_link(&meta) {
+                        return None;
+                    }
+                    match at {
+                        Ok(i) => found[i].2 = meta,
+                        Err(i) => found.insert(i, (rel, path, meta)),
+                    }
+                }
+                Ok(meta) if meta.is_dir() => {
+                    if !self.dirs.contains(&rel) {
+                        return None;
+                    }
+                }
+                Ok(meta) if meta.is_symlink() => return None,
+                // A socket or a pipe: not read.
+                Ok(_) => {
+                    if let Ok(i) = at {
+                        found.remove(i);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => match at {
+                    Ok(i) => {
+                        found.remove(i);
+                    }
+                    Err(_) if self.dirs.contains(&rel) => return None,
+                    Err(_) => {}
+                },
+                Err(_) => return None,
+            }
+        }
+        Some(Listing {
+            root: self.root.clone(),
+            found,
+            dirs: self.dirs.clone(),
+            plain: true,
+            errors: Vec::new(),
+        })
+    }
+}
+
+/// `path` (relative) as the walk names it (`a/b.yaml`); `Some(None)` when the walk skips it
+/// (it or a folder above it is hidden); `None` when it is not a plain relative UTF-8 path.
+fn walked_name(path: &Path) -> Option<Option<String>> {
+    let mut rel = String::new();
+    for component in path.components() {
+        let std::path::Component::Normal(name) = component else {
+            return None;
+        };
+        let name = name.to_str()?;
+        if name.starts_with('.') {
+            return Some(None);
+        }
+        if !rel.is_empty() {
+            rel.push('/');
+        }
+        rel.push_str(name);
+    }
+    (!rel.is_empty()).then_some(Some(rel))
+}
+
+fn has_one_link(meta: &fs::Metadata) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        meta.nlink() == 1
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        false
+    }
 }
 
 /// Walks the folder below `root` without reading any file (see [`read_dir`] for what is
@@ -144,10 +244,12 @@ pub fn list_dir(root: &Path, opts: &LoadOptions) -> Result<Listing, Vec<Diagnost
         )]
     })?;
     let mut errors = Vec::new();
-    let found = walk(&canonical_root, opts, &mut errors);
+    let walked = walk(&canonical_root, opts, &mut errors);
     Ok(Listing {
         root: canonical_root,
-        found,
+        found: walked.found,
+        dirs: walked.dirs,
+        plain: walked.plain,
         errors,
     })
 }
@@ -155,18 +257,17 @@ pub fn list_dir(root: &Path, opts: &LoadOptions) -> Result<Listing, Vec<Diagnost
 /// Reads the files of `listing`, taking from `cache` every file whose metadata at the walk is
 /// what it was when the cache read it.
 pub fn read_listed(
-    listing: Listing,
+    listing: &Listing,
     opts: &LoadOptions,
     cache: &mut ReadCache,
 ) -> Result<Vec<SourceFile>, Vec<Diagnostic>> {
-    let Listing {
-        found, mut errors, ..
-    } = listing;
+    let mut errors = listing.errors.clone();
     let mut files = Vec::new();
     let mut previous = std::mem::take(&mut cache.files);
     let mut kept = HashMap::new();
     let mut total: usize = 0;
-    for (i, (rel, path, meta)) in found.into_iter().enumerate() {
+    for (i, (rel, path, meta)) in listing.found.iter().enumerate() {
+        let rel = rel.clone();
         let len = meta.len();
         if i >= opts.max_files {
             errors.push(Diagnostic::error(
@@ -188,7 +289,7 @@ pub fn read_listed(
             errors.push(total_too_big(&rel, opts.max_total_bytes));
             break;
         }
-        let stamp = Stamp::of(&meta);
+        let stamp = Stamp::of(meta);
         if let Some((_, bytes)) = previous.remove(&rel).filter(|(s, _)| *s == stamp) {
             files.push(SourceFile {
                 path: rel.clone(),
@@ -202,7 +303,7 @@ pub fn read_listed(
             cache.reads += 1;
         }
         // Read at most one byte past the limit, in case the file grew since it was listed.
-        let read = fs::File::open(&path).and_then(|f| {
+        let read = fs::File::open(path).and_then(|f| {
             let mut bytes = Vec::with_capacity(len.min(opts.max_file_bytes));
             f.take(opts.max_file_bytes as u64 + 1)
                 .read_to_end(&mut bytes)?;
@@ -305,13 +406,18 @@ struct Dir {
     chain: Vec<PathBuf>,
 }
 
+/// What a walk found (see [`Listing`]).
+struct Walked {
+    found: Vec<(String, PathBuf, fs::Metadata)>,
+    dirs: HashSet<String>,
+    plain: bool,
+}
+
 /// Finds the manifest files below `root` (canonical): (relative path, path to read, metadata).
-fn walk(
-    root: &Path,
-    opts: &LoadOptions,
-    errors: &mut Vec<Diagnostic>,
-) -> Vec<(String, PathBuf, fs::Metadata)> {
+fn walk(root: &Path, opts: &LoadOptions, errors: &mut Vec<Diagnostic>) -> Walked {
     let mut found = Vec::new();
+    let mut dirs = HashSet::new();
+    let mut plain = true;
     let mut stack = vec![Dir {
         path: root.to_path_buf(),
         rel: String::new(),
@@ -342,6 +448,7 @@ fn walk(
                 continue;
             }
         };
+        dirs.insert(dir.rel.clone());
         let mut names: Vec<(String, fs::DirEntry)> = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -373,6 +480,7 @@ fn walk(
             }
             if file_type.is_symlink() {
                 if let Some(target) = follow_symlink(&path, &rel, &name, root, &dir.chain, errors) {
+                    plain = false;
                     match target {
                         Target::File(canonical, meta) => found.push((rel, canonical, meta)),
                         Target::Dir(canonical) => {
@@ -396,7 +504,10 @@ fn walk(
                 subdirs.push(Dir { path, rel, chain });
             } else if file_type.is_file() && is_manifest_name(&name) {
                 match entry.metadata() {
-                    Ok(meta) => found.push((rel, path, meta)),
+                    Ok(meta) => {
+                        plain &= has_one_link(&meta);
+                        found.push((rel, path, meta));
+                    }
                     Err(e) => errors.push(Diagnostic::error(
                         file_pos(&rel),
                         format!("cannot read the file: {e}"),
@@ -408,7 +519,7 @@ fn walk(
         stack.extend(subdirs.into_iter().rev());
     }
     found.sort_by(|a, b| a.0.cmp(&b.0));
-    found
+    Walked { found, dirs, plain }
 }
 
 enum Target {
@@ -1048,6 +1159,109 @@ mod tests {
         }
         fs::remove_file(root.join("sub/b.yaml")).expect("remove");
         step(true, "a file removed");
+    }
+
+    #[test]
+    fn a_listing_updated_from_the_paths_that_changed_is_the_walks_or_asks_for_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("mesh");
+        fs::create_dir_all(root.join("sub")).expect("mkdir");
+        fs::write(root.join("a.yaml"), ECHO).expect("write");
+        fs::write(root.join("sub/b.yaml"), ECHO).expect("write");
+        let opts = LoadOptions::default();
+        let mut listing = list_dir(&root, &opts).expect("lists");
+        let names = |l: &Listing| -> Vec<String> { l.found.iter().map(|f| f.0.clone()).collect() };
+        // After each change: told from the paths alone exactly as a walk lists the folder, or
+        // (`walk`) not told at all.
+        let mut step = |changed: &[&str], walk: bool, what: &str| {
+            let updated = listing.updated(changed.iter().map(Path::new));
+            let walked = list_dir(&root, &opts).expect("lists");
+            match updated {
+                Some(updated) => {
+                    assert!(!walk, "{what}: told without a walk");
+                    assert_eq!(names(&updated), names(&walked), "{what}");
+                    assert_eq!(updated.fingerprint(), walked.fingerprint(), "{what}");
+                    assert_eq!(updated.dirs, walked.dirs, "{what}");
+                }
+                None => assert!(walk, "{what}: asked for a walk"),
+            }
+            listing = walked;
+        };
+        let other = ECHO.replace("port: 80", "port: 81");
+        fs::write(root.join("a.yaml"), &other).expect("write");
+        step(&["a.yaml"], false, "rewritten in place");
+        replace_keeping_mtime(&root.join("a.yaml"), ECHO);
+        step(&["a.new", "a.yaml"], false, "replaced by a rename");
+        fs::write(root.join("c.yaml"), ECHO).expect("write");
+        fs::write(root.join("sub/d.yml"), ECHO).expect("write");
+        step(&["c.yaml", "sub/d.yml"], false, "created");
+        fs::rename(root.join("c.yaml"), root.join("sub/c.yaml")).expect("rename");
+        step(&["c.yaml", "sub/c.yaml"], false, "moved to a subfolder");
+        fs::remove_file(root.join("sub/d.yml")).expect("remove");
+        step(&["sub/d.yml"], false, "removed");
+        step(
+            &["a.yaml", "gone.yaml", "sub"],
+            false,
+            "named but unchanged",
+        );
+        fs::write(root.join("notes.txt"), "x").expect("write");
+        fs::create_dir(root.join(".hidden")).expect("mkdir");
+        fs::write(root.join(".hidden/x.yaml"), ECHO).expect("write");
+        fs::write(root.join("sub/.x.yaml.swp"), "x").expect("write");
+        step(
+            &["notes.txt", ".hidden", ".hidden/x.yaml", "sub/.x.yaml.swp"],
+            false,
+            "not read",
+        );
+        step(
+            &["", "../mesh/a.yaml", "/a.yaml"],
+            true,
+            "not below the folder",
+        );
+
+        fs::create_dir(root.join("new")).expect("mkdir");
+        fs::write(root.join("new/e.yaml"), ECHO).expect("write");
+        step(&["new", "new/e.yaml"], true, "a folder created");
+        fs::write(root.join("new/e.yaml"), &other).expect("write");
+        step(&["new/e.yaml"], false, "a file in it, once walked");
+        fs::remove_dir_all(root.join("new")).expect("remove");
+        step(&["new/e.yaml", "new"], true, "a folder removed");
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).expect("mkdir");
+        fs::write(outside.join("f.yaml"), ECHO).expect("write");
+        fs::rename(&outside, root.join("moved")).expect("rename");
+        step(&["moved"], true, "a folder moved in");
+        fs::rename(root.join("moved"), &outside).expect("rename");
+        step(&["moved"], true, "a folder moved out");
+        fs::write(root.join("new"), "x").expect("write");
+        step(&["new"], false, "a file without a manifest name");
+        fs::remove_file(root.join("new")).expect("remove");
+        step(&["new"], false, "and removed");
+        #[cfg(unix)]
+        {
+            fs::hard_link(root.join("a.yaml"), root.join("h.yaml")).expect("link");
+            step(&["h.yaml"], true, "a hard link");
+            fs::write(root.join("a.yaml"), ECHO).expect("write");
+            step(&["a.yaml"], true, "a file with two links");
+            fs::remove_file(root.join("h.yaml")).expect("remove");
+            step(
+                &["h.yaml"],
+                true,
+                "hard link removed (the walk before saw two links)",
+            );
+            std::os::unix::fs::symlink("a.yaml", root.join("l.yaml")).expect("symlink");
+            step(&["l.yaml"], true, "a symlink");
+            fs::write(root.join("a.yaml"), &other).expect("write");
+            step(&["a.yaml"], true, "the target of a symlink");
+            fs::remove_file(root.join("l.yaml")).expect("remove");
+            step(
+                &["l.yaml"],
+                true,
+                "symlink removed (the walk before followed one)",
+            );
+            fs::write(root.join("a.yaml"), ECHO).expect("write");
+            step(&["a.yaml"], false, "plain again");
+        }
     }
 
     #[test]

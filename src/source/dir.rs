@@ -1,14 +1,19 @@
 //! A watched folder as the source, for deployments where a git-sync sidecar keeps it current.
 //!
 //! Change notifications (inotify) wake the source as soon as a file changes; once they pause
-//! ([`QUIET`]), a walk of the folder that stats every manifest (no file is read) decides, by a
-//! fingerprint of what it saw, whether the files are read and loaded as one revision. The walk
-//! is also made every [`POLL`] (every [`POLL_WITH_NOTIFY`] while notifications work), which
-//! catches what notifications miss: network file systems, and the symlink swap git-sync does
-//! above the folder.
-//! A revision is read whole: the files the walk found are read, the folder is walked once more,
-//! and if the fingerprint moved the read is repeated, so a half-written change is never served.
+//! ([`QUIET`]), what changed is looked at and a fingerprint of the listing decides whether the
+//! files are read and loaded as one revision. When the notifications named manifests in folders
+//! already known, only those paths are looked at ([`manifest::Listing::updated`]); anything else
+//! (a folder or symlink created or removed, an overflowed queue, a folder holding symlinks or
+//! hard links) walks the folder, statting every manifest (no file is read). The walk is also
+//! made every [`POLL`] (every [`POLL_WITH_NOTIFY`] while notifications work), which catches what
+//! notifications miss: network file systems, and the symlink swap git-sync does above the
+//! folder.
+//! A revision is read whole: the files listed are read, the same paths are looked at once more
+//! (or the folder walked again), and if the fingerprint moved the read is repeated, so a
+//! half-written change is never served.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -34,6 +39,9 @@ pub const POLL_WITH_NOTIFY: Duration = Duration::from_secs(2);
 const QUIET: Duration = Duration::from_millis(2);
 /// The longest a stream of notifications delays the walk (a folder written to without pause).
 const SETTLE_MAX: Duration = Duration::from_millis(50);
+/// Past this many paths named by notifications since the last look, the folder is walked
+/// instead (each path costs about what one file of a walk does).
+const MAX_NOTICED: usize = 256;
 
 pub struct DirSource {
     root: PathBuf,
@@ -43,6 +51,57 @@ pub struct DirSource {
     /// The files of the previous read: unchanged ones are not read again.
     read: Arc<Mutex<ReadCache>>,
     parsed: Parsed,
+}
+
+/// How the folder is looked at: walked whole, or only at the paths notifications named since
+/// `listing` (relative to the folder).
+#[derive(Clone)]
+enum Look {
+    Walk,
+    Paths(Arc<manifest::Listing>, Arc<[PathBuf]>),
+}
+
+/// The paths change notifications named since the folder was last looked at.
+#[derive(Debug, Default)]
+struct Noticed {
+    paths: HashSet<PathBuf>,
+    /// A notification named no path or reported lost events, or too many paths were named: the
+    /// folder is walked.
+    walk: bool,
+}
+
+impl Noticed {
+    fn note(&mut self, event: notify::Result<notify::Event>) {
+        match event {
+            Ok(event) if !event.need_rescan() && !event.paths.is_empty() => {
+                self.paths.extend(event.paths);
+            }
+            _ => self.walk = true,
+        }
+        if self.walk || self.paths.len() > MAX_NOTICED {
+            self.walk = true;
+            self.paths.clear();
+        }
+    }
+
+    /// The paths named, relative to `roots` (the folder as watched, and as resolved); `None`
+    /// when the folder must be walked.
+    fn take(&mut self, roots: [&Path; 2]) -> Option<Vec<PathBuf>> {
+        let walk = std::mem::take(&mut self.walk);
+        let paths = std::mem::take(&mut self.paths);
+        if walk {
+            return None;
+        }
+        paths
+            .iter()
+            .map(|path| {
+                roots
+                    .iter()
+                    .find_map(|root| path.strip_prefix(root).ok())
+                    .map(Path::to_path_buf)
+            })
+            .collect()
+    }
 }
 
 impl DirSource {
@@ -66,17 +125,23 @@ impl DirSource {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut last_fingerprint = None;
         let mut last_revision = None;
+        // The listing behind `last_fingerprint`, while notifications can tell what changed
+        // since it was made.
+        let mut last_listing: Option<Arc<manifest::Listing>> = None;
         // The watch is on the folder the root resolves to; when a symlink swap moves that, the
         // watch is set up again. Dropping the watcher stops its notifications.
         // A failed watch is kept as `None` so it is not retried for the same folder.
         let mut watched: Option<(PathBuf, Option<RecommendedWatcher>)> = None;
         let mut notified = mpsc::channel(1).1;
+        let mut noticed = Arc::new(Mutex::new(Noticed::default()));
         loop {
             if let Ok(target) = std::fs::canonicalize(&self.root) {
                 if watched.as_ref().map(|(t, _)| t) != Some(&target) {
                     let (tx, rx) = mpsc::channel(1);
                     notified = rx;
-                    watched = Some((target, watch_folder(&self.root, tx)));
+                    noticed = Arc::default();
+                    last_listing = None;
+                    watched = Some((target, watch_folder(&self.root, noticed.clone(), tx)));
                 }
             }
             let mut next_check = if watched.as_ref().is_some_and(|(_, w)| w.is_some()) {
@@ -84,35 +149,51 @@ impl DirSource {
             } else {
                 POLL
             };
-            let listing = self.list().await;
-            let fingerprint = listing.as_ref().ok().map(manifest::Listing::fingerprint);
-            if fingerprint != last_fingerprint {
-                match self.read_stable(listing, fingerprint).await {
+            let changed = match &watched {
+                Some((target, Some(_))) => noticed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take([&self.root, target]),
+                _ => None,
+            };
+            let look = match (last_listing.take(), changed) {
+                (Some(base), Some(paths)) => Look::Paths(base, paths.into()),
+                _ => Look::Walk,
+            };
+            let listing = self.look(look.clone()).await.map(Arc::new);
+            let fingerprint = listing.as_ref().ok().map(|l| l.fingerprint());
+            if fingerprint == last_fingerprint {
+                last_listing = listing.ok();
+            } else {
+                match self.read_stable(listing.clone(), fingerprint, look).await {
                     Some(candidate) => {
                         last_fingerprint = fingerprint;
+                        last_listing = listing.ok();
                         if last_revision.as_ref() != Some(&candidate.revision_id) {
                             debug!(revision = %candidate.revision_id, ok = candidate.loaded.is_ok(), "folder changed");
                             last_revision = Some(candidate.revision_id.clone());
                             self.publish.send_replace(Some(Arc::new(candidate)));
                         }
                     }
-                    // Changing while read: look again soon.
+                    // Changing while read: look again soon, walking.
                     None => next_check = POLL,
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(next_check) => {}
+                // A poll walks the folder whatever the notifications said.
+                _ = tokio::time::sleep(next_check) => last_listing = None,
                 Some(()) = notified.recv() => settle(&mut notified).await,
                 _ = crate::shutdown::drained(&mut shutdown) => return,
             }
         }
     }
 
-    /// Walks the folder (see [`manifest::list_dir`]).
-    async fn list(&self) -> Result<manifest::Listing, Vec<manifest::Diagnostic>> {
+    /// Looks at the folder (see [`look`]) off the async threads.
+    async fn look(&self, how: Look) -> Result<manifest::Listing, Vec<manifest::Diagnostic>> {
         let root = self.root.clone();
         let options = self.options.clone();
-        tokio::task::spawn_blocking(move || manifest::list_dir(&root, &options))
+        let metrics = self.metrics.clone();
+        tokio::task::spawn_blocking(move || look(&root, &options, &how, &metrics))
             .await
             .unwrap_or_else(|err| {
                 Err(vec![manifest::Diagnostic::error(
@@ -123,23 +204,24 @@ impl DirSource {
     }
 
     /// Reads the files `listing` found and loads them; `None` when the folder changed while
-    /// being read (the next poll tries again). `before` is the listing's fingerprint.
+    /// being read (the next poll tries again). `before` is the listing's fingerprint, `how` the
+    /// look that made it, made again after the read.
     async fn read_stable(
         &self,
-        listing: Result<manifest::Listing, Vec<manifest::Diagnostic>>,
+        listing: Result<Arc<manifest::Listing>, Vec<manifest::Diagnostic>>,
         before: Option<u64>,
+        how: Look,
     ) -> Option<Candidate> {
         let root = self.root.clone();
         let options = self.options.clone();
         let cache = self.read.clone();
+        let metrics = self.metrics.clone();
         let read = tokio::task::spawn_blocking(move || {
             let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
             let files =
-                listing.and_then(|listing| manifest::read_listed(listing, &options, &mut cache));
-            let after = manifest::list_dir(&root, &options)
-                .ok()
-                .map(|listing| listing.fingerprint());
-            (files, after)
+                listing.and_then(|listing| manifest::read_listed(&listing, &options, &mut cache));
+            let again = look(&root, &options, &how, &metrics);
+            (files, again.ok().map(|listing| listing.fingerprint()))
         })
         .await;
         let (files, after) = match read {
@@ -186,6 +268,24 @@ impl DirSource {
     }
 }
 
+/// Lists the folder as `how` says: only the paths named, when [`manifest::Listing::updated`]
+/// can tell from them alone, else by a walk ([`manifest::list_dir`]).
+fn look(
+    root: &Path,
+    options: &LoadOptions,
+    how: &Look,
+    metrics: &Metrics,
+) -> Result<manifest::Listing, Vec<manifest::Diagnostic>> {
+    if let Look::Paths(base, paths) = how {
+        if let Some(listing) = base.updated(paths.iter().map(PathBuf::as_path)) {
+            metrics.dir_path_looks.fetch_add(1, Relaxed);
+            return Ok(listing);
+        }
+    }
+    metrics.dir_walks.fetch_add(1, Relaxed);
+    manifest::list_dir(root, options)
+}
+
 /// Waits, after a notification, until none arrived for [`QUIET`], or [`SETTLE_MAX`] in all.
 /// The channel holds at most one wake-up, however many notifications it stands for.
 async fn settle(notified: &mut mpsc::Receiver<()>) {
@@ -202,12 +302,24 @@ async fn settle(notified: &mut mpsc::Receiver<()>) {
 /// Change notifications for everything below `root` (and for `root` itself being replaced when
 /// it is a symlink, as git-sync swaps it). `None` when the platform or its limits refuse; the
 /// folder is then polled more often.
-fn watch_folder(root: &Path, tx: mpsc::Sender<()>) -> Option<RecommendedWatcher> {
+fn watch_folder(
+    root: &Path,
+    noticed: Arc<Mutex<Noticed>>,
+    tx: mpsc::Sender<()>,
+) -> Option<RecommendedWatcher> {
     let handler = move |event: notify::Result<notify::Event>| {
         // Reads (ours included) are not changes. A full channel already holds a wake-up.
-        if event.is_ok_and(|e| !matches!(e.kind, EventKind::Access(_))) {
-            let _ = tx.try_send(());
+        if event
+            .as_ref()
+            .is_ok_and(|e| matches!(e.kind, EventKind::Access(_)))
+        {
+            return;
         }
+        noticed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .note(event);
+        let _ = tx.try_send(());
     };
     let mut watcher = match notify::recommended_watcher(handler) {
         Ok(watcher) => watcher,
@@ -250,16 +362,29 @@ mod tests {
 
     /// Starts a source on `root` and returns its candidates.
     fn start(root: &Path) -> (super::super::CandidateReceiver, watch::Sender<bool>) {
+        let (candidates, shutdown, _) = start_counted(root);
+        (candidates, shutdown)
+    }
+
+    /// [`start`], with the source's metrics.
+    fn start_counted(
+        root: &Path,
+    ) -> (
+        super::super::CandidateReceiver,
+        watch::Sender<bool>,
+        Arc<Metrics>,
+    ) {
         let (publish, candidates) = watch::channel(None);
         let (shutdown_tx, shutdown) = watch::channel(false);
+        let metrics = Arc::new(Metrics::default());
         let source = DirSource::new(
             root.to_path_buf(),
             LoadOptions::default(),
             publish,
-            Arc::new(Metrics::default()),
+            metrics.clone(),
         );
         tokio::spawn(source.run(shutdown));
-        (candidates, shutdown_tx)
+        (candidates, shutdown_tx, metrics)
     }
 
     async fn next_revision(
@@ -340,6 +465,47 @@ mod tests {
         std::fs::write(dir.path().join("echo.yaml"), changed).expect("write");
         let second = next_revision(&mut candidates, POLL_WITH_NOTIFY / 2).await;
         assert_ne!(first, second);
+    }
+
+    #[tokio::test]
+    async fn a_notified_manifest_change_is_read_without_walking_the_folder() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("echo.yaml"), SERVICE).expect("write");
+        let (mut candidates, _shutdown, metrics) = start_counted(dir.path());
+        let first = next_revision(&mut candidates, Duration::from_secs(5)).await;
+        let counts = || {
+            (
+                metrics.dir_walks.load(Relaxed),
+                metrics.dir_path_looks.load(Relaxed),
+            )
+        };
+
+        // Well before the next poll walks it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (walks, looks) = counts();
+        std::fs::write(
+            dir.path().join("echo.yaml"),
+            SERVICE.replace("port: 80", "port: 81"),
+        )
+        .expect("write");
+        let second = next_revision(&mut candidates, POLL_WITH_NOTIFY / 2).await;
+        assert_ne!(first, second);
+        let (walks_now, looks_now) = counts();
+        assert_eq!(walks_now, walks, "the folder was walked");
+        // The look before the read and the one after it.
+        assert!(looks_now >= looks + 2, "{looks} -> {looks_now}");
+
+        // A new folder is walked, and what it holds is served.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        std::fs::create_dir(dir.path().join("more")).expect("mkdir");
+        std::fs::write(
+            dir.path().join("more/other.yaml"),
+            SERVICE.replace("name: echo", "name: other"),
+        )
+        .expect("write");
+        let third = next_revision(&mut candidates, POLL_WITH_NOTIFY / 2).await;
+        assert_ne!(second, third);
+        assert!(counts().0 > walks_now, "the new folder was not walked");
     }
 
     #[tokio::test]
