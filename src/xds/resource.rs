@@ -254,13 +254,28 @@ pub fn entry_digest(name: &str, version: &str) -> u128 {
 
 /// Every resource of one type, sorted by name, with the type's version: one snapshot's part,
 /// which snapshots of sidecars that get the same resources share.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct TypeResources {
     map: Arc<BTreeMap<String, Arc<Resource>>>,
     version: String,
     entry_sum: u128,
     key_sum: u128,
+    /// The resources given to [`TypeResources::new_or_previous`], in the order given, when no
+    /// two had one name: the next build from the same names in the same order needs no sort.
+    built_from: Option<Arc<[Arc<Resource>]>>,
 }
+
+/// The resources, whatever they were built from.
+impl PartialEq for TypeResources {
+    fn eq(&self, other: &Self) -> bool {
+        self.map == other.map
+            && self.version == other.version
+            && self.entry_sum == other.entry_sum
+            && self.key_sum == other.key_sum
+    }
+}
+
+impl Eq for TypeResources {}
 
 impl TypeResources {
     pub fn new(resources: impl IntoIterator<Item = Arc<Resource>>) -> TypeResources {
@@ -269,35 +284,77 @@ impl TypeResources {
 
     /// [`TypeResources::new`], or a clone of `previous` when it holds exactly these resources
     /// (equal content, origins included): a type a change did not touch costs no new map and
-    /// no hashing, and stays the same shared map for every stream.
+    /// no hashing, and stays the same shared map for every stream. When `previous` was built
+    /// from the same names in the same order (a revision where only some resources changed),
+    /// nothing is sorted: the changed ones replace theirs in `previous`'s map.
     pub fn new_or_previous(
         resources: impl IntoIterator<Item = Arc<Resource>>,
         previous: Option<&TypeResources>,
     ) -> TypeResources {
-        let mut sorted: Vec<Arc<Resource>> = resources.into_iter().collect();
+        let given: Vec<Arc<Resource>> = resources.into_iter().collect();
+        if let Some(built) = previous.and_then(|previous| previous.in_same_order(&given)) {
+            return built;
+        }
+        let mut order: Vec<usize> = (0..given.len()).collect();
         // Stable: of resources with one name the last is kept, as `new`'s map keeps it.
-        sorted.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut unique: Vec<Arc<Resource>> = Vec::with_capacity(sorted.len());
-        for resource in sorted {
+        order.sort_by(|&a, &b| given[a].name.cmp(&given[b].name));
+        let mut unique: Vec<&Arc<Resource>> = Vec::with_capacity(order.len());
+        for resource in order.into_iter().map(|i| &given[i]) {
             match unique.last_mut() {
                 Some(last) if last.name == resource.name => *last = resource,
                 _ => unique.push(resource),
             }
         }
+        let built_from = (unique.len() == given.len()).then(|| Arc::from(given.as_slice()));
         if let Some(previous) = previous {
             let same = previous.map.len() == unique.len()
                 && (previous.map.values().zip(&unique))
-                    .all(|(old, new)| Arc::ptr_eq(old, new) || old == new);
+                    .all(|(old, new)| Arc::ptr_eq(old, new) || old == *new);
             if same {
-                return previous.clone();
+                return TypeResources {
+                    built_from,
+                    ..previous.clone()
+                };
             }
         }
-        TypeResources::from_map(
-            unique
-                .into_iter()
-                .map(|resource| (resource.name.clone(), resource))
-                .collect(),
-        )
+        let map = unique
+            .into_iter()
+            .map(|resource| (resource.name.clone(), resource.clone()))
+            .collect();
+        TypeResources {
+            built_from,
+            ..TypeResources::from_map(map)
+        }
+    }
+
+    /// When `given` holds resources of the names `self` was built from, in the same order:
+    /// `self` with those whose content changed put in place (the map's keys stay the same).
+    fn in_same_order(&self, given: &[Arc<Resource>]) -> Option<TypeResources> {
+        let built_from = self.built_from.as_ref()?;
+        if built_from.len() != given.len() {
+            return None;
+        }
+        let mut changed = Vec::new();
+        for (old, new) in built_from.iter().zip(given) {
+            if Arc::ptr_eq(old, new) {
+                continue;
+            }
+            if old.name != new.name {
+                return None;
+            }
+            if old != new {
+                changed.push(new.clone());
+            }
+        }
+        let built = if changed.is_empty() {
+            self.clone()
+        } else {
+            self.with(changed)
+        };
+        Some(TypeResources {
+            built_from: Some(Arc::from(given)),
+            ..built
+        })
     }
 
     fn from_map(map: BTreeMap<String, Arc<Resource>>) -> TypeResources {
@@ -311,6 +368,7 @@ impl TypeResources {
             entry_sum,
             key_sum,
             map: Arc::new(map),
+            built_from: None,
         }
     }
 
@@ -416,5 +474,101 @@ mod tests {
             TypeResources::new_or_previous(twice.clone(), None),
             TypeResources::new(twice)
         );
+    }
+
+    #[test]
+    fn a_build_from_the_same_names_in_the_same_order_replaces_only_what_changed() {
+        use crate::xds::stream::testing::resource;
+        let t = ResourceType::Cluster;
+        let list: Vec<Arc<Resource>> = ["c", "a", "b"]
+            .iter()
+            .map(|name| Arc::new(resource(t, name, 0)))
+            .collect();
+        let previous = TypeResources::new_or_previous(list.clone(), None);
+        let mut changed = list.clone();
+        changed[1] = Arc::new(resource(t, "a", 1));
+        let built = TypeResources::new_or_previous(changed.clone(), Some(&previous));
+        assert_eq!(built, TypeResources::new(changed.clone()));
+        assert!(built.built_from.is_some(), "not taken in order");
+        assert!(Arc::ptr_eq(&built.map["a"], &changed[1]));
+        assert!(Arc::ptr_eq(&built.map["b"], &previous.map["b"]));
+        // Then nothing changed: the same map.
+        let again = TypeResources::new_or_previous(changed, Some(&built));
+        assert!(Arc::ptr_eq(&again.map, &built.map));
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::{Resource, ResourceType, TypeResources};
+    use crate::xds::stream::testing::resource;
+
+    /// Lists of resources over a few names, some given twice, in any order, some with origins;
+    /// most lists after the first keep the names of the one before, in its order.
+    fn lists() -> impl Strategy<Value = Vec<Vec<(usize, u32, bool)>>> {
+        let list = proptest::collection::vec((0usize..5, 0u32..3, any::<bool>()), 0..8);
+        proptest::collection::vec((list, 0..4), 1..6).prop_map(|steps| {
+            let mut lists: Vec<Vec<(usize, u32, bool)>> = Vec::new();
+            for (list, fresh) in steps {
+                match lists.last() {
+                    Some(before) if fresh > 0 => {
+                        let names = before.iter().map(|(name, _, _)| *name);
+                        let rest = list.iter().chain([&(0, 0, false)]).cycle();
+                        let kept = names.zip(rest).map(|(name, (_, v, o))| (name, *v, *o));
+                        lists.push(kept.collect());
+                    }
+                    _ => lists.push(list),
+                }
+            }
+            lists
+        })
+    }
+
+    fn make(list: &[(usize, u32, bool)]) -> Vec<Arc<Resource>> {
+        (list.iter())
+            .map(|&(name, variant, origin)| {
+                let name = ["a", "b", "c", "d", "e"][name];
+                let resource = resource(ResourceType::Cluster, name, variant);
+                Arc::new(match origin {
+                    true => resource.with_origins(vec![format!("{name}.yaml:1")]),
+                    false => resource,
+                })
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Each build from the previous one holds exactly what a fresh build holds, and keeps
+        /// the previous map when that is equal.
+        #[test]
+        fn a_build_from_the_previous_is_a_fresh_build(lists in lists()) {
+            let mut previous: Option<TypeResources> = None;
+            let mut given: Vec<Arc<Resource>> = Vec::new();
+            for list in &lists {
+                // Half the time the previous build's own allocations, as cached parts give.
+                let list: Vec<Arc<Resource>> = make(list)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, new)| match given.get(i) {
+                        Some(old) if **old == *new && i % 2 == 0 => old.clone(),
+                        _ => new,
+                    })
+                    .collect();
+                let built = TypeResources::new_or_previous(list.clone(), previous.as_ref());
+                let fresh = TypeResources::new(list.clone());
+                prop_assert_eq!(&built, &fresh);
+                if let Some(previous) = &previous {
+                    prop_assert_eq!(Arc::ptr_eq(&built.map, &previous.map), *previous == fresh);
+                }
+                previous = Some(built);
+                given = list;
+            }
+        }
     }
 }
