@@ -373,12 +373,26 @@ impl TypeResources {
     }
 
     /// These resources with `replacements` put in place of (or beside) those of their names.
+    /// The sums are moved by the entries replaced rather than summed again over all.
     pub fn with(&self, replacements: impl IntoIterator<Item = Arc<Resource>>) -> TypeResources {
         let mut map = BTreeMap::clone(&self.map);
+        let (mut entry_sum, mut key_sum) = (self.entry_sum, self.key_sum);
         for resource in replacements {
-            map.insert(resource.name.clone(), resource);
+            entry_sum = entry_sum.wrapping_add(entry_digest(&resource.name, &resource.version));
+            match map.insert(resource.name.clone(), resource.clone()) {
+                Some(old) => {
+                    entry_sum = entry_sum.wrapping_sub(entry_digest(&old.name, &old.version));
+                }
+                None => key_sum = key_sum.wrapping_add(key_digest(&resource.name)),
+            }
         }
-        TypeResources::from_map(map)
+        TypeResources {
+            version: type_version(&map),
+            entry_sum,
+            key_sum,
+            map: Arc::new(map),
+            built_from: None,
+        }
     }
 
     pub fn resources(&self) -> &BTreeMap<String, Arc<Resource>> {
@@ -565,6 +579,10 @@ mod proptests {
                 prop_assert_eq!(&built, &fresh);
                 if let Some(previous) = &previous {
                     prop_assert_eq!(Arc::ptr_eq(&built.map, &previous.map), *previous == fresh);
+                    // And resources put in place of theirs or beside them, as a fresh build of
+                    // both lists (the later of one name kept).
+                    let both = given.iter().chain(&list).cloned();
+                    prop_assert_eq!(previous.with(list.clone()), TypeResources::new(both));
                 }
                 previous = Some(built);
                 given = list;
