@@ -629,6 +629,7 @@ pub fn load_files_cached(
 
     let mut taken = Vec::new();
     let mut total: usize = 0;
+    cache.keys_moved = false;
     for (i, f) in sorted.iter().enumerate() {
         if i >= opts.max_files {
             diags.push(Diagnostic::error(
@@ -650,8 +651,19 @@ pub fn load_files_cached(
         taken.push(f.path.as_str());
     }
     cache.keep_only(&sorted);
+    // Every file taken, as last time, and none defines other objects than it did: still no
+    // object is defined twice.
+    let complete = taken.len() == sorted.len();
+    let check_duplicates = cache.keys_moved || !cache.keys_unique || !complete;
+    #[cfg(test)]
+    {
+        cache.duplicate_checks += usize::from(check_duplicates);
+    }
     let ParseCache {
-        files, validated, ..
+        files,
+        validated,
+        keys_unique,
+        ..
     } = cache;
     // Borrowed from the cache: a file that did not change costs no copy of its objects.
     let docs: Vec<&Loaded> = taken
@@ -662,23 +674,30 @@ pub fn load_files_cached(
 
     let mut rev = Revision::default();
     let (mut services, mut slices) = (Vec::new(), Vec::new());
-    let mut first_seen: HashMap<(Kind, &ObjectKey), &Pos> = HashMap::with_capacity(docs.len());
+    let mut first_seen: HashMap<(Kind, &ObjectKey), &Pos> = HashMap::new();
+    if check_duplicates {
+        first_seen.reserve(docs.len());
+    }
+    let mut unique = true;
     for doc in &docs {
-        match first_seen.entry((doc.kind, &doc.key)) {
-            hash_map::Entry::Occupied(first) => {
-                diags.push(Diagnostic::error(
-                    doc.pos.clone(),
-                    format!(
-                        "{} {} is defined twice: here and in {}",
-                        doc.kind,
-                        doc.key,
-                        first.get()
-                    ),
-                ));
-                continue;
-            }
-            hash_map::Entry::Vacant(slot) => {
-                slot.insert(&doc.pos);
+        if check_duplicates {
+            match first_seen.entry((doc.kind, &doc.key)) {
+                hash_map::Entry::Occupied(first) => {
+                    diags.push(Diagnostic::error(
+                        doc.pos.clone(),
+                        format!(
+                            "{} {} is defined twice: here and in {}",
+                            doc.kind,
+                            doc.key,
+                            first.get()
+                        ),
+                    ));
+                    unique = false;
+                    continue;
+                }
+                hash_map::Entry::Vacant(slot) => {
+                    slot.insert(&doc.pos);
+                }
             }
         }
         match &doc.object {
@@ -688,6 +707,7 @@ pub fn load_files_cached(
             Typed::GrpcRoute(object) => rev.grpc_routes.push(object.clone()),
         }
     }
+    *keys_unique = complete && unique;
     // Keys are unique by now: sorted once, the maps are built in one pass rather than by
     // thousands of searches.
     services.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -731,9 +751,16 @@ pub struct ParseCache {
     files: HashMap<String, Parsed>,
     /// The findings of each part of the previous revision (see [`Revision::parts`]).
     validated: PartMemo<Arc<Vec<Diagnostic>>>,
-    /// Files parsed (not reused) so far.
+    /// Since the last load, a file came or went or a changed file defines other objects (kind
+    /// and key) than it did.
+    keys_moved: bool,
+    /// The last load took every file and found no object defined twice.
+    keys_unique: bool,
+    /// Files parsed (not reused), and duplicate checks made, so far.
     #[cfg(test)]
     parsed: usize,
+    #[cfg(test)]
+    duplicate_checks: usize,
 }
 
 #[derive(Debug)]
@@ -779,7 +806,17 @@ impl ParseCache {
                 docs,
                 diags,
             };
-            self.files.insert(f.path.clone(), parsed);
+            let before = self.files.insert(f.path.clone(), parsed);
+            self.keys_moved |= before.is_none_or(|before| {
+                let keys = |parsed: &Parsed| -> Vec<(Kind, ObjectKey)> {
+                    parsed
+                        .docs
+                        .iter()
+                        .map(|d| (d.kind, d.key.clone()))
+                        .collect()
+                };
+                keys(&before) != keys(&self.files[&f.path])
+            });
         }
         &self.files[&f.path]
     }
@@ -787,7 +824,9 @@ impl ParseCache {
     /// Forgets files that are not in `files` (deleted or renamed away).
     fn keep_only(&mut self, files: &[&SourceFile]) {
         let paths: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        let before = self.files.len();
         self.files.retain(|path, _| paths.contains(path.as_str()));
+        self.keys_moved |= self.files.len() != before;
     }
 }
 
@@ -1326,6 +1365,65 @@ mod tests {
             loads.push(cached.is_ok());
         }
         assert_eq!(loads, [false, true, false]);
+    }
+
+    #[test]
+    fn cached_loads_look_for_objects_defined_twice_only_when_the_objects_may_have_moved() {
+        let file = |path: &str, text: &str| SourceFile {
+            path: path.into(),
+            bytes: text.as_bytes().to_vec(),
+        };
+        let other = ECHO.replace("name: echo", "name: other");
+        let port = |text: &str, port: &str| text.replace("port: 80", port);
+        let opts = LoadOptions::default();
+        let revisions = [
+            vec![file("a.yaml", ECHO), file("b.yaml", &other)],
+            // Edited, defining the same objects: no object can be defined twice now.
+            vec![
+                file("a.yaml", ECHO),
+                file("b.yaml", &port(&other, "port: 81")),
+            ],
+            // Defining another object: looked for, and found.
+            vec![file("a.yaml", ECHO), file("b.yaml", ECHO)],
+            // Edited, after a load that found one: looked for again.
+            vec![
+                file("a.yaml", ECHO),
+                file("b.yaml", &port(ECHO, "port: 81")),
+            ],
+            vec![file("a.yaml", ECHO), file("b.yaml", &other)],
+            vec![
+                file("a.yaml", ECHO),
+                file("b.yaml", &port(&other, "port: 82")),
+            ],
+            // A file comes, then goes.
+            vec![
+                file("a.yaml", ECHO),
+                file("b.yaml", &port(&other, "port: 82")),
+                file("c.yaml", ECHO),
+            ],
+            vec![
+                file("a.yaml", ECHO),
+                file("b.yaml", &port(&other, "port: 82")),
+            ],
+            vec![
+                file("a.yaml", ECHO),
+                file("b.yaml", &port(&other, "port: 82")),
+            ],
+        ];
+        let mut cache = ParseCache::default();
+        let (mut checks, mut loaded) = (Vec::new(), Vec::new());
+        for files in &revisions {
+            let before = cache.duplicate_checks;
+            let cached = load_files_cached(files, &opts, &mut cache);
+            assert_eq!(cached, load_files(files, &opts), "cached load differs");
+            checks.push(cache.duplicate_checks - before);
+            loaded.push(cached.is_ok());
+        }
+        assert_eq!(checks, [1, 0, 1, 1, 1, 0, 1, 1, 0]);
+        assert_eq!(
+            loaded,
+            [true, true, false, false, true, true, false, true, true]
+        );
     }
 
     #[test]
