@@ -1375,6 +1375,10 @@ mod tests {
         };
         let other = ECHO.replace("name: echo", "name: other");
         let port = |text: &str, port: &str| text.replace("port: 80", port);
+        let (a, b) = (
+            file("a.yaml", ECHO),
+            file("b.yaml", &port(&other, "port: 82")),
+        );
         let opts = LoadOptions::default();
         let revisions = [
             vec![file("a.yaml", ECHO), file("b.yaml", &other)],
@@ -1391,24 +1395,11 @@ mod tests {
                 file("b.yaml", &port(ECHO, "port: 81")),
             ],
             vec![file("a.yaml", ECHO), file("b.yaml", &other)],
-            vec![
-                file("a.yaml", ECHO),
-                file("b.yaml", &port(&other, "port: 82")),
-            ],
+            vec![a.clone(), b.clone()],
             // A file comes, then goes.
-            vec![
-                file("a.yaml", ECHO),
-                file("b.yaml", &port(&other, "port: 82")),
-                file("c.yaml", ECHO),
-            ],
-            vec![
-                file("a.yaml", ECHO),
-                file("b.yaml", &port(&other, "port: 82")),
-            ],
-            vec![
-                file("a.yaml", ECHO),
-                file("b.yaml", &port(&other, "port: 82")),
-            ],
+            vec![a.clone(), b.clone(), file("c.yaml", ECHO)],
+            vec![a.clone(), b.clone()],
+            vec![a, b],
         ];
         let mut cache = ParseCache::default();
         let (mut checks, mut loaded) = (Vec::new(), Vec::new());
