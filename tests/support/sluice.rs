@@ -12,7 +12,8 @@ use super::{
     free_addr_on, log_tail, loopback_ip, sluice_path, wait_for, wait_until, STARTUP_TIMEOUT,
 };
 
-/// A running `sluice serve` that serves a manifest directory; killed on drop.
+/// A running `sluice serve` that serves a manifest directory; killed on drop, and what it left
+/// in its temporary folder removed.
 ///
 /// It writes nothing into the directory: the test owns the manifests.
 pub struct Sluice {
@@ -53,8 +54,12 @@ impl Sluice {
             .expect("temp dir");
         let log = tmp.path().join("sluice.log");
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let envs: Vec<(String, String)> = envs
+        // Its temporary files (the default git cache) in the folder removed on drop: a server
+        // killed with -9 cannot remove them itself.
+        let own_tmp = ("TMPDIR", tmp.path().to_str().expect("UTF-8 temp path"));
+        let envs: Vec<(String, String)> = [own_tmp]
             .iter()
+            .chain(envs)
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let child = spawn(&args, &envs, xds, debug, &log);
