@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+use xxhash_rust::xxh3::xxh3_128;
 
 use super::resource::{content_version, Resource, ResourceType};
 
@@ -156,12 +157,18 @@ impl TypeStatus {
 /// The version string of a response: the snapshot's revision, shortened to 12 characters, and
 /// the content hash of what the client holds once it applies the response.
 pub fn response_version(revision: &str, content_hash: &str) -> String {
-    let short: String = revision.chars().take(12).collect();
+    let short = match revision.char_indices().nth(12) {
+        Some((end, _)) => &revision[..end],
+        None => revision,
+    };
     if short.is_empty() {
-        content_hash.to_string()
-    } else {
-        format!("{short}-{content_hash}")
+        return content_hash.to_string();
     }
+    let mut version = String::with_capacity(short.len() + 1 + content_hash.len());
+    version.push_str(short);
+    version.push('-');
+    version.push_str(content_hash);
+    version
 }
 
 /// Hash over `(name, version)` pairs, which must come sorted by name. Encoded as the snapshot
@@ -185,7 +192,9 @@ pub fn content_hash<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> 
 /// [`Settled::clear`].
 #[derive(Debug, Default)]
 pub(crate) struct Settled {
-    at: Option<String>,
+    /// A digest of the type version last planned against: kept in the stream itself, so the
+    /// check on every ACK and change reads no memory of its own elsewhere.
+    at: Option<u128>,
     /// The snapshot map the client holds exactly (every resource of it, nothing else, nothing
     /// rejected), when the last plan left it so: the next snapshot then needs only the
     /// resources that changed between the two maps (see [`changed_between`]).
@@ -199,10 +208,11 @@ impl Settled {
     /// True when the type was last planned against `type_version` and nothing moved since;
     /// otherwise remembers `type_version` for the plan about to run.
     pub(crate) fn skip(&mut self, type_version: &str) -> bool {
-        if self.at.as_deref() == Some(type_version) {
+        let at = xxh3_128(type_version.as_bytes());
+        if self.at == Some(at) {
             return true;
         }
-        self.at = Some(type_version.to_string());
+        self.at = Some(at);
         #[cfg(test)]
         {
             self.full_plans += 1;
@@ -347,6 +357,16 @@ mod tests {
             "0123456789ab-ffff"
         );
         assert_eq!(response_version("", "ffff"), "ffff");
+        assert_eq!(response_version("abc", "ffff"), "abc-ffff");
+        assert_eq!(
+            response_version("0123456789abcdef", "ffff"),
+            "0123456789ab-ffff"
+        );
+        // Twelve characters, not bytes.
+        assert_eq!(
+            response_version("ééééééééééééé", "ffff"),
+            "éééééééééééé-ffff"
+        );
     }
 
     #[test]
