@@ -16,7 +16,8 @@ use serde::Deserialize;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::de;
-use super::model::{EndpointSlice, GrpcRoute, HttpRoute, ObjectMeta, Service};
+use super::model::{EndpointSlice, GrpcRoute, HttpRoute, ObjectMeta, Service, SERVICE_NAME_LABEL};
+use super::parts::{route_links, References, Split};
 use super::validate::{self, Kind, Trees};
 use super::yaml::{self, Node, NodeKind};
 use super::{Diagnostic, Object, ObjectKey, PartMemo, Pos, Revision};
@@ -629,7 +630,7 @@ pub fn load_files_cached(
 
     let mut taken = Vec::new();
     let mut total: usize = 0;
-    cache.keys_moved = false;
+    cache.placement_moved = false;
     for (i, f) in sorted.iter().enumerate() {
         if i >= opts.max_files {
             diags.push(Diagnostic::error(
@@ -652,17 +653,22 @@ pub fn load_files_cached(
     }
     cache.keep_only(&sorted);
     // Every file taken, as last time, and none defines other objects than it did: still no
-    // object is defined twice.
+    // object is defined twice, and the objects link up into the same parts.
     let complete = taken.len() == sorted.len();
-    let check_duplicates = cache.keys_moved || !cache.keys_unique || !complete;
+    let check_duplicates = cache.placement_moved || !cache.keys_unique || !complete;
     #[cfg(test)]
     {
         cache.duplicate_checks += usize::from(check_duplicates);
+    }
+    #[cfg(test)]
+    {
+        cache.splits += usize::from(check_duplicates || cache.split.is_none());
     }
     let ParseCache {
         files,
         validated,
         keys_unique,
+        split,
         ..
     } = cache;
     // Borrowed from the cache: a file that did not change costs no copy of its objects.
@@ -720,7 +726,9 @@ pub fn load_files_cached(
     // Checks never look across parts, so a part holding the same objects as one of the
     // previous load has the same findings. The trees that position findings are gathered
     // only for the parts checked.
-    for part in rev.keep_parts().iter() {
+    let (parts, kept) = rev.keep_parts(split.take().filter(|_| !check_duplicates));
+    *split = Some(kept);
+    for part in parts.iter() {
         let findings = validated.get_or_make(part, |part| {
             Arc::new(validate::validate(part, &part_trees(part, files)))
         });
@@ -751,16 +759,21 @@ pub struct ParseCache {
     files: HashMap<String, Parsed>,
     /// The findings of each part of the previous revision (see [`Revision::parts`]).
     validated: PartMemo<Arc<Vec<Diagnostic>>>,
-    /// Since the last load, a file came or went or a changed file defines other objects (kind
-    /// and key) than it did.
-    keys_moved: bool,
+    /// Since the last load, a file came or went, or a changed file defines other objects (kind
+    /// and key) than it did, or objects that name others or sort otherwise (see
+    /// [`same_placement`]).
+    placement_moved: bool,
     /// The last load took every file and found no object defined twice.
     keys_unique: bool,
+    /// How the last load split its revision into parts.
+    split: Option<Split>,
     /// Files parsed (not reused), and duplicate checks made, so far.
     #[cfg(test)]
     parsed: usize,
     #[cfg(test)]
     duplicate_checks: usize,
+    #[cfg(test)]
+    splits: usize,
 }
 
 #[derive(Debug)]
@@ -807,15 +820,14 @@ impl ParseCache {
                 diags,
             };
             let before = self.files.insert(f.path.clone(), parsed);
-            self.keys_moved |= before.is_none_or(|before| {
-                let keys = |parsed: &Parsed| -> Vec<(Kind, ObjectKey)> {
-                    parsed
+            self.placement_moved |= before.is_none_or(|before| {
+                let after = &self.files[&f.path].docs;
+                before.docs.len() != after.len()
+                    || !before
                         .docs
                         .iter()
-                        .map(|d| (d.kind, d.key.clone()))
-                        .collect()
-                };
-                keys(&before) != keys(&self.files[&f.path])
+                        .zip(after)
+                        .all(|(a, b)| same_placement(a, b))
             });
         }
         &self.files[&f.path]
@@ -826,7 +838,34 @@ impl ParseCache {
         let paths: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
         let before = self.files.len();
         self.files.retain(|path, _| paths.contains(path.as_str()));
-        self.keys_moved |= self.files.len() != before;
+        self.placement_moved |= self.files.len() != before;
+    }
+}
+
+/// Whether two objects (a file's, before and after it changed) take the same place among the
+/// others: the same kind and key, naming the same others (see [`Revision::parts`]), and for
+/// routes the same creation time (their precedence order).
+fn same_placement(a: &Loaded, b: &Loaded) -> bool {
+    fn service(slice: &Object<EndpointSlice>) -> Option<&String> {
+        slice.value.metadata.labels.get(SERVICE_NAME_LABEL)
+    }
+    fn same_route<R: References>(
+        a: &Object<R>,
+        b: &Object<R>,
+        meta: impl Fn(&R) -> &ObjectMeta,
+    ) -> bool {
+        route_links(a) == route_links(b)
+            && validate::creation_time(meta(&a.value)) == validate::creation_time(meta(&b.value))
+    }
+    if a.kind != b.kind || a.key != b.key {
+        return false;
+    }
+    match (&a.object, &b.object) {
+        (Typed::Service(_), Typed::Service(_)) => true,
+        (Typed::EndpointSlice(a), Typed::EndpointSlice(b)) => service(a) == service(b),
+        (Typed::HttpRoute(a), Typed::HttpRoute(b)) => same_route(a, b, |r| &r.metadata),
+        (Typed::GrpcRoute(a), Typed::GrpcRoute(b)) => same_route(a, b, |r| &r.metadata),
+        _ => false,
     }
 }
 
@@ -1415,6 +1454,85 @@ mod tests {
             loaded,
             [true, true, false, false, true, true, false, true, true]
         );
+    }
+
+    #[test]
+    fn cached_loads_split_again_only_when_objects_may_link_up_otherwise() {
+        let file = |path: &str, text: &str| SourceFile {
+            path: path.into(),
+            bytes: text.as_bytes().to_vec(),
+        };
+        let other = ECHO.replace("name: echo", "name: other");
+        let route = |backends: &str, meta: &str| {
+            format!("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: r\n{meta}spec:\n  parentRefs:\n  - {{group: \"\", kind: Service, name: echo, port: 80}}\n  rules:\n  - backendRefs: [{backends}]\n")
+        };
+        let slice = |service: &str, address: &str| {
+            format!("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: s\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: IPv4\nendpoints:\n- addresses: [{address}]\nports:\n- {{name: http, port: 8080}}\n")
+        };
+        let one = "{name: echo, port: 80}";
+        let two = |weight: u32| {
+            format!("{{name: echo, port: 80}}, {{name: other, port: 80, weight: {weight}}}")
+        };
+        let created = "  creationTimestamp: \"2024-01-01T00:00:00Z\"\n";
+        let (a, b) = (file("a.yaml", ECHO), file("b.yaml", &other));
+        let revisions = [
+            vec![a.clone(), b.clone(), file("r.yaml", &route(one, ""))],
+            // A route gains a backend: it links `other` in.
+            vec![a.clone(), b.clone(), file("r.yaml", &route(&two(1), ""))],
+            // A weight moves: the same links.
+            vec![a.clone(), b.clone(), file("r.yaml", &route(&two(2), ""))],
+            // A creation time: the route's precedence may move.
+            vec![
+                a.clone(),
+                b.clone(),
+                file("r.yaml", &route(&two(2), created)),
+            ],
+            // A slice comes, moves to another Service, changes an address.
+            vec![
+                a.clone(),
+                b.clone(),
+                file("r.yaml", &route(one, created)),
+                file("s.yaml", &slice("other", "10.0.0.1")),
+            ],
+            vec![
+                a.clone(),
+                b.clone(),
+                file("r.yaml", &route(one, created)),
+                file("s.yaml", &slice("echo", "10.0.0.1")),
+            ],
+            vec![
+                a,
+                b,
+                file("r.yaml", &route(one, created)),
+                file("s.yaml", &slice("echo", "10.0.0.2")),
+            ],
+        ];
+        let grouping = |revision: &Revision| -> Vec<Vec<String>> {
+            let parts = revision.parts();
+            (parts.iter())
+                .map(|part| {
+                    let services = part.services.iter().map(|o| format!("svc {}", o.key));
+                    let slices = part
+                        .endpoint_slices
+                        .iter()
+                        .map(|o| format!("slice {}", o.key));
+                    let routes = part.http_routes.iter().map(|o| format!("route {}", o.key));
+                    services.chain(slices).chain(routes).collect()
+                })
+                .collect()
+        };
+        let opts = LoadOptions::default();
+        let mut cache = ParseCache::default();
+        let mut splits = Vec::new();
+        for files in &revisions {
+            let before = cache.splits;
+            let cached = load_files_cached(files, &opts, &mut cache).expect("loads");
+            let fresh = load_files(files, &opts).expect("loads");
+            assert_eq!(cached, fresh, "cached load differs");
+            assert_eq!(grouping(&cached), grouping(&fresh), "parts differ");
+            splits.push(cache.splits - before);
+        }
+        assert_eq!(splits, [1, 1, 0, 1, 1, 1, 0]);
     }
 
     #[test]

@@ -88,14 +88,75 @@ impl Revision {
         }
     }
 
-    /// Splits the revision once, for everyone who asks for its parts afterwards.
-    pub(super) fn keep_parts(&mut self) -> Arc<[Part]> {
-        let parts: Arc<[Part]> = self.split().into();
+    /// Splits the revision once, for everyone who asks for its parts afterwards. `like` is the
+    /// split of a revision whose objects were the same kinds and keys in the same order, naming
+    /// each other the same way: its parts are this revision's too, and the objects are placed
+    /// as there without linking names again. Also returns the split, for the next revision.
+    pub(super) fn keep_parts(&mut self, like: Option<Split>) -> (Arc<[Part]>, Split) {
+        let (parts, split) = match like.and_then(|split| Some((self.place(&split)?, split))) {
+            Some(reused) => reused,
+            None => {
+                let split = self.split_places();
+                let parts = self.place(&split).unwrap_or_default();
+                (parts, split)
+            }
+        };
+        let parts: Arc<[Part]> = parts.into();
         self.parts = Some(parts.clone());
-        parts
+        (parts, split)
     }
 
     fn split(&self) -> Vec<Part> {
+        // A split always places the objects it was made of.
+        self.place(&self.split_places()).unwrap_or_default()
+    }
+
+    /// The parts of `split`, when it places as many objects of each kind as the revision has.
+    fn place(&self, split: &Split) -> Option<Vec<Part>> {
+        fn put<T>(
+            parts: &mut [Part],
+            objects: impl ExactSizeIterator<Item = T>,
+            places: &[usize],
+            list: impl Fn(&mut Part) -> &mut Vec<T>,
+        ) -> Option<()> {
+            if objects.len() != places.len() {
+                return None;
+            }
+            for (object, &place) in objects.zip(places) {
+                list(parts.get_mut(place)?).push(object);
+            }
+            Some(())
+        }
+        let mut parts = vec![Part::default(); split.parts];
+        put(
+            &mut parts,
+            self.services.values().cloned(),
+            &split.services,
+            |p| &mut p.services,
+        )?;
+        put(
+            &mut parts,
+            self.endpoint_slices.values().cloned(),
+            &split.endpoint_slices,
+            |p| &mut p.endpoint_slices,
+        )?;
+        put(
+            &mut parts,
+            self.http_routes.iter().cloned(),
+            &split.http_routes,
+            |p| &mut p.http_routes,
+        )?;
+        put(
+            &mut parts,
+            self.grpc_routes.iter().cloned(),
+            &split.grpc_routes,
+            |p| &mut p.grpc_routes,
+        )?;
+        Some(parts)
+    }
+
+    /// Which part each object goes to, linking the names they give.
+    fn split_places(&self) -> Split {
         // Every object is a node, and most are named (a route's references mostly name
         // Services already counted).
         let objects = self.services.len()
@@ -123,37 +184,42 @@ impl Revision {
         let http = links.routes(&self.http_routes);
         let grpc = links.routes(&self.grpc_routes);
 
-        let mut parts: Vec<Part> = Vec::new();
+        // Parts are numbered in the order their first object comes.
+        let mut parts = 0;
         let mut part_of_root = vec![usize::MAX; links.parent.len()];
-        let mut part_for = |links: &mut Links, node: usize| -> usize {
-            let root = links.find(node);
-            if part_of_root[root] == usize::MAX {
-                part_of_root[root] = parts.len();
-                parts.push(Part::default());
-            }
-            part_of_root[root]
+        let mut place = |nodes: &[usize]| -> Vec<usize> {
+            (nodes.iter())
+                .map(|&node| {
+                    let root = links.find(node);
+                    if part_of_root[root] == usize::MAX {
+                        part_of_root[root] = parts;
+                        parts += 1;
+                    }
+                    part_of_root[root]
+                })
+                .collect()
         };
-        let mut placed = Vec::with_capacity(services.len());
-        for node in &services {
-            placed.push(part_for(&mut links, *node));
+        let (services, endpoint_slices) = (place(&services), place(&slices));
+        let (http_routes, grpc_routes) = (place(&http), place(&grpc));
+        Split {
+            services,
+            endpoint_slices,
+            http_routes,
+            grpc_routes,
+            parts,
         }
-        let slices: Vec<usize> = slices.iter().map(|n| part_for(&mut links, *n)).collect();
-        let http: Vec<usize> = http.iter().map(|n| part_for(&mut links, *n)).collect();
-        let grpc: Vec<usize> = grpc.iter().map(|n| part_for(&mut links, *n)).collect();
-        for (object, part) in self.services.values().zip(placed) {
-            parts[part].services.push(object.clone());
-        }
-        for (object, part) in self.endpoint_slices.values().zip(slices) {
-            parts[part].endpoint_slices.push(object.clone());
-        }
-        for (object, part) in self.http_routes.iter().zip(http) {
-            parts[part].http_routes.push(object.clone());
-        }
-        for (object, part) in self.grpc_routes.iter().zip(grpc) {
-            parts[part].grpc_routes.push(object.clone());
-        }
-        parts
     }
+}
+
+/// Where each object of a revision went: the index of its part, by kind, in the revision's
+/// order.
+#[derive(Debug, Default)]
+pub(super) struct Split {
+    services: Vec<usize>,
+    endpoint_slices: Vec<usize>,
+    http_routes: Vec<usize>,
+    grpc_routes: Vec<usize>,
+    parts: usize,
 }
 
 /// Union-find over names and objects.
@@ -208,41 +274,55 @@ impl<'r> Links<'r> {
             .collect()
     }
 
-    /// A route's node, linked to every name it references: parents, backends and the
-    /// backends of mirror filters (on rules and on backends).
+    /// A route's node, linked to every name it references.
     fn route<R: References>(&mut self, namespace: &'r str, route: &'r R) -> usize {
         let node = self.fresh();
-        let link = |links: &mut Links<'r>, ns: &'r Option<String>, name: &'r str| {
-            let named = links.name(ns.as_deref().unwrap_or(namespace), name);
-            links.union(node, named);
-        };
-        for parent in route.parents() {
-            link(self, &parent.value.namespace, &parent.value.name);
-        }
-        let mirrors = |links: &mut Links<'r>, filters: &'r [Spanned<HttpRouteFilter>]| {
-            for filter in filters {
-                if let Some(mirror) = &filter.value.request_mirror {
-                    link(
-                        links,
-                        &mirror.backend_ref.namespace,
-                        &mirror.backend_ref.name,
-                    );
-                }
-            }
-        };
-        for (filters, backends) in route.rules() {
-            mirrors(self, filters);
-            for backend in backends {
-                link(self, &backend.value.namespace, &backend.value.name);
-                mirrors(self, &backend.value.filters);
-            }
-        }
+        references(namespace, route, |ns, name| {
+            let named = self.name(ns, name);
+            self.union(node, named);
+        });
         node
     }
 }
 
+/// Every name a route references, as (namespace, name): parents, backends and the backends of
+/// mirror filters (on rules and on backends).
+fn references<'r, R: References>(
+    namespace: &'r str,
+    route: &'r R,
+    mut name: impl FnMut(&'r str, &'r str),
+) {
+    let mut link = |ns: &'r Option<String>, n: &'r str| name(ns.as_deref().unwrap_or(namespace), n);
+    let mirrored = |filters: &'r [Spanned<HttpRouteFilter>]| {
+        (filters.iter()).filter_map(|filter| filter.value.request_mirror.as_ref())
+    };
+    for parent in route.parents() {
+        link(&parent.value.namespace, &parent.value.name);
+    }
+    for (filters, backends) in route.rules() {
+        for mirror in mirrored(filters) {
+            link(&mirror.backend_ref.namespace, &mirror.backend_ref.name);
+        }
+        for backend in backends {
+            link(&backend.value.namespace, &backend.value.name);
+            for mirror in mirrored(&backend.value.filters) {
+                link(&mirror.backend_ref.namespace, &mirror.backend_ref.name);
+            }
+        }
+    }
+}
+
+/// The names a route links to (see [`Revision::parts`]), in the order it gives them.
+pub(super) fn route_links<R: References>(route: &Object<R>) -> Vec<(&str, &str)> {
+    let mut names = Vec::new();
+    references(&route.key.namespace, &route.value, |ns, name| {
+        names.push((ns, name))
+    });
+    names
+}
+
 /// What linking reads of a route, the same for HTTPRoutes and GRPCRoutes.
-trait References {
+pub(super) trait References {
     fn parents(&self) -> &[Spanned<ParentRef>];
     /// Each rule's filters and backends.
     fn rules(
