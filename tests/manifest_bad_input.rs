@@ -31,7 +31,7 @@ fn findings(result: Result<Revision, Vec<Diagnostic>>) -> Vec<String> {
 fn load_one(path: &str, bytes: &[u8], opts: &LoadOptions) -> Vec<String> {
     let files = [SourceFile {
         path: path.to_string(),
-        bytes: bytes.to_vec(),
+        bytes: bytes.into(),
     }];
     findings(load_files(&files, opts))
 }
@@ -144,7 +144,7 @@ fn encodings_are_refused_with_the_byte_offset() {
     let bom = [b"\xEF\xBB\xBF".as_slice(), SERVICE.as_bytes()].concat();
     let files = [SourceFile {
         path: "bom.yaml".into(),
-        bytes: bom,
+        bytes: bom.into(),
     }];
     let rev = load_files(&files, &opts).expect("a leading UTF-8 BOM is accepted");
     let svc = rev.services.values().next().expect("the Service");
@@ -174,7 +174,10 @@ fn size_and_count_limits() {
     let files: Vec<SourceFile> = (0..5)
         .map(|i| SourceFile {
             path: format!("svc-{i}.yaml"),
-            bytes: SERVICE.replace("echo", &format!("echo-{i}")).into_bytes(),
+            bytes: SERVICE
+                .replace("echo", &format!("echo-{i}"))
+                .into_bytes()
+                .into(),
         })
         .collect();
     assert_eq!(

@@ -55,7 +55,7 @@ impl Default for LoadOptions {
 pub struct SourceFile {
     /// Path relative to the revision root, with `/` separators.
     pub path: String,
-    pub bytes: Vec<u8>,
+    pub bytes: Arc<[u8]>,
 }
 
 /// The message of a revision without any Service.
@@ -315,6 +315,7 @@ pub fn read_listed(
                 errors.push(too_big(&rel, bytes.len(), opts.max_file_bytes))
             }
             Ok(bytes) => {
+                let bytes: Arc<[u8]> = bytes.into();
                 kept.insert(rel.clone(), (stamp, bytes.clone()));
                 files.push(SourceFile { path: rel, bytes });
             }
@@ -336,7 +337,7 @@ pub fn read_listed(
 /// The files of the previous [`read_dir_cached`], with the stamp each had when it was read.
 #[derive(Debug, Default)]
 pub struct ReadCache {
-    files: HashMap<String, (Stamp, Vec<u8>)>,
+    files: HashMap<String, (Stamp, Arc<[u8]>)>,
     /// Files read (not reused) so far.
     #[cfg(test)]
     reads: usize,
@@ -778,7 +779,7 @@ pub struct ParseCache {
 
 #[derive(Debug)]
 struct Parsed {
-    bytes: Vec<u8>,
+    bytes: Arc<[u8]>,
     docs: Vec<Loaded>,
     diags: Vec<Diagnostic>,
 }
@@ -797,7 +798,7 @@ impl ParseCache {
         let fresh = self
             .files
             .get(&f.path)
-            .is_some_and(|parsed| parsed.bytes == f.bytes);
+            .is_some_and(|parsed| Arc::ptr_eq(&parsed.bytes, &f.bytes) || parsed.bytes == f.bytes);
         if !fresh {
             #[cfg(test)]
             {
@@ -1110,7 +1111,7 @@ mod tests {
     fn load(text: &str) -> Result<Revision, Vec<String>> {
         let files = [SourceFile {
             path: "t.yaml".into(),
-            bytes: text.as_bytes().to_vec(),
+            bytes: text.as_bytes().into(),
         }];
         load_files(&files, &LoadOptions::default())
             .map_err(|diags| diags.iter().map(|d| d.to_string()).collect())
@@ -1346,7 +1347,7 @@ mod tests {
     fn cached_loads_parse_only_changed_files_and_equal_fresh_loads() {
         let file = |path: &str, text: &str| SourceFile {
             path: path.into(),
-            bytes: text.as_bytes().to_vec(),
+            bytes: text.as_bytes().into(),
         };
         let other = ECHO.replace("name: echo", "name: other");
         let broken = "apiVersion: v1\nkind: Service\nmetadata:\n  name: [\n";
@@ -1410,7 +1411,7 @@ mod tests {
     fn cached_loads_look_for_objects_defined_twice_only_when_the_objects_may_have_moved() {
         let file = |path: &str, text: &str| SourceFile {
             path: path.into(),
-            bytes: text.as_bytes().to_vec(),
+            bytes: text.as_bytes().into(),
         };
         let other = ECHO.replace("name: echo", "name: other");
         let port = |text: &str, port: &str| text.replace("port: 80", port);
@@ -1460,7 +1461,7 @@ mod tests {
     fn cached_loads_split_again_only_when_objects_may_link_up_otherwise() {
         let file = |path: &str, text: &str| SourceFile {
             path: path.into(),
-            bytes: text.as_bytes().to_vec(),
+            bytes: text.as_bytes().into(),
         };
         let other = ECHO.replace("name: echo", "name: other");
         let route = |backends: &str, meta: &str| {

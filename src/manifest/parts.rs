@@ -444,7 +444,7 @@ mod tests {
     fn load(text: &str) -> Revision {
         let files = [SourceFile {
             path: "mesh.yaml".into(),
-            bytes: text.as_bytes().to_vec(),
+            bytes: text.as_bytes().into(),
         }];
         load_files(&files, &LoadOptions::default()).expect("loads")
     }

@@ -106,7 +106,9 @@ fn compile_variant(root: &Path, variant: usize) -> anyhow::Result<Arc<Snapshot>>
         .iter_mut()
         .find(|f| f.path == changed)
         .ok_or_else(|| anyhow!("{} has no {changed}", root.display()))?;
-    file.bytes = mesh::service_file(mesh::CHANGED_SERVICE, WEIGHTS[variant]).into_bytes();
+    file.bytes = mesh::service_file(mesh::CHANGED_SERVICE, WEIGHTS[variant])
+        .into_bytes()
+        .into();
     let revision_id = sluice::source::dir::revision_id(&files);
     let revision = manifest::load_files(&files, &options).map_err(diagnostics)?;
     let compiled = sluice::compile::compile_mesh(&revision_id, &revision, &Default::default())

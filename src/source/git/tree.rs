@@ -179,7 +179,7 @@ pub fn read_tree(
         match objects.blob(file.id) {
             Ok(bytes) => files.push(SourceFile {
                 path: file.path,
-                bytes,
+                bytes: bytes.into(),
             }),
             Err(message) => errors.push(Diagnostic::error(file_pos(&file.path), message)),
         }
