@@ -41,6 +41,8 @@ const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
 /// The gRPC message header: a compressed flag and the message length (big-endian u32).
 const HEADER_BYTES: usize = 5;
+/// Shared parts of a message from this size on go out as chunks of their own, not copied.
+const SHARED_CHUNK_MIN: usize = 16 * 1024;
 
 /// `envoy.service.discovery.v3.AggregatedDiscoveryService` as a tower service; cheap to clone.
 #[derive(Clone)]
@@ -93,8 +95,36 @@ fn serve<M: StateMachine>(
     }
 }
 
-fn encode_reply<R: Reply>(reply: R) -> Result<Bytes, Status> {
-    frame(reply.encoded_len(), |buf| reply.encode_to(buf))
+/// A reply as the chunks of one gRPC message: its header with the fields before the
+/// resources, the resources (shared with other streams sending the same list, and written to
+/// the socket without another copy), the fields after them.
+fn encode_reply<R: Reply>(reply: R) -> Result<Vec<Bytes>, Status> {
+    let pieces = reply.pieces();
+    message_chunks(&pieces.head, pieces.resources, pieces.tail)
+}
+
+/// One gRPC message made of `head`, `shared` and `tail`, as the chunks [`streaming_response`]
+/// writes one after another: the header with `head`, then `shared` as it is (HTTP/2 writes a
+/// large chunk to the socket from where it lies), then `tail`. A message whose `shared` part is
+/// below [`SHARED_CHUNK_MIN`] is one chunk: copying it costs less than a frame of its own.
+pub fn message_chunks(head: &[u8], shared: Bytes, tail: Vec<u8>) -> Result<Vec<Bytes>, Status> {
+    let len = head.len() + shared.len() + tail.len();
+    if shared.len() < SHARED_CHUNK_MIN {
+        let whole = frame(len, |buf| {
+            buf.put_slice(head);
+            buf.put_slice(&shared);
+            buf.put_slice(&tail);
+        })?;
+        return Ok(vec![whole]);
+    }
+    let mut first = Vec::with_capacity(HEADER_BYTES + head.len());
+    first.extend_from_slice(&message_header(len)?);
+    first.extend_from_slice(head);
+    let chunks = [Bytes::from(first), shared, Bytes::from(tail)];
+    Ok(chunks
+        .into_iter()
+        .filter(|chunk| !chunk.is_empty())
+        .collect())
 }
 
 /// The messages of a client-streaming call, decoded by `decoder`; a message above `max_bytes`
@@ -214,7 +244,7 @@ impl<D: MessageDecoder> Requests<D> {
 /// OK when the stream ends, or the error the stream (or `encode`) ends with.
 pub fn streaming_response<T, S>(
     messages: S,
-    encode: fn(T) -> Result<Bytes, Status>,
+    encode: fn(T) -> Result<Vec<Bytes>, Status>,
 ) -> http::Response<Body>
 where
     T: Send + 'static,
@@ -223,6 +253,7 @@ where
     let mut response = http::Response::new(Body::new(MessageBody {
         messages,
         encode,
+        pending: Vec::new().into_iter(),
         ended: false,
     }));
     response.headers_mut().insert(
@@ -235,15 +266,9 @@ where
 /// One gRPC message of `len` bytes that `write` puts, with its header, in a buffer of exactly
 /// that size. A message above the largest reply is an error, as tonic makes it.
 pub fn frame(len: usize, write: impl FnOnce(&mut BytesMut)) -> Result<Bytes, Status> {
-    if len > MAX_REPLY_BYTES {
-        return Err(Status::out_of_range(format!(
-            "Error, encoded message length too large: found {len} bytes, the limit is: {MAX_REPLY_BYTES} bytes"
-        )));
-    }
+    let header = message_header(len)?;
     let mut buf = BytesMut::with_capacity(HEADER_BYTES + len);
-    buf.put_u8(0);
-    // Below MAX_REPLY_BYTES, so it fits.
-    buf.put_u32(len as u32);
+    buf.put_slice(&header);
     write(&mut buf);
     debug_assert_eq!(
         buf.len(),
@@ -253,10 +278,25 @@ pub fn frame(len: usize, write: impl FnOnce(&mut BytesMut)) -> Result<Bytes, Sta
     Ok(buf.freeze())
 }
 
+/// The header of an uncompressed gRPC message of `len` bytes. A message above the largest
+/// reply is an error, as tonic makes it.
+fn message_header(len: usize) -> Result<[u8; HEADER_BYTES], Status> {
+    if len > MAX_REPLY_BYTES {
+        return Err(Status::out_of_range(format!(
+            "Error, encoded message length too large: found {len} bytes, the limit is: {MAX_REPLY_BYTES} bytes"
+        )));
+    }
+    // Below MAX_REPLY_BYTES, so it fits.
+    let [a, b, c, d] = (len as u32).to_be_bytes();
+    Ok([0, a, b, c, d])
+}
+
 /// The body of [`streaming_response`].
 struct MessageBody<S, T> {
     messages: S,
-    encode: fn(T) -> Result<Bytes, Status>,
+    encode: fn(T) -> Result<Vec<Bytes>, Status>,
+    /// The chunks of the current message not yet handed out.
+    pending: std::vec::IntoIter<Bytes>,
     /// The trailers went out.
     ended: bool,
 }
@@ -289,9 +329,18 @@ where
         if this.ended {
             return Poll::Ready(None);
         }
+        if let Some(chunk) = this.pending.next() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
         match std::task::ready!(Pin::new(&mut this.messages).poll_next(cx)) {
             Some(Ok(message)) => match (this.encode)(message) {
-                Ok(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                Ok(chunks) => {
+                    this.pending = chunks.into_iter();
+                    match this.pending.next() {
+                        Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                        None => this.end(Status::internal("an empty message")),
+                    }
+                }
                 Err(status) => this.end(status),
             },
             Some(Err(status)) => this.end(status),
@@ -385,7 +434,7 @@ mod tests {
 
     #[tokio::test]
     async fn replies_go_out_one_framed_message_each_then_ok() {
-        let replies = vec![reply("1", 300), reply("2", 0)];
+        let replies = vec![reply("1", 1000), reply("2", 0)];
         let response = streaming_response(
             futures::stream::iter(replies.clone().into_iter().map(Ok)),
             encode_reply::<DeltaReply>,
@@ -395,17 +444,31 @@ mod tests {
             Some(&http::HeaderValue::from_static("application/grpc"))
         );
         let frames = frames(response.into_body()).await;
-        assert_eq!(frames.len(), 3);
-        for (frame, reply) in frames.iter().zip(&replies) {
-            let data = frame.data_ref().expect("data");
+        let (trailers, data) = frames.split_last().expect("frames");
+        // A message goes out in chunks (the shared resources on their own), which read on
+        // the wire as one message after the other.
+        assert!(reply("1", 1000).pieces().resources.len() >= SHARED_CHUNK_MIN);
+        assert_eq!(
+            data.len(),
+            3 + 1,
+            "1,000 resources apart, no resources in one chunk"
+        );
+        let mut wire: Vec<u8> = data
+            .iter()
+            .flat_map(|frame| frame.data_ref().expect("data").to_vec())
+            .collect();
+        for reply in &replies {
             let expected = reply.to_proto().encode_to_vec();
-            assert_eq!(data[0], 0, "not compressed");
-            assert_eq!(data[1..5], (expected.len() as u32).to_be_bytes());
-            assert_eq!(data[5..], expected[..]);
-            let decoded = DeltaDiscoveryResponse::decode(&data[5..]).expect("decodes");
+            assert_eq!(wire[0], 0, "not compressed");
+            assert_eq!(wire[1..5], (expected.len() as u32).to_be_bytes());
+            let rest = wire.split_off(5 + expected.len());
+            assert_eq!(wire[5..], expected[..]);
+            let decoded = DeltaDiscoveryResponse::decode(&wire[5..]).expect("decodes");
             assert_eq!(decoded, reply.to_proto());
+            wire = rest;
         }
-        assert_eq!(trailers_status(&frames[2]).code(), tonic::Code::Ok);
+        assert!(wire.is_empty());
+        assert_eq!(trailers_status(trailers).code(), tonic::Code::Ok);
     }
 
     #[tokio::test]
@@ -418,9 +481,18 @@ mod tests {
         let response =
             streaming_response(futures::stream::iter(replies), encode_reply::<DeltaReply>);
         let frames = frames(response.into_body()).await;
-        assert_eq!(frames.len(), 2, "nothing after the error");
-        assert!(frames[0].is_data());
-        let status = trailers_status(&frames[1]);
+        let (trailers, data) = frames.split_last().expect("frames");
+        assert!(data.iter().all(Frame::is_data));
+        let sent: usize = data
+            .iter()
+            .map(|f| f.data_ref().map_or(0, Bytes::len))
+            .sum();
+        assert_eq!(
+            sent,
+            5 + reply("1", 1).encoded_len(),
+            "nothing after the error"
+        );
+        let status = trailers_status(trailers);
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
         assert_eq!(status.message(), "too many streams");
     }

@@ -1,21 +1,25 @@
 //! The responses the state machines produce, and their protobuf encoding written by hand.
 //!
-//! A reply holds the `Arc<Resource>`s of the snapshot, not copies of their bytes. It is encoded
-//! straight into the stream's HTTP/2 buffer by the gRPC codec ([`super::grpc`]), so each
-//! resource's bytes are copied once per stream, from the shared snapshot to the wire. Building a
-//! prost `DiscoveryResponse` instead would copy every resource into the message first, and a
-//! route configuration can be hundreds of kilobytes sent to thousands of sidecars per change.
+//! A reply holds the `Arc<Resource>`s of the snapshot, not copies of their bytes. The gRPC codec
+//! ([`super::grpc`]) writes it as [`Pieces`]: the few fields before the resources, the
+//! resources, and the fields after them. The resources of a large reply are encoded once for
+//! every stream that sends the same list ([`shared_block`]): a thousand sidecars connecting
+//! get their full CDS and EDS answers from one encoding, which HTTP/2 writes to each socket
+//! without copying it again. Building a prost `DiscoveryResponse` instead would copy every
+//! resource into the message first.
 //!
 //! The bytes are exactly what prost writes for the equivalent message ([`Reply::to_proto`]):
 //! fields in tag order, proto3 defaults left out. The tests below hold the two encodings equal.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryResponse, DiscoveryResponse, Resource as DeltaResource,
 };
 use envoy_types::pb::google::protobuf::Any;
-use prost::bytes::BufMut;
+use prost::bytes::{BufMut, Bytes};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 
 use super::resource::{Resource, ResourceType};
@@ -31,9 +35,115 @@ pub trait Reply: Send + 'static {
     /// Writes the protobuf encoding, byte for byte what `self.to_proto()` encodes to.
     fn encode_to(&self, buf: &mut impl BufMut);
 
+    /// The encoding in three pieces whose concatenation is [`Reply::encode_to`]'s: the fields
+    /// before the resources, the resources (shared between replies of the same list, see
+    /// [`shared_block`]), the fields after them.
+    fn pieces(&self) -> Pieces;
+
     /// The equivalent generated message. It copies every resource: for tests and tools, not for
     /// the stream path.
     fn to_proto(&self) -> Self::Proto;
+}
+
+/// A reply's encoding in the order it goes out (see [`Reply::pieces`]).
+#[derive(Debug)]
+pub struct Pieces {
+    pub head: Vec<u8>,
+    pub resources: Bytes,
+    pub tail: Vec<u8>,
+}
+
+impl Pieces {
+    pub fn len(&self) -> usize {
+        self.head.len() + self.resources.len() + self.tail.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Replies with fewer resources are encoded for their stream alone: a change's few resources
+/// cost less to encode than to look up.
+const SHARED_FROM: usize = 16;
+/// Encoded resource lists kept for other streams: the last few full answers (a type's every
+/// resource, per protocol) while sidecars connect.
+const SHARED_KEPT: usize = 8;
+
+/// How the resources of a reply are laid out: each a `Resource` message (delta) or an `Any`
+/// (state of the world).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    Delta,
+    Sotw,
+}
+
+type Kept = (Layout, Vec<Arc<Resource>>, Bytes);
+
+thread_local! {
+    /// Per thread, so streams served by one thread share without waiting on each other.
+    static KEPT: RefCell<VecDeque<Kept>> = const { RefCell::new(VecDeque::new()) };
+}
+
+/// `resources` encoded as the repeated `resources` field of a response. A list of
+/// [`SHARED_FROM`] resources or more is encoded once per thread: a reply with the very same
+/// resources (the same allocations, in the same order) gets the same bytes. The kept lists hold
+/// their resources alive, so an address cannot be taken by another resource while it is kept.
+fn shared_block(layout: Layout, resources: &[Arc<Resource>]) -> Bytes {
+    let encode = || {
+        let mut block = Vec::with_capacity(block_len(layout, resources));
+        for resource in resources {
+            put_resource(layout, resource, &mut block);
+        }
+        Bytes::from(block)
+    };
+    if resources.len() < SHARED_FROM {
+        return encode();
+    }
+    let same = |(kept_layout, kept, _): &&Kept| {
+        *kept_layout == layout
+            && kept.len() == resources.len()
+            && kept.iter().zip(resources).all(|(a, b)| Arc::ptr_eq(a, b))
+    };
+    let found = KEPT.with_borrow(|kept| kept.iter().find(same).map(|(_, _, block)| block.clone()));
+    if let Some(block) = found {
+        return block;
+    }
+    let block = encode();
+    KEPT.with_borrow_mut(|kept| {
+        if kept.len() == SHARED_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back((layout, resources.to_vec(), block.clone()));
+    });
+    block
+}
+
+/// The size of `resources` as the repeated `resources` field.
+fn block_len(layout: Layout, resources: &[Arc<Resource>]) -> usize {
+    let one = |resource: &Arc<Resource>| match layout {
+        Layout::Delta => delimited_len(delta_response::RESOURCES, delta_resource_len(resource)),
+        Layout::Sotw => delimited_len(sotw_response::RESOURCES, any_len(&resource.body)),
+    };
+    resources.iter().map(one).sum()
+}
+
+/// One element of the repeated `resources` field.
+fn put_resource(layout: Layout, resource: &Resource, buf: &mut impl BufMut) {
+    match layout {
+        Layout::Delta => {
+            put_header(delta_response::RESOURCES, delta_resource_len(resource), buf);
+            put_string(delta_resource::VERSION, &resource.version, buf);
+            // `resource` is a set message field: written even when the `Any` is empty.
+            put_header(delta_resource::RESOURCE, any_len(&resource.body), buf);
+            put_any(&resource.body, buf);
+            put_string(delta_resource::NAME, &resource.name, buf);
+        }
+        Layout::Sotw => {
+            put_header(sotw_response::RESOURCES, any_len(&resource.body), buf);
+            put_any(&resource.body, buf);
+        }
+    }
 }
 
 /// A delta (`DeltaDiscoveryResponse`) reply.
@@ -102,11 +212,7 @@ impl Reply for DeltaReply {
         string_len(
             delta_response::SYSTEM_VERSION_INFO,
             &self.system_version_info,
-        ) + self
-            .resources
-            .iter()
-            .map(|r| delimited_len(delta_response::RESOURCES, delta_resource_len(r)))
-            .sum::<usize>()
+        ) + block_len(Layout::Delta, &self.resources)
             + string_len(delta_response::TYPE_URL, self.resource_type.type_url())
             + string_len(delta_response::NONCE, &self.nonce)
             + self
@@ -117,25 +223,21 @@ impl Reply for DeltaReply {
     }
 
     fn encode_to(&self, buf: &mut impl BufMut) {
-        put_string(
-            delta_response::SYSTEM_VERSION_INFO,
-            &self.system_version_info,
-            buf,
-        );
+        self.put_head(buf);
         for resource in &self.resources {
-            put_header(delta_response::RESOURCES, delta_resource_len(resource), buf);
-            put_string(delta_resource::VERSION, &resource.version, buf);
-            // `resource` is a set message field: written even when the `Any` is empty.
-            put_header(delta_resource::RESOURCE, any_len(&resource.body), buf);
-            put_any(&resource.body, buf);
-            put_string(delta_resource::NAME, &resource.name, buf);
+            put_resource(Layout::Delta, resource, buf);
         }
-        put_string(delta_response::TYPE_URL, self.resource_type.type_url(), buf);
-        put_string(delta_response::NONCE, &self.nonce, buf);
-        // A repeated string writes every element, empty ones included.
-        for name in &self.removed_resources {
-            put_header(delta_response::REMOVED_RESOURCES, name.len(), buf);
-            buf.put_slice(name.as_bytes());
+        self.put_tail(buf);
+    }
+
+    fn pieces(&self) -> Pieces {
+        let (mut head, mut tail) = (Vec::new(), Vec::new());
+        self.put_head(&mut head);
+        self.put_tail(&mut tail);
+        Pieces {
+            head,
+            resources: shared_block(Layout::Delta, &self.resources),
+            tail,
         }
     }
 
@@ -160,16 +262,32 @@ impl Reply for DeltaReply {
     }
 }
 
+impl DeltaReply {
+    fn put_head(&self, buf: &mut impl BufMut) {
+        put_string(
+            delta_response::SYSTEM_VERSION_INFO,
+            &self.system_version_info,
+            buf,
+        );
+    }
+
+    fn put_tail(&self, buf: &mut impl BufMut) {
+        put_string(delta_response::TYPE_URL, self.resource_type.type_url(), buf);
+        put_string(delta_response::NONCE, &self.nonce, buf);
+        // A repeated string writes every element, empty ones included.
+        for name in &self.removed_resources {
+            put_header(delta_response::REMOVED_RESOURCES, name.len(), buf);
+            buf.put_slice(name.as_bytes());
+        }
+    }
+}
+
 impl Reply for SotwReply {
     type Proto = DiscoveryResponse;
 
     fn encoded_len(&self) -> usize {
         string_len(sotw_response::VERSION_INFO, &self.version_info)
-            + self
-                .resources
-                .iter()
-                .map(|r| delimited_len(sotw_response::RESOURCES, any_len(&r.body)))
-                .sum::<usize>()
+            + block_len(Layout::Sotw, &self.resources)
             + string_len(sotw_response::TYPE_URL, self.resource_type.type_url())
             + string_len(sotw_response::NONCE, &self.nonce)
     }
@@ -177,11 +295,20 @@ impl Reply for SotwReply {
     fn encode_to(&self, buf: &mut impl BufMut) {
         put_string(sotw_response::VERSION_INFO, &self.version_info, buf);
         for resource in &self.resources {
-            put_header(sotw_response::RESOURCES, any_len(&resource.body), buf);
-            put_any(&resource.body, buf);
+            put_resource(Layout::Sotw, resource, buf);
         }
-        put_string(sotw_response::TYPE_URL, self.resource_type.type_url(), buf);
-        put_string(sotw_response::NONCE, &self.nonce, buf);
+        self.put_tail(buf);
+    }
+
+    fn pieces(&self) -> Pieces {
+        let (mut head, mut tail) = (Vec::new(), Vec::new());
+        put_string(sotw_response::VERSION_INFO, &self.version_info, &mut head);
+        self.put_tail(&mut tail);
+        Pieces {
+            head,
+            resources: shared_block(Layout::Sotw, &self.resources),
+            tail,
+        }
     }
 
     fn to_proto(&self) -> DiscoveryResponse {
@@ -192,6 +319,13 @@ impl Reply for SotwReply {
             nonce: self.nonce.clone(),
             ..Default::default()
         }
+    }
+}
+
+impl SotwReply {
+    fn put_tail(&self, buf: &mut impl BufMut) {
+        put_string(sotw_response::TYPE_URL, self.resource_type.type_url(), buf);
+        put_string(sotw_response::NONCE, &self.nonce, buf);
     }
 }
 
@@ -263,6 +397,12 @@ mod tests {
         reply.encode_to(&mut got);
         assert_eq!(got, expected);
         assert_eq!(reply.encoded_len(), expected.len());
+        let pieces = reply.pieces();
+        assert_eq!(pieces.len(), expected.len());
+        assert_eq!(
+            [&pieces.head[..], &pieces.resources, &pieces.tail].concat(),
+            expected
+        );
     }
 
     fn sotw(resources: Vec<Arc<Resource>>, version: &str, nonce: &str) -> SotwReply {
@@ -479,6 +619,35 @@ mod tests {
         }
     }
 
+    #[test]
+    fn replies_of_the_same_long_list_share_its_encoding() {
+        let t = ResourceType::Cluster;
+        let list: Vec<Arc<Resource>> = (0..SHARED_FROM)
+            .map(|i| Arc::new(resource(t, &format!("c{i}"), 0)))
+            .collect();
+        let block = |reply: &dyn Fn(Vec<Arc<Resource>>) -> Pieces, list: &[Arc<Resource>]| {
+            reply(list.to_vec()).resources
+        };
+        let as_delta = |list| delta(list, &[], "v1", "n1").pieces();
+        let as_sotw = |list| sotw(list, "v1", "n2").pieces();
+        for reply in [&as_delta as &dyn Fn(_) -> Pieces, &as_sotw] {
+            let first = block(reply, &list);
+            // Another stream, another nonce: the same bytes, not a copy.
+            assert_eq!(block(reply, &list).as_ptr(), first.as_ptr());
+            // One resource in another allocation, even of equal content: encoded afresh.
+            let mut other = list.clone();
+            other[3] = Arc::new(resource(t, "c3", 0));
+            let again = block(reply, &other);
+            assert_ne!(again.as_ptr(), first.as_ptr());
+            assert_eq!(again, first);
+            // Short lists are encoded for their stream alone.
+            let short = &list[..SHARED_FROM - 1];
+            assert_ne!(block(reply, short).as_ptr(), block(reply, short).as_ptr());
+        }
+        // Delta and SotW lay the same list out differently.
+        assert_ne!(block(&as_delta, &list), block(&as_sotw, &list));
+    }
+
     fn arb_resource() -> impl Strategy<Value = Arc<Resource>> {
         (
             any::<String>(),
@@ -502,7 +671,7 @@ mod tests {
 
         #[test]
         fn random_replies_encode_like_prost(
-            resources in proptest::collection::vec(arb_resource(), 0..6),
+            resources in proptest::collection::vec(arb_resource(), 0..20),
             removed in proptest::collection::vec(any::<String>(), 0..6),
             version in any::<String>(),
             nonce in any::<String>(),

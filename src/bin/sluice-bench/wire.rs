@@ -305,16 +305,24 @@ fn decimal_digits(mut n: u64) -> usize {
     digits
 }
 
-/// A [`Prebuilt`] as one gRPC message, framed the way Sluice frames its replies (a buffer of
-/// its own per message, see `sluice::xds::grpc::frame`).
-pub fn frame_prebuilt(item: Prebuilt) -> Result<Bytes, Status> {
-    sluice::xds::grpc::frame(item.encoded_len(), |buf| put_prebuilt(&item, buf))
+/// A [`Prebuilt`] as one gRPC message, in chunks the way Sluice writes its replies (see
+/// `sluice::xds::grpc::message_chunks`): the shared body as it is, the nonce after it.
+pub fn frame_prebuilt(item: Prebuilt) -> Result<Vec<Bytes>, Status> {
+    let mut nonce = Vec::with_capacity(nonce_field_len(item.nonce));
+    put_nonce(item.nonce, &mut nonce);
+    sluice::xds::grpc::message_chunks(&[], item.body, nonce)
 }
 
 /// Writes the body, then the nonce as field 5 (a decimal string).
+#[cfg(test)]
 fn put_prebuilt(item: &Prebuilt, dst: &mut impl BufMut) {
     dst.put_slice(&item.body);
-    let digits = itoa_buffer(item.nonce);
+    put_nonce(item.nonce, dst);
+}
+
+/// The nonce as field 5 (a decimal string).
+fn put_nonce(nonce: u64, dst: &mut impl BufMut) {
+    let digits = itoa_buffer(nonce);
     prost::encoding::encode_key(
         RESPONSE_NONCE_TAG,
         prost::encoding::WireType::LengthDelimited,
