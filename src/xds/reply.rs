@@ -119,7 +119,18 @@ fn shared_block(layout: Layout, resources: &[Arc<Resource>]) -> Bytes {
     block
 }
 
-/// The size of `resources` as the repeated `resources` field.
+/// The size of `resources` as the repeated `resources` field: for a list long enough to be
+/// shared, the size of its shared encoding (made now if it is not kept yet, for the reply to
+/// use), so a thousand streams sending one list do not each walk its resources to size it.
+fn resources_len(layout: Layout, resources: &[Arc<Resource>]) -> usize {
+    if resources.len() < SHARED_FROM {
+        block_len(layout, resources)
+    } else {
+        shared_block(layout, resources).len()
+    }
+}
+
+/// The size of `resources` as the repeated `resources` field, summed resource by resource.
 fn block_len(layout: Layout, resources: &[Arc<Resource>]) -> usize {
     let one = |resource: &Arc<Resource>| match layout {
         Layout::Delta => delimited_len(delta_response::RESOURCES, delta_resource_len(resource)),
@@ -212,7 +223,7 @@ impl Reply for DeltaReply {
         string_len(
             delta_response::SYSTEM_VERSION_INFO,
             &self.system_version_info,
-        ) + block_len(Layout::Delta, &self.resources)
+        ) + resources_len(Layout::Delta, &self.resources)
             + string_len(delta_response::TYPE_URL, self.resource_type.type_url())
             + string_len(delta_response::NONCE, &self.nonce)
             + self
@@ -287,7 +298,7 @@ impl Reply for SotwReply {
 
     fn encoded_len(&self) -> usize {
         string_len(sotw_response::VERSION_INFO, &self.version_info)
-            + block_len(Layout::Sotw, &self.resources)
+            + resources_len(Layout::Sotw, &self.resources)
             + string_len(sotw_response::TYPE_URL, self.resource_type.type_url())
             + string_len(sotw_response::NONCE, &self.nonce)
     }
