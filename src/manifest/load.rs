@@ -656,14 +656,11 @@ pub fn load_files_cached(
     // Every file taken, as last time, and none defines other objects than it did: still no
     // object is defined twice, and the objects link up into the same parts.
     let complete = taken.len() == sorted.len();
-    let check_duplicates = cache.placement_moved || !cache.keys_unique || !complete;
+    let same_places = complete && cache.keys_unique && !cache.placement_moved;
     #[cfg(test)]
     {
-        cache.duplicate_checks += usize::from(check_duplicates);
-    }
-    #[cfg(test)]
-    {
-        cache.splits += usize::from(check_duplicates || cache.split.is_none());
+        cache.duplicate_checks += usize::from(!same_places);
+        cache.splits += usize::from(!same_places || cache.split.is_none());
     }
     let ParseCache {
         files,
@@ -682,12 +679,12 @@ pub fn load_files_cached(
     let mut rev = Revision::default();
     let (mut services, mut slices) = (Vec::new(), Vec::new());
     let mut first_seen: HashMap<(Kind, &ObjectKey), &Pos> = HashMap::new();
-    if check_duplicates {
+    if !same_places {
         first_seen.reserve(docs.len());
     }
     let mut unique = true;
     for doc in &docs {
-        if check_duplicates {
+        if !same_places {
             match first_seen.entry((doc.kind, &doc.key)) {
                 hash_map::Entry::Occupied(first) => {
                     diags.push(Diagnostic::error(
@@ -727,7 +724,7 @@ pub fn load_files_cached(
     // Checks never look across parts, so a part holding the same objects as one of the
     // previous load has the same findings. The trees that position findings are gathered
     // only for the parts checked.
-    let (parts, kept) = rev.keep_parts(split.take().filter(|_| !check_duplicates));
+    let (parts, kept) = rev.keep_parts(split.take().filter(|_| same_places));
     *split = Some(kept);
     for part in parts.iter() {
         let findings = validated.get_or_make(part, |part| {
@@ -768,7 +765,7 @@ pub struct ParseCache {
     keys_unique: bool,
     /// How the last load split its revision into parts.
     split: Option<Split>,
-    /// Files parsed (not reused), and duplicate checks made, so far.
+    /// Files parsed (not reused), duplicate checks made and revisions split afresh, so far.
     #[cfg(test)]
     parsed: usize,
     #[cfg(test)]

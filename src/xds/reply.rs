@@ -304,7 +304,7 @@ impl Reply for SotwReply {
     }
 
     fn encode_to(&self, buf: &mut impl BufMut) {
-        put_string(sotw_response::VERSION_INFO, &self.version_info, buf);
+        self.put_head(buf);
         for resource in &self.resources {
             put_resource(Layout::Sotw, resource, buf);
         }
@@ -313,7 +313,7 @@ impl Reply for SotwReply {
 
     fn pieces(&self) -> Pieces {
         let (mut head, mut tail) = (Vec::new(), Vec::new());
-        put_string(sotw_response::VERSION_INFO, &self.version_info, &mut head);
+        self.put_head(&mut head);
         self.put_tail(&mut tail);
         Pieces {
             head,
@@ -334,6 +334,10 @@ impl Reply for SotwReply {
 }
 
 impl SotwReply {
+    fn put_head(&self, buf: &mut impl BufMut) {
+        put_string(sotw_response::VERSION_INFO, &self.version_info, buf);
+    }
+
     fn put_tail(&self, buf: &mut impl BufMut) {
         put_string(sotw_response::TYPE_URL, self.resource_type.type_url(), buf);
         put_string(sotw_response::NONCE, &self.nonce, buf);

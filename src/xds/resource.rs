@@ -363,6 +363,11 @@ impl TypeResources {
             entry_sum = entry_sum.wrapping_add(entry_digest(name, &resource.version));
             key_sum = key_sum.wrapping_add(key_digest(name));
         }
+        TypeResources::with_sums(map, entry_sum, key_sum)
+    }
+
+    /// `map` with its sums (of [`entry_digest`] and [`key_digest`] over its entries).
+    fn with_sums(map: BTreeMap<String, Arc<Resource>>, entry_sum: u128, key_sum: u128) -> Self {
         TypeResources {
             version: type_version(&map),
             entry_sum,
@@ -386,13 +391,7 @@ impl TypeResources {
                 None => key_sum = key_sum.wrapping_add(key_digest(&resource.name)),
             }
         }
-        TypeResources {
-            version: type_version(&map),
-            entry_sum,
-            key_sum,
-            map: Arc::new(map),
-            built_from: None,
-        }
+        TypeResources::with_sums(map, entry_sum, key_sum)
     }
 
     pub fn resources(&self) -> &BTreeMap<String, Arc<Resource>> {
