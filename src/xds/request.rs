@@ -10,9 +10,10 @@
 //! Delta: a connecting client subscribes to thousands of names per type, and a reconnecting one
 //! also declares every (name, version) pair it holds (`initial_resource_versions`). Decoded by
 //! prost they are a string per name and a hash map of owned strings, most of what a reconnect
-//! costs; here they are a [`NameList`] and [`Declared`]: their text in one buffer with the sum of
-//! their digests, which is all a stream needs of a client naming every resource of a type, or
-//! declaring exactly what it should hold.
+//! costs; here they are a [`NameList`] and [`Declared`]: checked, counted and summed (their
+//! digests) in one pass, and left where they lie in the message's bytes. The count and sum are
+//! all a stream needs of a client naming every resource of a type, or declaring exactly what it
+//! should hold; the names themselves are read only when they are not that.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -21,7 +22,7 @@ use std::sync::LazyLock;
 
 use super::grpc::MessageDecoder;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
-use prost::bytes::{Buf, Bytes};
+use prost::bytes::Bytes;
 use prost::encoding::{decode_key, decode_varint, WireType};
 use prost::Message;
 use tonic::Status;
@@ -240,15 +241,24 @@ pub struct DeltaRequest {
 }
 
 impl From<DeltaDiscoveryRequest> for DeltaRequest {
+    /// The names and pairs are put on the wire as an encoder would, then read as those of a
+    /// decoded request are.
     fn from(mut request: DeltaDiscoveryRequest) -> Self {
-        let mut subscribe = NameList::default();
+        use prost::encoding::{hash_map, string};
+        let mut wire = Vec::new();
         for name in std::mem::take(&mut request.resource_names_subscribe) {
-            subscribe.push(&name);
+            string::encode(RESOURCE_NAMES_SUBSCRIBE, &name, &mut wire);
         }
-        let mut declared = Declared::default();
-        for (name, version) in std::mem::take(&mut request.initial_resource_versions) {
-            declared.push(&name, &version);
-        }
+        hash_map::encode(
+            string::encode,
+            string::encoded_len,
+            string::encode,
+            string::encoded_len,
+            INITIAL_RESOURCE_VERSIONS,
+            &std::mem::take(&mut request.initial_resource_versions),
+            &mut wire,
+        );
+        let (_, subscribe, declared) = split_delta(&Bytes::from(wire)).unwrap_or_default();
         DeltaRequest {
             request,
             subscribe,
@@ -257,54 +267,51 @@ impl From<DeltaDiscoveryRequest> for DeltaRequest {
     }
 }
 
-/// Strings off the wire, kept one after the other in one buffer.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Texts {
-    text: String,
-    /// Where each string ends in `text`; each starts where the one before it ends.
-    ends: Vec<usize>,
+/// The values of the length-delimited fields `tag` of an encoded message, read where they lie:
+/// the message's bytes are shared, not copied. Checked when the message was decoded.
+#[derive(Clone, Default)]
+struct InPlace {
+    message: Bytes,
+    tag: u32,
+    count: usize,
 }
 
-impl Texts {
-    fn with_capacity(bytes: usize, strings: usize) -> Texts {
-        Texts {
-            text: String::with_capacity(bytes),
-            ends: Vec::with_capacity(strings),
-        }
+impl InPlace {
+    fn values(&self) -> impl Iterator<Item = &[u8]> {
+        let tag = self.tag;
+        Fields::new(&self.message)
+            .filter(move |field| field.tag == tag && field.wire_type == WireType::LengthDelimited)
+            .map(|field| self.message.get(field.payload).unwrap_or_default())
     }
+}
 
-    fn push(&mut self, s: &str) {
-        self.text.push_str(s);
-        self.ends.push(self.text.len());
-    }
+/// A string checked to be UTF-8 when its message was decoded.
+fn text(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap_or_default()
+}
 
-    fn iter(&self) -> impl Iterator<Item = &str> {
-        let mut start = 0;
-        self.ends.iter().map(move |&end| {
-            let s = self.text.get(start..end).unwrap_or_default();
-            start = end;
-            s
-        })
-    }
+/// Whether `bytes` are UTF-8, answered at once for ASCII.
+fn is_utf8(bytes: &[u8]) -> bool {
+    bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
 }
 
 /// The names of a delta request's `resource_names_subscribe`, in the order sent, with the
 /// wrapping sum of their [`key_digest`]s: a client subscribing to exactly the names of a
 /// snapshot's map has that map's count and sum.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct NameList {
-    names: Texts,
+    names: InPlace,
     sum: u128,
 }
 
 impl NameList {
     /// The number of names sent (a name sent twice counts twice).
     pub fn len(&self) -> usize {
-        self.names.ends.len()
+        self.names.count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.names.ends.is_empty()
+        self.names.count == 0
     }
 
     /// The wrapping sum of the names' digests.
@@ -313,35 +320,30 @@ impl NameList {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &str> {
-        self.names.iter()
+        self.names.values().map(text)
     }
+}
 
-    fn push(&mut self, name: &str) {
-        self.names.push(name);
-        self.sum = self.sum.wrapping_add(key_digest(name));
+impl PartialEq for NameList {
+    fn eq(&self, other: &Self) -> bool {
+        self.sum == other.sum && self.len() == other.len() && self.iter().eq(other.iter())
     }
+}
 
-    /// The names of `values` in `bytes`; `None` if one is not UTF-8.
-    fn parse(bytes: &[u8], values: &[Field]) -> Option<NameList> {
-        let text_len = values.iter().map(|value| value.payload.len()).sum();
-        let mut list = NameList {
-            names: Texts::with_capacity(text_len, values.len()),
-            sum: 0,
-        };
-        for value in values {
-            list.push(std::str::from_utf8(bytes.get(value.payload.clone())?).ok()?);
-        }
-        Some(list)
+impl Eq for NameList {}
+
+impl std::fmt::Debug for NameList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 
 /// The (name, version) pairs of a delta request's `initial_resource_versions`, in the order
 /// sent, with their number and the wrapping sum of their [`entry_digest`]s: a client declaring
 /// exactly a snapshot's map has that map's count and sum.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct Declared {
-    /// Name, version, name, version, ...
-    texts: Texts,
+    entries: InPlace,
     sum: u128,
 }
 
@@ -349,11 +351,11 @@ impl Declared {
     /// The number of pairs sent (a name sent twice counts twice; the later pair is the one in
     /// force, as in a protobuf map).
     pub fn len(&self) -> usize {
-        self.texts.ends.len() / 2
+        self.entries.count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.texts.ends.is_empty()
+        self.entries.count == 0
     }
 
     /// The wrapping sum of the pairs' digests.
@@ -363,48 +365,89 @@ impl Declared {
 
     /// The pairs, in the order sent.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        let mut texts = self.texts.iter();
-        std::iter::from_fn(move || Some((texts.next()?, texts.next()?)))
+        (self.entries.values())
+            .map(|entry| map_entry(entry).map_or(("", ""), |(n, v)| (text(n), text(v))))
     }
+}
 
-    fn push(&mut self, name: &str, version: &str) {
-        self.texts.push(name);
-        self.texts.push(version);
-        self.sum = self.sum.wrapping_add(entry_digest(name, version));
+impl PartialEq for Declared {
+    fn eq(&self, other: &Self) -> bool {
+        self.sum == other.sum && self.len() == other.len() && self.iter().eq(other.iter())
     }
+}
 
-    /// The pairs of the map entries `entries` in `bytes`; `None` if one is not as prost
-    /// would accept it.
-    fn parse(bytes: &[u8], entries: &[Field]) -> Option<Declared> {
-        let text_len = entries.iter().map(|entry| entry.payload.len()).sum();
-        let mut declared = Declared {
-            texts: Texts::with_capacity(text_len, entries.len() * 2),
-            sum: 0,
-        };
-        for entry in entries {
-            let entry = bytes.get(entry.payload.clone())?;
-            // A map entry is a message of its own: the key is field 1, the value field 2, both
-            // optional (empty when absent), the last occurrence winning, other fields skipped.
-            let (mut name, mut version) = ("", "");
-            walk_fields(entry, |field| {
-                let value = match (field.tag, field.wire_type) {
-                    (1 | 2, WireType::LengthDelimited) => {
-                        std::str::from_utf8(entry.get(field.payload)?).ok()?
-                    }
-                    (1 | 2, _) => return None,
-                    _ => return Some(()),
-                };
-                if field.tag == 1 {
-                    name = value;
-                } else {
-                    version = value;
-                }
-                Some(())
-            })?;
-            declared.push(name, version);
+impl Eq for Declared {}
+
+impl std::fmt::Debug for Declared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// The name and version of one map entry of `initial_resource_versions` (a message of its
+/// own: the key is field 1, the value field 2, both optional (empty when absent), the last
+/// occurrence winning, other fields skipped); `None` if it is not as prost would accept it,
+/// UTF-8 aside.
+fn map_entry(entry: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (mut name, mut version): (&[u8], &[u8]) = (&[], &[]);
+    walk_fields(entry, |field| {
+        match (field.tag, field.wire_type) {
+            (1, WireType::LengthDelimited) => name = entry.get(field.payload)?,
+            (2, WireType::LengthDelimited) => version = entry.get(field.payload)?,
+            (1 | 2, _) => return None,
+            _ => {}
         }
-        Some(declared)
-    }
+        Some(())
+    })?;
+    Some((name, version))
+}
+
+/// Reads a delta request in one pass: every field but the subscribed names and the declared
+/// pairs is copied out for prost; those are checked, counted and summed where they lie, with
+/// no copy or allocation per name (a reconnecting client declares thousands per type). `None`
+/// when something is not as prost would accept it.
+fn split_delta(bytes: &Bytes) -> Option<(Vec<u8>, NameList, Declared)> {
+    let mut rest = Vec::with_capacity(256);
+    let (mut names, mut names_sum) = (0, 0u128);
+    let (mut pairs, mut pairs_sum) = (0, 0u128);
+    walk_fields(bytes, |field| {
+        match (field.tag, field.wire_type) {
+            (RESOURCE_NAMES_SUBSCRIBE, WireType::LengthDelimited) => {
+                let name = bytes.get(field.payload)?;
+                if !is_utf8(name) {
+                    return None;
+                }
+                names += 1;
+                names_sum = names_sum.wrapping_add(key_digest(name));
+            }
+            (INITIAL_RESOURCE_VERSIONS, WireType::LengthDelimited) => {
+                let entry = bytes.get(field.payload)?;
+                let (name, version) = map_entry(entry)?;
+                // An entry all ASCII (lengths and keys included) holds ASCII strings.
+                if !(entry.is_ascii() || is_utf8(name) && is_utf8(version)) {
+                    return None;
+                }
+                pairs += 1;
+                pairs_sum = pairs_sum.wrapping_add(entry_digest(name, version));
+            }
+            _ => rest.extend_from_slice(bytes.get(field.span)?),
+        }
+        Some(())
+    })?;
+    let in_place = |tag, count| InPlace {
+        message: bytes.clone(),
+        tag,
+        count,
+    };
+    let subscribe = NameList {
+        names: in_place(RESOURCE_NAMES_SUBSCRIBE, names),
+        sum: names_sum,
+    };
+    let declared = Declared {
+        entries: in_place(INITIAL_RESOURCE_VERSIONS, pairs),
+        sum: pairs_sum,
+    };
+    Some((rest, subscribe, declared))
 }
 
 /// The decoder of delta requests.
@@ -415,16 +458,7 @@ impl MessageDecoder for DeltaDecoder {
     type Item = DeltaRequest;
 
     fn decode(&mut self, bytes: Bytes) -> Result<DeltaRequest, Status> {
-        let parsed = split_fields(
-            &bytes,
-            [RESOURCE_NAMES_SUBSCRIBE, INITIAL_RESOURCE_VERSIONS],
-        )
-        .and_then(|(rest, [subscribe, declared])| {
-            let subscribe = NameList::parse(&bytes, &subscribe)?;
-            let declared = Declared::parse(&bytes, &declared)?;
-            Some((rest, subscribe, declared))
-        });
-        let Some((rest, subscribe, declared)) = parsed else {
+        let Some((rest, subscribe, declared)) = split_delta(&bytes) else {
             // Not well formed as read here: prost decides, and says why if it refuses.
             return DeltaDiscoveryRequest::decode(bytes)
                 .map(DeltaRequest::from)
@@ -449,12 +483,26 @@ struct Field {
     payload: Range<usize>,
 }
 
-/// Calls `each` with every top-level field of `bytes`, in order; `None` when the encoding is not
-/// well formed (groups included) or `each` returns `None`.
-fn walk_fields(bytes: &[u8], mut each: impl FnMut(Field) -> Option<()>) -> Option<()> {
-    let mut buf = bytes;
-    while !buf.is_empty() {
-        let start = bytes.len() - buf.len();
+/// The top-level fields of an encoded message, in order, up to the first one that is not well
+/// formed (groups included), after which `malformed` is set.
+struct Fields<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    malformed: bool,
+}
+
+impl<'a> Fields<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Fields {
+            bytes,
+            at: 0,
+            malformed: false,
+        }
+    }
+
+    fn read(&mut self) -> Option<Field> {
+        let start = self.at;
+        let mut buf = self.bytes.get(start..)?;
         let (tag, wire_type) = decode_key(&mut buf).ok()?;
         let len = match wire_type {
             WireType::Varint => {
@@ -469,36 +517,42 @@ fn walk_fields(bytes: &[u8], mut each: impl FnMut(Field) -> Option<()>) -> Optio
         if buf.len() < len {
             return None;
         }
-        let payload_start = bytes.len() - buf.len();
-        buf.advance(len);
-        let end = bytes.len() - buf.len();
-        each(Field {
+        let payload_start = self.bytes.len() - buf.len();
+        let end = payload_start + len;
+        self.at = end;
+        Some(Field {
             tag,
             wire_type,
             span: start..end,
             payload: payload_start..end,
-        })?;
+        })
     }
-    Some(())
 }
 
-/// A message's encoding taken apart: every field but some, and where each value of those is.
-type Split<const N: usize> = (Vec<u8>, [Vec<Field>; N]);
+impl Iterator for Fields<'_> {
+    type Item = Field;
 
-/// Takes the length-delimited fields `tags` out of `bytes`; `None` when the encoding is not
-/// well formed.
-fn split_fields<const N: usize>(bytes: &[u8], tags: [u32; N]) -> Option<Split<N>> {
-    let mut rest = Vec::with_capacity(256);
-    let mut values: [Vec<Field>; N] = std::array::from_fn(|_| Vec::new());
-    walk_fields(bytes, |field| {
-        let taken = tags.iter().position(|&tag| tag == field.tag);
-        match (taken, field.wire_type) {
-            (Some(i), WireType::LengthDelimited) => values.get_mut(i)?.push(field),
-            _ => rest.extend_from_slice(bytes.get(field.span)?),
+    fn next(&mut self) -> Option<Field> {
+        if self.at >= self.bytes.len() {
+            return None;
         }
-        Some(())
-    })?;
-    Some((rest, values))
+        let field = self.read();
+        if field.is_none() {
+            self.malformed = true;
+            self.at = self.bytes.len();
+        }
+        field
+    }
+}
+
+/// Calls `each` with every top-level field of `bytes`, in order; `None` when the encoding is not
+/// well formed (groups included) or `each` returns `None`.
+fn walk_fields(bytes: &[u8], mut each: impl FnMut(Field) -> Option<()>) -> Option<()> {
+    let mut fields = Fields::new(bytes);
+    for field in &mut fields {
+        each(field)?;
+    }
+    (!fields.malformed).then_some(())
 }
 
 #[cfg(test)]
@@ -624,6 +678,31 @@ mod tests {
         let mut field = Vec::new();
         prost::encoding::bytes::encode(INITIAL_RESOURCE_VERSIONS, &entry, &mut field);
         field
+    }
+
+    #[test]
+    fn a_reconnects_names_and_pairs_are_read_where_they_lie_in_the_message() {
+        let request = DeltaDiscoveryRequest {
+            type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
+            resource_names_subscribe: (0..50).map(|i| format!("svc-{i:04}")).collect(),
+            initial_resource_versions: (0..50)
+                .map(|i| (format!("svc-{i:04}"), format!("v{i}")))
+                .collect(),
+            ..Default::default()
+        };
+        let message = Bytes::from(request.encode_to_vec());
+        let decoded = DeltaDecoder.decode(message.clone()).expect("decodes");
+        let within = |text: &str| message.as_ptr_range().contains(&text.as_ptr());
+        assert_eq!(decoded.subscribe.len(), 50);
+        assert!(decoded.subscribe.iter().all(within), "a name was copied");
+        assert_eq!(decoded.declared.len(), 50);
+        assert!(
+            (decoded.declared.iter()).all(|(name, version)| within(name) && within(version)),
+            "a pair was copied"
+        );
+        // The request itself holds the message, not a copy of it.
+        drop(decoded);
+        assert!(message.is_unique(), "the message outlived its request");
     }
 
     #[test]

@@ -225,16 +225,16 @@ impl Snapshot {
 }
 
 /// A 128-bit hash of one name; sums of them compare sets of names.
-pub fn key_digest(name: &str) -> u128 {
-    xxh3_128(name.as_bytes())
+pub fn key_digest(name: impl AsRef<[u8]>) -> u128 {
+    xxh3_128(name.as_ref())
 }
 
 /// A 128-bit hash of one (name, version) pair; sums of them compare sets of pairs. A
 /// reconnecting client declares thousands of pairs per type, so a pair that fits a small buffer
 /// is hashed in one call (the same digest as the streaming hasher gives, only faster).
-pub fn entry_digest(name: &str, version: &str) -> u128 {
+pub fn entry_digest(name: impl AsRef<[u8]>, version: impl AsRef<[u8]>) -> u128 {
     let mut buf = [0u8; 256];
-    let (name, version) = (name.as_bytes(), version.as_bytes());
+    let (name, version) = (name.as_ref(), version.as_ref());
     let len = name.len() + 1 + version.len();
     if let Some(bytes) = buf.get_mut(..len) {
         let (head, tail) = bytes.split_at_mut(name.len());
