@@ -357,7 +357,6 @@ where
 mod tests {
     use std::sync::Arc;
 
-    use tokio::sync::watch;
     use tower::Service;
 
     use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse;
@@ -365,29 +364,13 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
-    use crate::metrics::Metrics;
-    use crate::node::NodeInfo;
     use crate::xds::reply::DeltaReply;
     use crate::xds::resource::ResourceType;
-    use crate::xds::server::{ConnectionObserver, Shared, Streams};
+    use crate::xds::server::testing::shared;
     use crate::xds::stream::testing::resource;
 
-    struct NoObserver;
-
-    impl ConnectionObserver for NoObserver {
-        fn connected(&self, _: u64, _: &NodeInfo) {}
-        fn disconnected(&self, _: u64) {}
-    }
-
     fn service() -> AdsService {
-        let shared = Shared::new(
-            watch::channel(None).1,
-            Arc::new(Streams::default()),
-            Arc::new(Metrics::default()),
-            Arc::new(NoObserver),
-            watch::channel(false).1,
-        );
-        AdsServer::new(Arc::new(shared)).into_service()
+        AdsServer::new(shared()).into_service()
     }
 
     #[tokio::test]

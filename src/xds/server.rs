@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use dashmap::DashMap;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
 use tracing::{debug, info, warn};
@@ -184,10 +184,25 @@ impl AdsServer {
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         let shared = self.shared.clone();
         let stream_id = shared.next_stream_id.fetch_add(1, Relaxed);
-        tokio::spawn(run_stream(machine, requests, tx, shared, stream_id));
-        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+        // The machine is boxed: a task's future is as large as its largest state, and an
+        // argument moved into a local is counted twice there.
+        tokio::spawn(run_stream(
+            Box::new(machine),
+            requests,
+            tx,
+            shared,
+            stream_id,
+        ));
+        Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx)
+                .map(|sent: Sent<M::Response>| sent.map(|reply| *reply).map_err(|status| *status)),
+        )
     }
 }
+
+/// A reply or the status ending the stream, as the stream's task hands it to the codec: boxed,
+/// because the channel between them allocates its slots 32 at a time, for every stream.
+type Sent<R> = Result<Box<R>, Box<Status>>;
 
 /// The replies of one stream, as the gRPC codec takes them.
 pub(super) type ReplyStream<R> = Pin<Box<dyn Stream<Item = Result<R, Status>> + Send + 'static>>;
@@ -268,9 +283,9 @@ enum End {
 }
 
 async fn run_stream<M: StateMachine>(
-    machine: M,
+    machine: Box<M>,
     mut requests: Requests<M::Decoder>,
-    tx: mpsc::Sender<Result<M::Response, Status>>,
+    tx: mpsc::Sender<Sent<M::Response>>,
     shared: Arc<Shared>,
     stream_id: u64,
 ) {
@@ -285,15 +300,20 @@ async fn run_stream<M: StateMachine>(
     let node = match M::node(&first).map(crate::bootstrap::node_info_from_proto) {
         Some(Ok(node)) => node,
         Some(Err(message)) => {
+            // Requests are large; none is kept across an await it does not need.
+            drop(first);
             warn!(stream_id, error = %message, "refused stream: invalid node metadata");
-            let _ = tx.send(Err(Status::invalid_argument(message))).await;
+            let _ = tx
+                .send(Err(Box::new(Status::invalid_argument(message))))
+                .await;
             return;
         }
         None => {
+            drop(first);
             let _ = tx
-                .send(Err(Status::invalid_argument(
+                .send(Err(Box::new(Status::invalid_argument(
                     "the first request of a stream must carry the node",
-                )))
+                ))))
                 .await;
             return;
         }
@@ -323,7 +343,7 @@ async fn run_stream<M: StateMachine>(
         snapshot: None,
         shutdown,
     };
-    let end = task.run(first, requests).await;
+    let end = task.run(vec![first], requests).await;
     match end {
         End::ClientGone => info!(stream_id, node = %task.node.id, "sidecar disconnected"),
         End::Shutdown => info!(stream_id, node = %task.node.id, "stream closed for shutdown"),
@@ -335,8 +355,8 @@ async fn run_stream<M: StateMachine>(
 }
 
 struct StreamTask<M: StateMachine> {
-    machine: M,
-    tx: mpsc::Sender<Result<M::Response, Status>>,
+    machine: Box<M>,
+    tx: mpsc::Sender<Sent<M::Response>>,
     shared: Arc<Shared>,
     stream_id: u64,
     node: NodeInfo,
@@ -346,10 +366,14 @@ struct StreamTask<M: StateMachine> {
 }
 
 impl<M: StateMachine> StreamTask<M> {
-    async fn run(&mut self, first: M::Request, mut requests: Requests<M::Decoder>) -> End {
+    /// Serves the stream, starting with the `pending` requests.
+    async fn run(
+        &mut self,
+        mut pending: Vec<M::Request>,
+        mut requests: Requests<M::Decoder>,
+    ) -> End {
         let mut shutdown = self.shutdown.clone();
         let mut view = self.shared.view.clone();
-        let mut pending = vec![first];
         loop {
             // Requests wait until a first revision is served; after that they are handled at once.
             if self.snapshot.is_none() {
@@ -361,7 +385,10 @@ impl<M: StateMachine> StreamTask<M> {
             if let Some(snapshot) = self.snapshot.clone() {
                 for request in pending.drain(..) {
                     let output = self.machine.handle_request(&request, &snapshot);
-                    if let Some(end) = self.emit(output, &snapshot).await {
+                    drop(request);
+                    // Boxed, as below: its state would otherwise be part of every stream's
+                    // task for the stream's life.
+                    if let Some(end) = Box::pin(self.emit(output, &snapshot)).await {
                         return end;
                     }
                 }
@@ -380,7 +407,7 @@ impl<M: StateMachine> StreamTask<M> {
                     if let Some(previous) = previous {
                         if !Arc::ptr_eq(&previous, &next) {
                             let output = self.machine.handle_snapshot(&next);
-                            if let Some(end) = self.emit(output, &next).await {
+                            if let Some(end) = Box::pin(self.emit(output, &next)).await {
                                 return end;
                             }
                         }
@@ -389,8 +416,9 @@ impl<M: StateMachine> StreamTask<M> {
                 message = requests.message() => match message {
                     Ok(Some(request)) => {
                         if pending.len() >= MAX_PENDING_REQUESTS {
+                            drop(request);
                             warn!(stream_id = self.stream_id, node = %self.node.id, "closing stream: too many requests before the first revision");
-                            let _ = self.tx.send(Err(Status::resource_exhausted("too many requests before the first revision"))).await;
+                            let _ = self.tx.send(Err(Box::new(Status::resource_exhausted("too many requests before the first revision")))).await;
                             return End::ClientGone;
                         }
                         pending.push(request);
@@ -481,7 +509,7 @@ impl<M: StateMachine> StreamTask<M> {
         }
         for response in output.responses {
             tokio::select! {
-                sent = self.tx.send(Ok(response)) => {
+                sent = self.tx.send(Ok(Box::new(response))) => {
                     if sent.is_err() {
                         return Some(End::ClientGone);
                     }
@@ -490,5 +518,68 @@ impl<M: StateMachine> StreamTask<M> {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    struct NoObserver;
+
+    impl ConnectionObserver for NoObserver {
+        fn connected(&self, _: u64, _: &NodeInfo) {}
+        fn disconnected(&self, _: u64) {}
+    }
+
+    /// What stream tasks share, with no revision served yet and nobody told of connections.
+    pub(crate) fn shared() -> Arc<Shared> {
+        Arc::new(Shared::new(
+            watch::channel(None).1,
+            Arc::new(Streams::default()),
+            Arc::new(Metrics::default()),
+            Arc::new(NoObserver),
+            watch::channel(false).1,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::grpc::request_stream;
+    use tonic::body::Body;
+
+    /// The task's future, allocated when the stream starts and kept for its life.
+    fn task_bytes<M: StateMachine>() -> usize {
+        let requests = request_stream(
+            tonic::codegen::http::Request::new(Body::empty()),
+            M::Decoder::default(),
+            1024,
+        )
+        .expect("an uncompressed call");
+        let (tx, _rx) = mpsc::channel(RESPONSE_BUFFER);
+        let task = run_stream::<M>(Box::default(), requests, tx, testing::shared(), 1);
+        std::mem::size_of_val(&task)
+    }
+
+    /// Every connected sidecar keeps its stream's task and the channel from it to the codec:
+    /// the task's future is as large as its largest state, and the channel allocates its slots
+    /// 32 at a time. Both were once over 10 KB per sidecar (the state machine held twice,
+    /// each response's bookkeeping inline, a request kept across awaits, replies and statuses
+    /// of ~100 bytes in the slots).
+    #[test]
+    fn a_streams_lasting_allocations_stay_small() {
+        for (protocol, bytes) in [
+            ("delta", task_bytes::<DeltaStream>()),
+            ("SotW", task_bytes::<SotwStream>()),
+        ] {
+            assert!(
+                bytes <= 5 * 1024,
+                "a {protocol} stream's task is {bytes} bytes"
+            );
+        }
+        assert!(std::mem::size_of::<Sent<DeltaReply>>() <= 16);
+        assert!(std::mem::size_of::<Sent<SotwReply>>() <= 16);
     }
 }
