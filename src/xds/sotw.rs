@@ -127,9 +127,10 @@ struct SentRecord {
     version: String,
     /// Content hash of the response (for EDS/RDS, of the full set the client holds after it).
     hash: String,
-    /// The resources in it, sorted by name: names for NACK reports, and for EDS/RDS what to
-    /// forget when a response older than the latest is NACKed.
-    resources: Vec<Arc<Resource>>,
+    /// The resources in it, by name: names for NACK reports, and for EDS/RDS what to forget
+    /// when a response older than the latest is NACKed. The response's own map: for a full
+    /// answer the snapshot's, shared, not a list of every resource per stream.
+    resources: Held,
 }
 
 impl SotwStream {
@@ -351,17 +352,17 @@ impl SotwStream {
         } else {
             0
         };
-        let resources: Vec<Arc<Resource>> = content.values().cloned().collect();
+        let sent = Arc::clone(&content);
         let response = SotwReply {
             version_info: version.clone(),
             resource_type: t,
-            resources: resources.clone(),
+            resources: content.values().cloned().collect(),
             nonce: nonce.clone(),
         };
         out.events.push(Event::Sent {
             resource_type: t,
             version: version.clone(),
-            resources: resources.len(),
+            resources: content.len(),
             removed,
             bytes: response.encoded_len(),
         });
@@ -375,8 +376,8 @@ impl SotwStream {
             // lacked, rejected resources included: none stays rejected.
             state.rejected.clear();
             if let Some(whole) = whole {
-                let entries = resources
-                    .iter()
+                let entries = content
+                    .values()
                     .map(|resource| (resource.clone(), state.held.get(&resource.name).cloned()))
                     .collect();
                 // What it held is among the names it subscribes to, all of which the map has.
@@ -385,8 +386,8 @@ impl SotwStream {
             } else {
                 let held = Arc::make_mut(&mut state.held);
                 Before::Entries(
-                    resources
-                        .iter()
+                    content
+                        .values()
                         .map(|resource| {
                             let old = held.insert(resource.name.clone(), resource.clone());
                             (resource.clone(), old)
@@ -406,7 +407,7 @@ impl SotwStream {
             nonce,
             version,
             hash,
-            resources,
+            resources: sent,
         });
     }
 }
@@ -586,7 +587,7 @@ impl TypeState {
             let record = position.map(|i| &self.recent[i]);
             let version = record.map(|r| r.version.clone()).unwrap_or_default();
             let rejected = record
-                .map(|r| r.resources.iter().map(|r| r.name.clone()).collect())
+                .map(|r| r.resources.keys().cloned().collect())
                 .unwrap_or_default();
             match position {
                 Some(i) if is_latest => {
@@ -594,7 +595,7 @@ impl TypeState {
                     if t.is_wildcard_type() {
                         self.rejected_hash = Some(record.hash.clone());
                     } else {
-                        for resource in &record.resources {
+                        for resource in record.resources.values() {
                             if self.names.contains(resource.name.as_str()) {
                                 self.rejected
                                     .insert(resource.name.clone(), resource.version.clone());
@@ -672,20 +673,16 @@ impl TypeState {
             ..
         } = self;
         let latest = recent.len() - 1;
-        let find = |record: &SentRecord, name: &str| {
-            record
-                .resources
-                .binary_search_by(|r| r.name.as_str().cmp(name))
-        };
-        for resource in &recent[index].resources {
+        let carried = |record: &SentRecord, name: &str| record.resources.contains_key(name);
+        for resource in recent[index].resources.values() {
             let name = resource.name.as_str();
             if recent
                 .range(index + 1..latest)
-                .any(|record| find(record, name).is_ok())
+                .any(|record| carried(record, name))
             {
                 continue;
             }
-            if find(&recent[latest], name).is_ok() {
+            if carried(&recent[latest], name) {
                 if let Some((_, Before::Entries(entries))) = held_before_latest {
                     if let Ok(i) =
                         entries.binary_search_by(|(sent, _)| sent.name.as_str().cmp(name))
@@ -962,6 +959,18 @@ mod tests {
         for t in [C, E, L, R] {
             assert!(shares(&h, t), "{t}");
         }
+        // So is the remembered full answer (kept until it leaves the recent responses), not a
+        // list of every resource per stream.
+        let remembered = |h: &Harness, t: ResourceType| {
+            let state = &h.stream.types[t.index()];
+            Arc::clone(&state.recent.back().expect("a response was sent").resources)
+        };
+        for t in [C, E, L, R] {
+            assert!(
+                Arc::ptr_eq(&remembered(&h, t), h.snapshot.shared_resources(t)),
+                "{t}"
+            );
+        }
         // Their names are the snapshot's maps too, not sets of their own.
         for t in [E, R] {
             let names = &h.stream.types[t.index()].names;
@@ -974,6 +983,8 @@ mod tests {
         for t in [E, R] {
             assert!(shares(&h, t), "{t} after a change");
         }
+        // The change's answer is remembered as what it carried.
+        assert_eq!(remembered(&h, E).keys().collect::<Vec<_>>(), ["b"]);
         // Naming fewer than all: the stream keeps its own map of what it got.
         let mut h = Harness::new(base("rev1"));
         let out = h.subscribe(E, &["a"]);
