@@ -389,6 +389,18 @@ impl std::fmt::Debug for Declared {
 /// occurrence winning, other fields skipped); `None` if it is not as prost would accept it,
 /// UTF-8 aside.
 fn map_entry(entry: &[u8]) -> Option<(&[u8], &[u8])> {
+    // As encoders write it, with both strings under 128 bytes: key, then value, each a
+    // one-byte tag and a one-byte length. Read in place; anything else takes the walk.
+    if let [0x0a, name_len, rest @ ..] = entry {
+        if let Some((name, [0x12, version_len, version @ ..])) =
+            rest.split_at_checked(usize::from(*name_len))
+        {
+            if *name_len < 0x80 && *version_len < 0x80 && version.len() == usize::from(*version_len)
+            {
+                return Some((name, version));
+            }
+        }
+    }
     let (mut name, mut version): (&[u8], &[u8]) = (&[], &[]);
     walk_fields(entry, |field| {
         match (field.tag, field.wire_type) {
