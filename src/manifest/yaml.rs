@@ -399,7 +399,10 @@ impl<'f> Builder<'f> {
                 );
                 return Err(Fatal);
             }
-            Event::Scalar(text, style, anchor, tag) => {
+            Event::Scalar(mut text, style, anchor, tag) => {
+                // Trees are kept for the life of their file (the parse cache): no spare
+                // capacity is kept with them.
+                text.shrink_to_fit();
                 self.check_anchor(anchor, line, column)?;
                 self.check_tag(tag, line, column);
                 let style = match style {
@@ -448,21 +451,27 @@ impl<'f> Builder<'f> {
                     Some(Frame::Seq {
                         line,
                         column,
-                        items,
+                        mut items,
                     }) => Node {
                         line,
                         column,
-                        kind: NodeKind::Seq(items),
+                        kind: NodeKind::Seq({
+                            items.shrink_to_fit();
+                            items
+                        }),
                     },
                     Some(Frame::Map {
                         line,
                         column,
-                        entries,
+                        mut entries,
                         ..
                     }) => Node {
                         line,
                         column,
-                        kind: NodeKind::Map(entries),
+                        kind: NodeKind::Map({
+                            entries.shrink_to_fit();
+                            entries
+                        }),
                     },
                     // The parser balances its events; should it not, the document is dropped.
                     None => return Ok(true),
@@ -555,6 +564,35 @@ mod tests {
             NodeKind::Scalar { style, text } => (text, *style),
             other => panic!("not a scalar: {other:?}"),
         }
+    }
+
+    /// Parse caches keep a file's trees as long as the file is unchanged: a tree holds no
+    /// spare capacity (a growing list doubles it; a scanned scalar's buffer is over-sized).
+    #[test]
+    fn a_parsed_tree_holds_no_spare_capacity() {
+        fn spare(node: &Node) -> usize {
+            match &node.kind {
+                NodeKind::Scalar { text, .. } => text.capacity() - text.len(),
+                NodeKind::Seq(items) => {
+                    items.capacity() - items.len() + items.iter().map(spare).sum::<usize>()
+                }
+                NodeKind::Map(entries) => {
+                    entries.capacity() - entries.len()
+                        + (entries.iter())
+                            .map(|(k, v)| spare(k) + spare(v))
+                            .sum::<usize>()
+                }
+            }
+        }
+        let docs = parse_str(
+            "kind: HTTPRoute\nmetadata: {name: a, namespace: b, labels: {x: y}}\nspec:\n  \
+             parentRefs: [{name: a}, {name: b}, {name: c}, {name: d}, {name: e}]\n  \
+             rules:\n  - backendRefs:\n    - {name: a-v1, port: 8080, weight: 90}\n    \
+             - {name: a-v2, port: 8080, weight: 10}\n",
+        )
+        .expect("parses");
+        assert_eq!(docs.len(), 1);
+        assert_eq!(spare(&docs[0].root), 0);
     }
 
     #[test]
