@@ -78,6 +78,35 @@ enum Layout {
     Sotw,
 }
 
+/// A reply as its fields fall on the wire: those before the resources, the resources in
+/// `LAYOUT`, those after. Both replies encode, whole or in [`Pieces`], through it.
+trait Framed {
+    const LAYOUT: Layout;
+
+    fn resources(&self) -> &[Arc<Resource>];
+    fn put_head(&self, buf: &mut impl BufMut);
+    fn put_tail(&self, buf: &mut impl BufMut);
+
+    fn encode_framed(&self, buf: &mut impl BufMut) {
+        self.put_head(buf);
+        for resource in self.resources() {
+            put_resource(Self::LAYOUT, resource, buf);
+        }
+        self.put_tail(buf);
+    }
+
+    fn framed_pieces(&self) -> Pieces {
+        let (mut head, mut tail) = (Vec::new(), Vec::new());
+        self.put_head(&mut head);
+        self.put_tail(&mut tail);
+        Pieces {
+            head,
+            resources: shared_block(Self::LAYOUT, self.resources()),
+            tail,
+        }
+    }
+}
+
 type Kept = (Layout, Vec<Arc<Resource>>, Bytes);
 
 thread_local! {
@@ -234,22 +263,11 @@ impl Reply for DeltaReply {
     }
 
     fn encode_to(&self, buf: &mut impl BufMut) {
-        self.put_head(buf);
-        for resource in &self.resources {
-            put_resource(Layout::Delta, resource, buf);
-        }
-        self.put_tail(buf);
+        self.encode_framed(buf);
     }
 
     fn pieces(&self) -> Pieces {
-        let (mut head, mut tail) = (Vec::new(), Vec::new());
-        self.put_head(&mut head);
-        self.put_tail(&mut tail);
-        Pieces {
-            head,
-            resources: shared_block(Layout::Delta, &self.resources),
-            tail,
-        }
+        self.framed_pieces()
     }
 
     fn to_proto(&self) -> DeltaDiscoveryResponse {
@@ -273,7 +291,13 @@ impl Reply for DeltaReply {
     }
 }
 
-impl DeltaReply {
+impl Framed for DeltaReply {
+    const LAYOUT: Layout = Layout::Delta;
+
+    fn resources(&self) -> &[Arc<Resource>] {
+        &self.resources
+    }
+
     fn put_head(&self, buf: &mut impl BufMut) {
         put_string(
             delta_response::SYSTEM_VERSION_INFO,
@@ -304,22 +328,11 @@ impl Reply for SotwReply {
     }
 
     fn encode_to(&self, buf: &mut impl BufMut) {
-        self.put_head(buf);
-        for resource in &self.resources {
-            put_resource(Layout::Sotw, resource, buf);
-        }
-        self.put_tail(buf);
+        self.encode_framed(buf);
     }
 
     fn pieces(&self) -> Pieces {
-        let (mut head, mut tail) = (Vec::new(), Vec::new());
-        self.put_head(&mut head);
-        self.put_tail(&mut tail);
-        Pieces {
-            head,
-            resources: shared_block(Layout::Sotw, &self.resources),
-            tail,
-        }
+        self.framed_pieces()
     }
 
     fn to_proto(&self) -> DiscoveryResponse {
@@ -333,7 +346,13 @@ impl Reply for SotwReply {
     }
 }
 
-impl SotwReply {
+impl Framed for SotwReply {
+    const LAYOUT: Layout = Layout::Sotw;
+
+    fn resources(&self) -> &[Arc<Resource>] {
+        &self.resources
+    }
+
     fn put_head(&self, buf: &mut impl BufMut) {
         put_string(sotw_response::VERSION_INFO, &self.version_info, buf);
     }
