@@ -85,9 +85,75 @@ struct SentRecord {
     version: String,
     /// Content hash of the client's state once it applied the response.
     hash: String,
+    /// What the response changed, so a NACK can restore the client's previous state.
+    undo: Undo,
+}
+
+/// What one response changed for the client, as a NACK of it needs to know.
+#[derive(Debug)]
+enum Undo {
     /// Every resource the response added or removed, with what the client held of that name
-    /// before (`None`: nothing), so a NACK can restore the client's previous state.
-    changes: Vec<(Held, Option<Held>)>,
+    /// before (`None`: nothing).
+    Names(Vec<(Held, Option<Held>)>),
+    /// The response left the client holding exactly the snapshot's map `after`, and carried
+    /// every entry of it that `before` did not hold at the same version and every name of
+    /// `before` it lacks, nothing forced: what it changed is the difference of the two, worked
+    /// out only when it is needed. A first answer of thousands of resources is remembered as
+    /// two pointers, not an entry per resource per stream.
+    Whole {
+        before: HeldSet,
+        after: Arc<BTreeMap<String, Arc<Resource>>>,
+    },
+}
+
+impl Undo {
+    /// Each name the response changed: what it sent (or, for a removal, what the client held),
+    /// and what the client held before. Added and updated names first, then removed ones,
+    /// each in name order, as the response carried them.
+    fn changes(&self) -> Vec<(HeldRef<'_>, Option<HeldRef<'_>>)> {
+        match self {
+            Undo::Names(names) => names
+                .iter()
+                .map(|(entry, before)| (HeldRef::from(entry), before.as_ref().map(HeldRef::from)))
+                .collect(),
+            Undo::Whole { before, after } => {
+                let mut changes = Vec::new();
+                let mut removed = Vec::new();
+                let mut held = before.iter().peekable();
+                for resource in after.values() {
+                    let name = resource.name.as_str();
+                    while let Some(gone) = held.next_if(|h| h.name() < name) {
+                        removed.push((gone, Some(gone)));
+                    }
+                    let prior = held.next_if(|h| h.name() == name);
+                    if prior.map(HeldRef::version) != Some(resource.version.as_str()) {
+                        changes.push((HeldRef::Sent(resource), prior));
+                    }
+                }
+                removed.extend(held.map(|gone| (gone, Some(gone))));
+                changes.append(&mut removed);
+                changes
+            }
+        }
+    }
+
+    /// Forgets what the client held before of every name `keep` refuses: a NACK then leaves
+    /// those names unheld.
+    fn forget_before(&mut self, keep: impl Fn(&str) -> bool) {
+        if let Undo::Whole { .. } = self {
+            let names = (self.changes().into_iter())
+                .map(|(entry, before)| (entry.to_held(), before.map(HeldRef::to_held)))
+                .collect();
+            *self = Undo::Names(names);
+        }
+        if let Undo::Names(names) = self {
+            for (entry, before) in names {
+                if !keep(entry.name()) {
+                    *before = None;
+                }
+            }
+        }
+    }
 }
 
 /// A resource the client holds: one Sluice sent, shared with the snapshot it came from (no
@@ -486,30 +552,32 @@ impl DeltaStream {
     ) {
         let nonce = self.nonces.next();
         let state = &mut self.types[t.index()];
-        let mut changes = Vec::with_capacity(added.len() + removed.len());
-        if whole_map {
-            for resource in &added {
-                let before = state.held.get(&resource.name).map(HeldRef::to_held);
-                changes.push((Held::Sent(Arc::clone(resource)), before));
+        let map = snapshot.shared_resources(t);
+        // An answer that changes nothing (a reconnecting client declared it all) needs nothing
+        // to undo; what the client held then is dropped at once.
+        let changes_something = !added.is_empty() || !removed.is_empty();
+        let undo = if whole_map && changes_something && state.force.is_empty() {
+            let before = std::mem::replace(&mut state.held, HeldSet::shared(map));
+            let undo = Undo::Whole {
+                before,
+                after: Arc::clone(map),
+            };
+            #[cfg(test)]
+            {
+                let changed: Vec<&str> = (undo.changes().into_iter())
+                    .map(|(entry, _)| entry.name())
+                    .collect();
+                let sent = (added.iter().map(|r| r.name.as_str()))
+                    .chain(removed.iter().map(String::as_str));
+                assert!(
+                    changed.iter().copied().eq(sent),
+                    "a whole-map answer carries exactly the difference of the two sets"
+                );
             }
-            for name in &removed {
-                if let Some(before) = state.held.get(name).map(HeldRef::to_held) {
-                    changes.push((before.clone(), Some(before)));
-                }
-            }
-            state.held = HeldSet::shared(snapshot.shared_resources(t));
+            undo
         } else {
-            let held = state.held.set_mut();
-            for resource in &added {
-                let before = held.replace(Held::Sent(Arc::clone(resource)));
-                changes.push((Held::Sent(Arc::clone(resource)), before));
-            }
-            for name in &removed {
-                if let Some(before) = held.take(name.as_str()) {
-                    changes.push((before.clone(), Some(before)));
-                }
-            }
-        }
+            Undo::Names(state.record_changes(&added, &removed, whole_map.then_some(map)))
+        };
         if !state.force.is_empty() {
             for resource in &added {
                 state.force.remove(&resource.name);
@@ -552,7 +620,7 @@ impl DeltaStream {
             nonce,
             version,
             hash,
-            changes,
+            undo,
         });
     }
 }
@@ -592,6 +660,41 @@ impl<'a> Desired<'a> {
 }
 
 impl TypeState {
+    /// Applies a response's changes to what the client holds, one entry at a time, and returns
+    /// each with what the client held of that name before. `whole`: the client then holds
+    /// exactly that map, which is kept instead.
+    fn record_changes(
+        &mut self,
+        added: &[Arc<Resource>],
+        removed: &[String],
+        whole: Option<&Arc<BTreeMap<String, Arc<Resource>>>>,
+    ) -> Vec<(Held, Option<Held>)> {
+        let mut changes = Vec::with_capacity(added.len() + removed.len());
+        if let Some(map) = whole {
+            for resource in added {
+                let before = self.held.get(&resource.name).map(HeldRef::to_held);
+                changes.push((Held::Sent(Arc::clone(resource)), before));
+            }
+            for name in removed {
+                if let Some(before) = self.held.get(name).map(HeldRef::to_held) {
+                    changes.push((before.clone(), Some(before)));
+                }
+            }
+            self.held = HeldSet::shared(map);
+        } else {
+            let held = self.held.set_mut();
+            for resource in added {
+                let before = held.replace(Held::Sent(Arc::clone(resource)));
+                changes.push((Held::Sent(Arc::clone(resource)), before));
+            }
+            for name in removed {
+                if let Some(before) = held.take(name.as_str()) {
+                    changes.push((before.clone(), Some(before)));
+                }
+            }
+        }
+        changes
+    }
     fn subscribed(&self) -> bool {
         self.wildcard || !self.names.is_empty()
     }
@@ -638,7 +741,7 @@ impl TypeState {
             // so none of them can be undone any more: forget what they changed. After a first
             // sync that is every resource of the type, per stream.
             for record in self.recent.iter_mut().take(p + 1) {
-                record.changes = Vec::new();
+                record.undo = Undo::Names(Vec::new());
             }
         }
         if let Some(detail) = &request.error_detail {
@@ -676,22 +779,21 @@ impl TypeState {
             .recent
             .iter()
             .skip(position + 1)
-            .flat_map(|r| r.changes.iter().map(|(entry, _)| entry.name()))
+            .flat_map(|r| r.undo.changes().into_iter().map(|(entry, _)| entry.name()))
             .collect();
         let Some(record) = self.recent.get(position) else {
             return (String::new(), Vec::new());
         };
+        let changes = record.undo.changes();
         let mut restore = Vec::new();
-        for (entry, before) in &record.changes {
+        for (entry, before) in &changes {
             let name = entry.name();
             if !later.contains(name) && self.covers(name) {
-                restore.push((name.to_string(), before.clone()));
+                restore.push((name.to_string(), before.map(HeldRef::to_held)));
             }
         }
         let version = record.version.clone();
-        let rejected = record
-            .changes
-            .iter()
+        let rejected = (changes.iter())
             .map(|(entry, _)| entry.name().to_string())
             .collect();
         self.rejected_hash = Some(record.hash.clone());
@@ -803,11 +905,9 @@ impl TypeState {
             // Also from the state it would go back to on a NACK of a response sent before
             // this request: a name subscribed again later is not held from back then.
             for record in &mut self.recent {
-                for (entry, before) in &mut record.changes {
-                    if !(wildcard || names.contains(entry.name())) {
-                        *before = None;
-                    }
-                }
+                record
+                    .undo
+                    .forget_before(|name| wildcard || names.contains(name));
             }
         }
         self.status.subscribed = self.subscribed();
@@ -1691,7 +1791,7 @@ mod tests {
             h.stream.types[C.index()]
                 .recent
                 .iter()
-                .map(|r| r.changes.len())
+                .map(|r| r.undo.changes().len())
                 .sum()
         };
         let out = h.publish(mesh("rev2", [1, 1], [0, 0], 0));
@@ -1703,6 +1803,51 @@ mod tests {
         h.ack(&out.responses[0]);
         // A client answers in order: what it ACKed, and all before, can no longer be NACKed.
         assert_eq!(kept(&h), 0);
+    }
+
+    #[test]
+    fn a_whole_map_answer_is_remembered_by_the_two_maps_not_an_entry_per_resource() {
+        let listed = |h: &Harness, t: ResourceType| -> usize {
+            (h.stream.types[t.index()].recent.iter())
+                .map(|r| match &r.undo {
+                    Undo::Names(names) => names.len(),
+                    Undo::Whole { .. } => 0,
+                })
+                .sum()
+        };
+        let mut h = Harness::new(base("rev1"));
+        let first = h.subscribe(C, &[]);
+        assert_eq!(summary(&first), [s(C, &["a", "b"], &[])]);
+        assert_eq!(
+            listed(&h, C),
+            0,
+            "a first answer lists nothing per resource"
+        );
+        // Rejected whole: the client holds nothing again, and both names are reported.
+        let out = h.nack(&first.responses[0]);
+        assert!(
+            matches!(&out.events[0], Event::Nack { rejected, .. } if *rejected == ["a", "b"]),
+            "{:?}",
+            out.events
+        );
+        assert!(h.stream.types[C.index()].held.is_empty());
+
+        let mut h = synced();
+        let before = h.snapshot.get(C, "b").map(|r| r.version.clone());
+        let out = h.publish(mesh("rev2", [1, 1], [0, 0], 0));
+        assert_eq!(
+            listed(&h, C),
+            0,
+            "a change that leaves the whole map lists nothing"
+        );
+        h.nack(&out.responses[0]);
+        // What the client kept is back, entry by entry.
+        let held = &h.stream.types[C.index()].held;
+        assert_eq!(
+            held.get("b").map(|h| h.version().to_string()),
+            before,
+            "the version held before the rejected change"
+        );
     }
 }
 
