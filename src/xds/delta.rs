@@ -736,14 +736,6 @@ impl TypeState {
         }
         let position = self.recent.iter().position(|r| r.nonce == nonce);
         let is_latest = position.is_some_and(|p| p + 1 == self.recent.len());
-        if let (None, Some(p)) = (&request.error_detail, position) {
-            // The client applied that response and every earlier one (it answers in order),
-            // so none of them can be undone any more: forget what they changed. After a first
-            // sync that is every resource of the type, per stream.
-            for record in self.recent.iter_mut().take(p + 1) {
-                record.undo = Undo::Names(Vec::new());
-            }
-        }
         if let Some(detail) = &request.error_detail {
             let (version, rejected) = match position {
                 Some(p) => self.undo(p),
@@ -760,14 +752,23 @@ impl TypeState {
                 message: detail.message.clone(),
                 rejected,
             });
-        } else if let (true, Some(latest)) = (is_latest, self.recent.back()) {
+        } else if let Some(p) = position {
+            // The client applied that response and every earlier one (it answers in order),
+            // so none of them can be undone any more: they are forgotten. Once the latest is
+            // ACKed, a stream in sync keeps no record of the type at all.
+            let acked = self.recent.drain(..=p).next_back();
+            if self.recent.is_empty() {
+                self.recent = VecDeque::new();
+            }
             // An ACK of an older response says nothing of the newer one still unanswered.
-            self.status.acked_version = Some(latest.version.clone());
-            self.answered_nonce = Some(nonce.to_string());
-            events.push(Event::Ack {
-                resource_type: t,
-                version: latest.version.clone(),
-            });
+            if let (true, Some(latest)) = (is_latest, acked) {
+                self.status.acked_version = Some(latest.version.clone());
+                self.answered_nonce = Some(nonce.to_string());
+                events.push(Event::Ack {
+                    resource_type: t,
+                    version: latest.version,
+                });
+            }
         }
     }
 
@@ -1597,14 +1598,11 @@ mod tests {
     #[test]
     fn rule_20_a_subscribe_is_always_answered() {
         let mut h = synced();
-        let eds_nonce = h.stream.types[E.index()]
-            .recent
-            .back()
-            .map(|r| r.nonce.clone())
-            .unwrap_or_default();
         // Subscribing to a it already has: sent again.
+        let again = h.subscribe(E, &["a"]);
+        assert_eq!(summary(&again), [s(E, &["a"], &[])]);
         assert_eq!(summary(&h.subscribe(E, &["a"])), [s(E, &["a"], &[])]);
-        assert_eq!(summary(&h.subscribe(E, &["a"])), [s(E, &["a"], &[])]);
+        let eds_nonce = again.responses[0].nonce.clone();
         // With a stale nonce, too.
         let out = h.request(request(E, &["b"], &[], &eds_nonce));
         assert_eq!(summary(&out), [s(E, &["b"], &[])]);
@@ -1803,6 +1801,38 @@ mod tests {
         h.ack(&out.responses[0]);
         // A client answers in order: what it ACKed, and all before, can no longer be NACKed.
         assert_eq!(kept(&h), 0);
+    }
+
+    #[test]
+    fn a_stream_in_sync_keeps_no_record_of_what_it_sent() {
+        let mut h = synced();
+        let records = |h: &Harness, t: ResourceType| {
+            let recent = &h.stream.types[t.index()].recent;
+            (recent.len(), recent.capacity())
+        };
+        for t in [C, E, L, R] {
+            assert_eq!(
+                records(&h, t),
+                (0, 0),
+                "{t} after its first response is ACKed"
+            );
+        }
+        let first = h.publish(mesh("rev2", [1, 0], [0, 0], 0));
+        let second = h.publish(mesh("rev3", [2, 0], [0, 0], 0));
+        assert_eq!(records(&h, C).0, 2);
+        // An ACK of the older response settles it alone; the newer one can still be NACKed.
+        h.ack(&first.responses[0]);
+        assert_eq!(records(&h, C).0, 1);
+        assert_ne!(
+            h.stream.status(C).acked_version,
+            h.stream.status(C).sent_version
+        );
+        h.ack(&second.responses[0]);
+        assert_eq!(records(&h, C), (0, 0));
+        assert_eq!(
+            h.stream.status(C).acked_version,
+            h.stream.status(C).sent_version
+        );
     }
 
     #[test]
