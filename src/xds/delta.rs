@@ -24,8 +24,8 @@ use super::stream::{
     Settled, TypeStatus,
 };
 
-/// How many responses per type are remembered: a NACK may answer a response older than the
-/// latest one, and each delta response stands on its own, so its changes are undone.
+/// How many unanswered responses per type are remembered: a NACK may answer a response older
+/// than the latest one, and each delta response stands on its own, so its changes are undone.
 const RECENT_RESPONSES: usize = 8;
 
 /// One delta ADS stream.
@@ -64,7 +64,8 @@ struct TypeState {
     /// client should hold still hashes to it, only forced names are sent: the rejected config is
     /// not resent in a loop (rule 4).
     rejected_hash: Option<String>,
-    /// The latest responses of this type, newest last.
+    /// Responses of this type the client has not ACKed yet, newest last; an ACK drops the one
+    /// it answers and every earlier one.
     recent: VecDeque<SentRecord>,
     /// Nonce of the latest response already ACKed or NACKed, so a repeated request with that
     /// nonce is not counted twice.
@@ -563,17 +564,7 @@ impl DeltaStream {
                 after: Arc::clone(map),
             };
             #[cfg(test)]
-            {
-                let changed: Vec<&str> = (undo.changes().into_iter())
-                    .map(|(entry, _)| entry.name())
-                    .collect();
-                let sent = (added.iter().map(|r| r.name.as_str()))
-                    .chain(removed.iter().map(String::as_str));
-                assert!(
-                    changed.iter().copied().eq(sent),
-                    "a whole-map answer carries exactly the difference of the two sets"
-                );
-            }
+            tests::assert_undo_lists(&undo, &added, &removed);
             undo
         } else {
             Undo::Names(state.record_changes(&added, &removed, whole_map.then_some(map)))
@@ -1044,6 +1035,19 @@ mod tests {
             assert_eq!(*removed, response.removed_resources.len());
             assert_eq!(*bytes, response.encoded_len());
         }
+    }
+
+    /// A whole-map answer carries exactly the difference of the two sets it is remembered by:
+    /// checked on every such answer the tests make.
+    pub(super) fn assert_undo_lists(undo: &Undo, added: &[Arc<Resource>], removed: &[String]) {
+        let changes = undo.changes();
+        let changed = changes.iter().map(|(entry, _)| entry.name());
+        let sent =
+            (added.iter().map(|r| r.name.as_str())).chain(removed.iter().map(String::as_str));
+        assert!(
+            changed.eq(sent),
+            "a whole-map answer carries exactly the difference of the two sets"
+        );
     }
 
     pub(super) fn request(
