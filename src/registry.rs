@@ -7,15 +7,13 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-/// One sidecar's workload as an endpoint source.
+/// One sidecar's workload as an endpoint source: what its node says about itself (shared with
+/// its stream, not copied) and the address it gave.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Workload {
-    pub node_id: String,
-    pub namespace: String,
-    pub labels: BTreeMap<String, String>,
+    pub node: Arc<NodeInfo>,
+    /// The node's `address`, which every workload has.
     pub address: IpAddr,
-    pub zone: Option<String>,
-    pub region: Option<String>,
 }
 
 /// Every workload that currently contributes endpoints, keyed by node id. Immutable once
@@ -40,7 +38,7 @@ use crate::xds::server::ConnectionObserver;
 /// A connection change, as the protocol server reports it.
 #[derive(Debug)]
 enum Change {
-    Connected { stream_id: u64, node: NodeInfo },
+    Connected { stream_id: u64, node: Arc<NodeInfo> },
     Disconnected { stream_id: u64 },
 }
 
@@ -51,11 +49,11 @@ pub struct RegistryHandle {
 }
 
 impl ConnectionObserver for RegistryHandle {
-    fn connected(&self, stream_id: u64, node: &NodeInfo) {
+    fn connected(&self, stream_id: u64, node: &Arc<NodeInfo>) {
         // Send fails only once the registry task has ended, at shutdown.
         let _ = self.tx.send(Change::Connected {
             stream_id,
-            node: node.clone(),
+            node: Arc::clone(node),
         });
     }
 
@@ -72,11 +70,11 @@ pub struct Registry {
     publish: watch::Sender<Arc<Workloads>>,
     grace: Duration,
     /// Open streams that contribute a workload (sidecars with an address), by id, with their
-    /// node id.
-    streams: HashMap<u64, String>,
-    /// Open streams with a workload, per node id, by stream id: the newest stream's workload
-    /// is the node's.
-    open_by_node: HashMap<String, BTreeMap<u64, Arc<Workload>>>,
+    /// node.
+    streams: HashMap<u64, Arc<NodeInfo>>,
+    /// Open streams with a workload, per node id, in stream id order: the newest stream's
+    /// workload is the node's. Nearly always one.
+    open_by_node: HashMap<String, Vec<(u64, Arc<Workload>)>>,
     /// Workloads whose last stream closed, with when their endpoints go.
     lingering: HashMap<String, (Arc<Workload>, Instant)>,
     /// The set as it stands, kept up to date node by node, so a burst costs what it touches
@@ -132,38 +130,38 @@ impl Registry {
                     return;
                 };
                 let workload = Arc::new(Workload {
-                    node_id: node.id.clone(),
-                    namespace: node.namespace.clone(),
-                    labels: node.labels.clone(),
+                    node: Arc::clone(&node),
                     address,
-                    zone: node.zone.clone(),
-                    region: node.region.clone(),
                 });
                 self.lingering.remove(&node.id);
-                self.open_by_node
-                    .entry(node.id.clone())
-                    .or_default()
-                    .insert(stream_id, workload);
-                self.streams.insert(stream_id, node.id.clone());
+                let open = self.open_by_node.entry(node.id.clone()).or_default();
+                // Streams of one node may report out of order; the list stays sorted.
+                let at = open.partition_point(|(id, _)| *id < stream_id);
+                open.insert(at, (stream_id, workload));
                 self.refresh(&node.id);
+                self.streams.insert(stream_id, node);
             }
             Change::Disconnected { stream_id } => {
-                let Some(node_id) = self.streams.remove(&stream_id) else {
+                let Some(node) = self.streams.remove(&stream_id) else {
                     return;
                 };
-                let Some(open) = self.open_by_node.get_mut(&node_id) else {
+                let node_id = &node.id;
+                let Some(open) = self.open_by_node.get_mut(node_id) else {
                     return;
                 };
-                let closed = open.remove(&stream_id);
+                let closed = open
+                    .iter()
+                    .position(|(id, _)| *id == stream_id)
+                    .map(|at| open.remove(at).1);
                 if open.is_empty() {
-                    self.open_by_node.remove(&node_id);
+                    self.open_by_node.remove(node_id);
                     if let Some(workload) = closed {
                         debug!(node = %node_id, grace = ?self.grace, "keeping endpoints of a disconnected sidecar for the grace period");
                         let until = Instant::now() + self.grace;
                         self.lingering.insert(node_id.clone(), (workload, until));
                     }
                 }
-                self.refresh(&node_id);
+                self.refresh(node_id);
             }
         }
     }
@@ -189,7 +187,7 @@ impl Registry {
         let workload = self
             .open_by_node
             .get(node_id)
-            .and_then(|open| open.last_key_value())
+            .and_then(|open| open.last())
             .map(|(_, workload)| workload)
             .or_else(|| self.lingering.get(node_id).map(|(workload, _)| workload));
         let changed = match workload {
@@ -237,11 +235,25 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 mod tests {
     use super::*;
 
-    fn node(id: &str, ip: [u8; 4]) -> NodeInfo {
+    fn node(id: &str, ip: [u8; 4]) -> Arc<NodeInfo> {
         let mut node = NodeInfo::new(id);
         node.address = Some(std::net::IpAddr::from(ip));
         node.labels.insert("app".into(), "echo".into());
-        node
+        Arc::new(node)
+    }
+
+    /// A sidecar's node (labels and all) is kept once: its workload points at the node its
+    /// stream was given, so the registry holds no copy of its own.
+    #[tokio::test]
+    async fn a_workload_shares_the_node_its_stream_reported() {
+        let (registry, handle, mut workloads) = Registry::new(Duration::from_secs(10));
+        tokio::spawn(registry.run());
+        let a = node("a", [127, 0, 10, 1]);
+        handle.connected(1, &a);
+        workloads.changed().await.expect("registry publishes");
+        let published = workloads.borrow_and_update().by_node["a"].clone();
+        assert!(Arc::ptr_eq(&published.node, &a));
+        assert_eq!(published.address, std::net::IpAddr::from([127, 0, 10, 1]));
     }
 
     #[tokio::test(start_paused = true)]
@@ -349,7 +361,7 @@ mod tests {
     async fn sidecars_without_an_address_contribute_no_endpoint() {
         let (registry, handle, workloads) = Registry::new(Duration::from_secs(10));
         tokio::spawn(registry.run());
-        handle.connected(1, &NodeInfo::new("client"));
+        handle.connected(1, &Arc::new(NodeInfo::new("client")));
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(workloads.borrow().by_node.is_empty());
     }

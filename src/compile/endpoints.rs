@@ -197,9 +197,9 @@ impl<'w> WorkloadIndex<'w> {
     fn of(workloads: impl IntoIterator<Item = &'w Workload>) -> WorkloadIndex<'w> {
         let mut by_label: HashMap<(&str, &str, &str), Vec<&Workload>> = HashMap::new();
         for workload in workloads {
-            for (k, v) in &workload.labels {
+            for (k, v) in &workload.node.labels {
                 by_label
-                    .entry((workload.namespace.as_str(), k.as_str(), v.as_str()))
+                    .entry((workload.node.namespace.as_str(), k.as_str(), v.as_str()))
                     .or_default()
                     .push(workload);
             }
@@ -225,8 +225,8 @@ impl PortPlan {
                     .entry(SocketAddr::new(workload.address, *target))
                     .or_insert_with(|| {
                         (
-                            workload.region.clone().unwrap_or_default(),
-                            workload.zone.clone().unwrap_or_default(),
+                            workload.node.region.clone().unwrap_or_default(),
+                            workload.node.zone.clone().unwrap_or_default(),
                         )
                     });
             }
@@ -266,10 +266,10 @@ impl PortPlan {
 }
 
 fn selects(namespace: &str, selector: &BTreeMap<String, String>, workload: &Workload) -> bool {
-    workload.namespace == namespace
+    workload.node.namespace == namespace
         && selector
             .iter()
-            .all(|(k, v)| workload.labels.get(k) == Some(v))
+            .all(|(k, v)| workload.node.labels.get(k) == Some(v))
 }
 
 /// The slice port that serves `port`: the one with the same name (no name equals no name), or,

@@ -481,16 +481,18 @@ fn workload(
     address: &str,
     zone: Option<&str>,
 ) -> Workload {
+    let address = address.parse().expect("test address");
+    let mut info = crate::node::NodeInfo::new(node);
+    info.namespace = namespace.into();
+    info.labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    info.address = Some(address);
+    info.zone = zone.map(String::from);
     Workload {
-        node_id: node.into(),
-        namespace: namespace.into(),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        address: address.parse().expect("test address"),
-        zone: zone.map(String::from),
-        region: None,
+        node: Arc::new(info),
+        address,
     }
 }
 
@@ -498,7 +500,7 @@ fn workloads(list: Vec<Workload>) -> Workloads {
     Workloads {
         by_node: list
             .into_iter()
-            .map(|w| (w.node_id.clone(), std::sync::Arc::new(w)))
+            .map(|w| (w.node.id.clone(), std::sync::Arc::new(w)))
             .collect(),
     }
 }
@@ -2862,7 +2864,7 @@ fn a_sidecar_coming_changing_or_going_rebuilds_only_the_endpoints_selecting_it()
     for (i, (list, rebuilt)) in steps.into_iter().enumerate() {
         // The registry shares the workload of a node that did not change between sets.
         let set = Arc::new(Workloads {
-            by_node: list.into_iter().map(|w| (w.node_id.clone(), w)).collect(),
+            by_node: list.into_iter().map(|w| (w.node.id.clone(), w)).collect(),
         });
         let next = compiled.mesh_after(&set, Some(&previous));
         assert_eq!(
