@@ -95,7 +95,8 @@ struct TypeState {
     /// (or a forced resend) sends them again with it. Pruned to what is still lacking at each
     /// plan, and emptied by every response (which carries all that is lacking).
     rejected: BTreeMap<String, String>,
-    /// The latest responses of this type, newest last.
+    /// The responses of this type the client has not answered yet, newest last (at most
+    /// [`RECENT_RESPONSES`]): a NACK names one of them. An ACK settles it and every earlier one.
     recent: VecDeque<SentRecord>,
     /// Nonce of the latest response already ACKed or NACKed, so a repeated request with that
     /// nonce is not counted twice.
@@ -630,15 +631,24 @@ impl TypeState {
                 message: detail.message.clone(),
                 rejected,
             });
-        } else if let (true, Some(latest)) = (is_latest, self.recent.back()) {
-            // Rule 17: an ACK of an older nonce is ignored; a newer response is on its way.
-            self.status.acked_version = Some(latest.version.clone());
-            self.held_before_latest = None;
-            self.answered_nonce = Some(nonce.to_string());
-            events.push(Event::Ack {
-                resource_type: t,
-                version: latest.version.clone(),
-            });
+        } else if let Some(p) = self.recent.iter().position(|r| r.nonce == nonce) {
+            // The client applied that response and every earlier one (it answers in order),
+            // so none of them can be rejected any more: they are forgotten. Once the latest is
+            // ACKed, a stream in sync keeps no record of the type at all.
+            let acked = self.recent.drain(..=p).next_back();
+            if self.recent.is_empty() {
+                self.recent = VecDeque::new();
+            }
+            // Rule 17: an ACK of an older nonce says nothing of the newer response on its way.
+            if let (true, Some(latest)) = (is_latest, acked) {
+                self.status.acked_version = Some(latest.version.clone());
+                self.held_before_latest = None;
+                self.answered_nonce = Some(nonce.to_string());
+                events.push(Event::Ack {
+                    resource_type: t,
+                    version: latest.version,
+                });
+            }
         }
     }
 
@@ -930,15 +940,14 @@ mod tests {
         base_with_route(revision, 0)
     }
 
+    /// What a client of [`base`] subscribes to: everything, EDS and RDS by name.
+    const BASE_SUBSCRIPTIONS: [(ResourceType, &[&str]); 4] =
+        [(C, &[]), (E, &["a", "b"]), (L, &[]), (R, &["r"])];
+
     /// A harness subscribed to every type of [`base`], every response ACKed.
     fn synced() -> Harness {
         let mut h = Harness::new(base("rev1"));
-        for (t, names) in [
-            (C, &[][..]),
-            (E, &["a", "b"][..]),
-            (L, &[][..]),
-            (R, &["r"][..]),
-        ] {
+        for (t, names) in BASE_SUBSCRIPTIONS {
             let out = h.subscribe(t, names);
             assert_eq!(out.responses.len(), 1, "first {t} request answered");
             assert!(h.ack(&out.responses[0], names).responses.is_empty());
@@ -954,22 +963,36 @@ mod tests {
                 h.snapshot.shared_resources(t),
             )
         };
-        // EDS and RDS name every resource of the type; CDS and LDS are wildcard.
-        let mut h = synced();
-        for t in [C, E, L, R] {
-            assert!(shares(&h, t), "{t}");
-        }
-        // So is the remembered full answer (kept until it leaves the recent responses), not a
-        // list of every resource per stream.
         let remembered = |h: &Harness, t: ResourceType| {
             let state = &h.stream.types[t.index()];
-            Arc::clone(&state.recent.back().expect("a response was sent").resources)
+            Arc::clone(
+                &state
+                    .recent
+                    .back()
+                    .expect("a response is unanswered")
+                    .resources,
+            )
         };
+        // EDS and RDS name every resource of the type; CDS and LDS are wildcard.
+        let mut h = Harness::new(base("rev1"));
+        let mut first = Vec::new();
+        for (t, names) in BASE_SUBSCRIPTIONS {
+            let out = h.subscribe(t, names);
+            first.push((out.responses[0].clone(), names));
+        }
+        // Until the client answers, the full answer is remembered as the snapshot's map, not a
+        // list of every resource per stream.
         for t in [C, E, L, R] {
             assert!(
                 Arc::ptr_eq(&remembered(&h, t), h.snapshot.shared_resources(t)),
                 "{t}"
             );
+        }
+        for (response, names) in first {
+            assert!(h.ack(&response, names).responses.is_empty());
+        }
+        for t in [C, E, L, R] {
+            assert!(shares(&h, t), "{t}");
         }
         // Their names are the snapshot's maps too, not sets of their own.
         for t in [E, R] {
@@ -977,14 +1000,14 @@ mod tests {
             assert!(names.is_kept_as(h.snapshot.shared_resources(t)), "{t}");
         }
         let out = h.publish(mesh("rev2", [0, 0], [0, 1], 1));
+        // The change's answer is remembered as what it carried.
+        assert_eq!(remembered(&h, E).keys().collect::<Vec<_>>(), ["b"]);
         for (response, names) in out.responses.iter().zip([&["a", "b"][..], &["r"][..]]) {
             h.ack(response, names);
         }
         for t in [E, R] {
             assert!(shares(&h, t), "{t} after a change");
         }
-        // The change's answer is remembered as what it carried.
-        assert_eq!(remembered(&h, E).keys().collect::<Vec<_>>(), ["b"]);
         // Naming fewer than all: the stream keeps its own map of what it got.
         let mut h = Harness::new(base("rev1"));
         let out = h.subscribe(E, &["a"]);
@@ -1393,13 +1416,54 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_in_sync_keeps_no_record_of_what_it_sent() {
+        let mut h = synced();
+        let records = |h: &Harness, t: ResourceType| {
+            let recent = &h.stream.types[t.index()].recent;
+            (recent.len(), recent.capacity())
+        };
+        for t in [C, E, L, R] {
+            assert_eq!(
+                records(&h, t),
+                (0, 0),
+                "{t} after its first response is ACKed"
+            );
+        }
+        let cds = |out: Output<DiscoveryResponse>| {
+            (out.responses.into_iter())
+                .find(|r| type_of(r) == C)
+                .expect("a CDS response")
+        };
+        let first = cds(h.publish(mesh("rev2", [1, 0], [0, 0], 0)));
+        let second = cds(h.publish(mesh("rev3", [2, 0], [0, 0], 0)));
+        assert_eq!(records(&h, C).0, 2);
+        // An ACK of the older response settles it alone and is no ACK of the newer one, which
+        // can still be NACKed.
+        let out = h.ack(&first, &[]);
+        assert!(!out.events.iter().any(|e| matches!(e, Event::Ack { .. })));
+        assert_eq!(records(&h, C).0, 1);
+        let out = h.nack(&second, &[]);
+        assert!(out.events.iter().any(|e| matches!(
+            e,
+            Event::Nack { version, .. } if *version == second.version_info
+        )));
+        let third = cds(h.publish(mesh("rev4", [3, 0], [0, 0], 0)));
+        h.ack(&third, &[]);
+        assert_eq!(records(&h, C), (0, 0));
+        assert_eq!(
+            h.stream.status(C).acked_version,
+            h.stream.status(C).sent_version
+        );
+    }
+
+    #[test]
     fn rule_17_a_stale_nonce_is_no_ack_but_its_names_count() {
         let mut h = synced();
+        // The nonce of the EDS response the client ACKed.
         let eds = h.stream.types[E.index()]
-            .recent
-            .back()
-            .map(|r| r.nonce.clone())
-            .unwrap_or_default();
+            .answered_nonce
+            .clone()
+            .expect("the first EDS response was ACKed");
         let out = h.publish(mesh("rev2", [0, 0], [1, 0], 0));
         let pushed = out.responses[0].clone();
         // The client, not yet seeing the push, drops b with the older nonce.
