@@ -16,7 +16,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
 use super::names::{NameSet, PackedSet};
-use super::reply::{DeltaReply, Reply};
+use super::reply::{DeltaReply, Reply, Resources};
 use super::request::DeltaRequest;
 use super::resource::{Resource, ResourceType, Snapshot};
 use super::stream::{
@@ -295,8 +295,9 @@ impl HeldSet {
 /// What one type sends in one sync.
 #[derive(Debug, Default)]
 struct Plan {
-    /// Resources to send: new, changed or forced.
-    added: Vec<Arc<Resource>>,
+    /// Resources to send: new, changed or forced; the snapshot's map itself when that is all of
+    /// it.
+    added: Resources,
     /// Names the client holds that it should no longer have.
     removed: Vec<String>,
     /// Send even when empty (first LDS/CDS answer).
@@ -395,7 +396,7 @@ impl DeltaStream {
             }
         }
         for (t, removed) in tail {
-            self.emit(t, Vec::new(), removed, false, snapshot, &mut out);
+            self.emit(t, Resources::default(), removed, false, snapshot, &mut out);
         }
         for state in &mut self.types {
             state.held.pack();
@@ -423,7 +424,7 @@ impl DeltaStream {
                     return None;
                 }
                 return Some(Plan {
-                    added: changed.to_vec(),
+                    added: Resources::List(changed.to_vec()),
                     removed: Vec::new(),
                     answer: false,
                     holds_all: true,
@@ -453,7 +454,10 @@ impl DeltaStream {
         let holds_desired = state.force.is_empty()
             && matches!((&state.held, &desired),
                 (HeldSet { map: Some(held), .. }, Desired::All { resources, .. }) if std::ptr::eq(&**held, *resources));
-        if !holds_desired {
+        // Holding nothing and due the whole map (a sidecar connecting): all of it is sent.
+        let lacks_all =
+            !suppressed && state.held.is_empty() && matches!(desired, Desired::All { .. });
+        if !holds_desired && !lacks_all {
             let mut held = state.held.iter().peekable();
             for (name, resource) in desired.iter() {
                 while let Some(gone) = held.next_if(|h| h.name() < name) {
@@ -491,6 +495,14 @@ impl DeltaStream {
                 })
                 .collect();
         }
+        // Every resource of the map, in name order, is the map: it goes out as the snapshot's
+        // own, not as a list per stream.
+        let added = match desired {
+            Desired::All { resources, .. } if lacks_all || added.len() == resources.len() => {
+                Resources::Map(Arc::clone(map))
+            }
+            _ => Resources::List(added),
+        };
         let answer = state.must_answer && t.is_wildcard_type() && state.subscribed();
         let holds_all = !suppressed && matches!(desired, Desired::All { .. });
         if holds_all {
@@ -545,7 +557,7 @@ impl DeltaStream {
     fn emit(
         &mut self,
         t: ResourceType,
-        added: Vec<Arc<Resource>>,
+        added: Resources,
         removed: Vec<String>,
         whole_map: bool,
         snapshot: &Snapshot,
@@ -656,7 +668,7 @@ impl TypeState {
     /// exactly that map, which is kept instead.
     fn record_changes(
         &mut self,
-        added: &[Arc<Resource>],
+        added: &Resources,
         removed: &[String],
         whole: Option<&Arc<BTreeMap<String, Arc<Resource>>>>,
     ) -> Vec<(Held, Option<Held>)> {
@@ -1039,7 +1051,7 @@ mod tests {
 
     /// A whole-map answer carries exactly the difference of the two sets it is remembered by:
     /// checked on every such answer the tests make.
-    pub(super) fn assert_undo_lists(undo: &Undo, added: &[Arc<Resource>], removed: &[String]) {
+    pub(super) fn assert_undo_lists(undo: &Undo, added: &Resources, removed: &[String]) {
         let changes = undo.changes();
         let changed = changes.iter().map(|(entry, _)| entry.name());
         let sent =
@@ -1805,6 +1817,42 @@ mod tests {
         h.ack(&out.responses[0]);
         // A client answers in order: what it ACKed, and all before, can no longer be NACKed.
         assert_eq!(kept(&h), 0);
+    }
+
+    /// A sidecar connecting is sent every resource of a type: the reply carries the snapshot's
+    /// map itself, not a list of its resources per stream (12,000 `Arc`s in a mesh of 1,000
+    /// Services, held until the reply is written).
+    #[test]
+    fn an_answer_of_the_whole_map_carries_the_map_not_a_list() {
+        let snapshot = base("rev1");
+        let is_the_map = |reply: &DeltaReply, t: ResourceType| match &reply.resources {
+            Resources::Map(map) => Arc::ptr_eq(map, snapshot.shared_resources(t)),
+            Resources::List(_) => false,
+        };
+        let mut stream = DeltaStream::new();
+        let first = stream.handle_request(&decoded(&request(C, &[], &[], "")), &snapshot);
+        assert!(is_the_map(&first.responses[0], C));
+        // EDS naming every cluster wants the whole map too.
+        let first = stream.handle_request(&decoded(&request(E, &["a", "b"], &[], "")), &snapshot);
+        assert!(is_the_map(&first.responses[0], E));
+        // So does a reconnecting client that declared every name at a stale version.
+        let mut stream = DeltaStream::new();
+        let mut reconnect = request(C, &[], &[], "");
+        reconnect.initial_resource_versions = HashMap::from([
+            ("a".to_string(), "stale".to_string()),
+            ("b".to_string(), "stale".to_string()),
+        ]);
+        let out = stream.handle_request(&decoded(&reconnect), &snapshot);
+        assert!(is_the_map(&out.responses[0], C));
+        // Part of a map is a list of that part.
+        let out = stream.handle_request(&decoded(&request(E, &["a"], &[], "")), &snapshot);
+        let Resources::List(list) = &out.responses[0].resources else {
+            panic!("one of two endpoints sent as the map");
+        };
+        assert_eq!(
+            list.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["a"]
+        );
     }
 
     #[test]

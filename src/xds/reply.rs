@@ -1,6 +1,7 @@
 //! The responses the state machines produce, and their protobuf encoding written by hand.
 //!
-//! A reply holds the `Arc<Resource>`s of the snapshot, not copies of their bytes. The gRPC codec
+//! A reply holds the `Arc<Resource>`s of the snapshot, not copies of their bytes, and a full
+//! answer holds the snapshot's map of them itself ([`Resources::Map`]). The gRPC codec
 //! ([`super::grpc`]) writes it as [`Pieces`]: the few fields before the resources, the
 //! resources, and the fields after them. The resources of a large reply are encoded once for
 //! every stream that sends the same list ([`shared_block`]): a thousand sidecars connecting
@@ -12,7 +13,7 @@
 //! fields in tag order, proto3 defaults left out. The tests below hold the two encodings equal.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{btree_map, BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -63,6 +64,104 @@ impl Pieces {
     }
 }
 
+/// The resources of a reply, in the order they go on the wire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resources {
+    /// Listed one by one: a change, or what a client lacks of a type.
+    List(Vec<Arc<Resource>>),
+    /// Every resource of a map, in name order. A full answer carries the snapshot's own map:
+    /// a sidecar connecting costs no list of every resource (12,000 in a mesh of 1,000
+    /// Services), and every stream sending that map shares one encoding of it.
+    Map(Arc<BTreeMap<String, Arc<Resource>>>),
+}
+
+impl Resources {
+    pub fn len(&self) -> usize {
+        match self {
+            Resources::List(list) => list.len(),
+            Resources::Map(map) => map.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter(&self) -> ResourcesIter<'_> {
+        match self {
+            Resources::List(list) => ResourcesIter::List(list.iter()),
+            Resources::Map(map) => ResourcesIter::Map(map.values()),
+        }
+    }
+
+    /// The very same resources (the same allocations) in the same order.
+    fn same_as(&self, other: &Resources) -> bool {
+        if let (Resources::Map(a), Resources::Map(b)) = (self, other) {
+            if Arc::ptr_eq(a, b) {
+                return true;
+            }
+        }
+        self.len() == other.len()
+            && self
+                .iter()
+                .zip(other.iter())
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+impl<'a> IntoIterator for &'a Resources {
+    type Item = &'a Arc<Resource>;
+    type IntoIter = ResourcesIter<'a>;
+
+    fn into_iter(self) -> ResourcesIter<'a> {
+        self.iter()
+    }
+}
+
+/// The resources of a [`Resources`], in order.
+pub enum ResourcesIter<'a> {
+    List(std::slice::Iter<'a, Arc<Resource>>),
+    Map(btree_map::Values<'a, String, Arc<Resource>>),
+}
+
+impl<'a> Iterator for ResourcesIter<'a> {
+    type Item = &'a Arc<Resource>;
+
+    fn next(&mut self) -> Option<&'a Arc<Resource>> {
+        match self {
+            ResourcesIter::List(list) => list.next(),
+            ResourcesIter::Map(map) => map.next(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            ResourcesIter::List(list) => list.size_hint(),
+            ResourcesIter::Map(map) => map.size_hint(),
+        }
+    }
+}
+
+impl ExactSizeIterator for ResourcesIter<'_> {}
+
+impl From<Vec<Arc<Resource>>> for Resources {
+    fn from(list: Vec<Arc<Resource>>) -> Self {
+        Resources::List(list)
+    }
+}
+
+impl FromIterator<Arc<Resource>> for Resources {
+    fn from_iter<I: IntoIterator<Item = Arc<Resource>>>(resources: I) -> Self {
+        Resources::List(resources.into_iter().collect())
+    }
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources::List(Vec::new())
+    }
+}
+
 /// Replies with fewer resources are encoded for their stream alone: a change's few resources
 /// cost less to encode than to look up.
 const SHARED_FROM: usize = 16;
@@ -83,7 +182,7 @@ enum Layout {
 trait Framed {
     const LAYOUT: Layout;
 
-    fn resources(&self) -> &[Arc<Resource>];
+    fn resources(&self) -> &Resources;
     fn put_head(&self, buf: &mut impl BufMut);
     fn put_tail(&self, buf: &mut impl BufMut);
 
@@ -107,7 +206,7 @@ trait Framed {
     }
 }
 
-type Kept = (Layout, Vec<Arc<Resource>>, Bytes);
+type Kept = (Layout, Resources, Bytes);
 
 thread_local! {
     /// Per thread, so streams served by one thread share without waiting on each other.
@@ -116,9 +215,10 @@ thread_local! {
 
 /// `resources` encoded as the repeated `resources` field of a response. A list of
 /// [`SHARED_FROM`] resources or more is encoded once per thread: a reply with the very same
-/// resources (the same allocations, in the same order) gets the same bytes. The kept lists hold
-/// their resources alive, so an address cannot be taken by another resource while it is kept.
-fn shared_block(layout: Layout, resources: &[Arc<Resource>]) -> Bytes {
+/// resources (the same allocations, in the same order) gets the same bytes; a reply carrying
+/// the very same map is found without comparing its resources. The kept lists hold their
+/// resources alive, so an address cannot be taken by another resource while it is kept.
+fn shared_block(layout: Layout, resources: &Resources) -> Bytes {
     let encode = || {
         let mut block = Vec::with_capacity(block_len(layout, resources));
         for resource in resources {
@@ -129,11 +229,7 @@ fn shared_block(layout: Layout, resources: &[Arc<Resource>]) -> Bytes {
     if resources.len() < SHARED_FROM {
         return encode();
     }
-    let same = |(kept_layout, kept, _): &&Kept| {
-        *kept_layout == layout
-            && kept.len() == resources.len()
-            && kept.iter().zip(resources).all(|(a, b)| Arc::ptr_eq(a, b))
-    };
+    let same = |(kept_layout, kept, _): &&Kept| *kept_layout == layout && kept.same_as(resources);
     let found = KEPT.with_borrow(|kept| kept.iter().find(same).map(|(_, _, block)| block.clone()));
     if let Some(block) = found {
         return block;
@@ -143,7 +239,7 @@ fn shared_block(layout: Layout, resources: &[Arc<Resource>]) -> Bytes {
         if kept.len() == SHARED_KEPT {
             kept.pop_front();
         }
-        kept.push_back((layout, resources.to_vec(), block.clone()));
+        kept.push_back((layout, resources.clone(), block.clone()));
     });
     block
 }
@@ -151,7 +247,7 @@ fn shared_block(layout: Layout, resources: &[Arc<Resource>]) -> Bytes {
 /// The size of `resources` as the repeated `resources` field: for a list long enough to be
 /// shared, the size of its shared encoding (made now if it is not kept yet, for the reply to
 /// use), so a thousand streams sending one list do not each walk its resources to size it.
-fn resources_len(layout: Layout, resources: &[Arc<Resource>]) -> usize {
+fn resources_len(layout: Layout, resources: &Resources) -> usize {
     if resources.len() < SHARED_FROM {
         block_len(layout, resources)
     } else {
@@ -160,7 +256,7 @@ fn resources_len(layout: Layout, resources: &[Arc<Resource>]) -> usize {
 }
 
 /// The size of `resources` as the repeated `resources` field, summed resource by resource.
-fn block_len(layout: Layout, resources: &[Arc<Resource>]) -> usize {
+fn block_len(layout: Layout, resources: &Resources) -> usize {
     let one = |resource: &Arc<Resource>| match layout {
         Layout::Delta => delimited_len(delta_response::RESOURCES, delta_resource_len(resource)),
         Layout::Sotw => delimited_len(sotw_response::RESOURCES, any_len(&resource.body)),
@@ -194,7 +290,7 @@ pub struct DeltaReply {
     /// The reply's type; its `type_url` goes on the wire.
     pub resource_type: ResourceType,
     /// Resources added or changed, shared with the snapshot.
-    pub resources: Vec<Arc<Resource>>,
+    pub resources: Resources,
     /// Names the client holds and should drop.
     pub removed_resources: Vec<String>,
     /// Fresh per response; the client's ACK or NACK names it.
@@ -210,7 +306,7 @@ pub struct SotwReply {
     pub resource_type: ResourceType,
     /// Shared with the snapshot: for LDS, CDS and scoped RDS every resource the client should
     /// hold of the type; for EDS and RDS what it does not hold yet at the current version.
-    pub resources: Vec<Arc<Resource>>,
+    pub resources: Resources,
     /// Fresh per response; the client's ACK or NACK names it.
     pub nonce: String,
 }
@@ -294,7 +390,7 @@ impl Reply for DeltaReply {
 impl Framed for DeltaReply {
     const LAYOUT: Layout = Layout::Delta;
 
-    fn resources(&self) -> &[Arc<Resource>] {
+    fn resources(&self) -> &Resources {
         &self.resources
     }
 
@@ -349,7 +445,7 @@ impl Reply for SotwReply {
 impl Framed for SotwReply {
     const LAYOUT: Layout = Layout::Sotw;
 
-    fn resources(&self) -> &[Arc<Resource>] {
+    fn resources(&self) -> &Resources {
         &self.resources
     }
 
@@ -443,7 +539,7 @@ mod tests {
         SotwReply {
             version_info: version.into(),
             resource_type: ResourceType::Cluster,
-            resources,
+            resources: resources.into(),
             nonce: nonce.into(),
         }
     }
@@ -457,7 +553,7 @@ mod tests {
         DeltaReply {
             system_version_info: version.into(),
             resource_type: ResourceType::Route,
-            resources,
+            resources: resources.into(),
             removed_resources: removed.iter().map(|n| n.to_string()).collect(),
             nonce: nonce.into(),
         }
@@ -474,6 +570,55 @@ mod tests {
             },
             origins: Vec::new(),
         })
+    }
+
+    /// A full answer carries the snapshot's map: it encodes as the list of the map's resources
+    /// in name order does, and every reply of that map gets one shared encoding.
+    #[test]
+    fn a_reply_of_a_map_encodes_as_its_list_and_shares_one_encoding() {
+        let map: Arc<BTreeMap<String, Arc<Resource>>> = Arc::new(
+            (0..SHARED_FROM as u32 * 2)
+                .map(|i| {
+                    let r = Arc::new(resource(ResourceType::Cluster, &format!("c{i:02}"), i));
+                    (r.name.clone(), r)
+                })
+                .collect(),
+        );
+        let list: Vec<Arc<Resource>> = map.values().cloned().collect();
+        let delta = |resources: Resources| DeltaReply {
+            system_version_info: "v".into(),
+            resource_type: ResourceType::Cluster,
+            resources,
+            removed_resources: vec!["gone".into()],
+            nonce: "1".into(),
+        };
+        let sotw = |resources: Resources| SotwReply {
+            version_info: "v".into(),
+            resource_type: ResourceType::Cluster,
+            resources,
+            nonce: "1".into(),
+        };
+        let by_map = Resources::Map(Arc::clone(&map));
+        assert_eq!(by_map.len(), list.len());
+        assert!(by_map.iter().eq(list.iter()));
+        for reply in [
+            delta(by_map.clone()),
+            delta(Resources::Map(Arc::new(BTreeMap::new()))),
+        ] {
+            assert_encodes_like_prost(&reply);
+        }
+        assert_encodes_like_prost(&sotw(by_map.clone()));
+        assert_eq!(
+            delta(by_map.clone()).to_proto(),
+            delta(list.clone().into()).to_proto()
+        );
+        // Two streams sending the map share its bytes; a list of the very same resources finds
+        // them too.
+        let first = delta(by_map.clone()).pieces().resources;
+        let second = delta(Resources::Map(Arc::clone(&map))).pieces().resources;
+        let listed = delta(list.into()).pieces().resources;
+        assert_eq!(first.as_ptr(), second.as_ptr());
+        assert_eq!(first.as_ptr(), listed.as_ptr());
     }
 
     #[test]
@@ -606,13 +751,13 @@ mod tests {
             let sotw_reply = || SotwReply {
                 version_info: "rev-0123456789abcdef".into(),
                 resource_type: t,
-                resources: resources.clone(),
+                resources: resources.clone().into(),
                 nonce: "42".into(),
             };
             let delta_reply = || DeltaReply {
                 system_version_info: "rev-0123456789abcdef".into(),
                 resource_type: t,
-                resources: resources.clone(),
+                resources: resources.clone().into(),
                 removed_resources: Vec::new(),
                 nonce: "42".into(),
             };
@@ -715,14 +860,14 @@ mod tests {
             assert_encodes_like_prost(&DeltaReply {
                 system_version_info: version.clone(),
                 resource_type,
-                resources: resources.clone(),
+                resources: resources.clone().into(),
                 removed_resources: removed,
                 nonce: nonce.clone(),
             });
             assert_encodes_like_prost(&SotwReply {
                 version_info: version,
                 resource_type,
-                resources,
+                resources: resources.into(),
                 nonce,
             });
         }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use super::names::NameSet;
-use super::reply::{Reply, SotwReply};
+use super::reply::{Reply, Resources, SotwReply};
 use super::request::{Names, SotwRequest};
 use super::resource::{key_digest, Resource, ResourceType, Snapshot};
 use super::stream::{
@@ -357,7 +357,7 @@ impl SotwStream {
         let response = SotwReply {
             version_info: version.clone(),
             resource_type: t,
-            resources: content.values().cloned().collect(),
+            resources: Resources::Map(Arc::clone(&content)),
             nonce: nonce.clone(),
         };
         out.events.push(Event::Sent {
@@ -1412,6 +1412,29 @@ mod tests {
             summary(&out),
             [s(C, &[])],
             "an empty set deletes everything"
+        );
+    }
+
+    /// A full answer carries the snapshot's map itself, not a list of its resources per
+    /// stream; what a client lacks of a type is the map of just that.
+    #[test]
+    fn a_full_answer_carries_the_snapshots_map_not_a_list() {
+        let snapshot = base("rev1");
+        let mut stream = SotwStream::new();
+        for (t, names) in BASE_SUBSCRIPTIONS {
+            let out = stream.handle_request(&request(t, names, "", ""), &snapshot);
+            let Resources::Map(map) = &out.responses[0].resources else {
+                panic!("{t} sent as a list");
+            };
+            assert!(Arc::ptr_eq(map, snapshot.shared_resources(t)), "{t}");
+        }
+        let mut stream = SotwStream::new();
+        let out = stream.handle_request(&request(E, &["a"], "", ""), &snapshot);
+        assert_eq!(
+            (out.responses[0].resources.iter())
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>(),
+            ["a"]
         );
     }
 

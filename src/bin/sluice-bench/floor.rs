@@ -130,14 +130,14 @@ fn encode_type(snapshot: &Snapshot, previous: &Snapshot, t: ResourceType) -> Typ
     let delta = |resources: Vec<_>, removed_resources: Vec<String>| DeltaReply {
         system_version_info: version.clone(),
         resource_type: t,
-        resources,
+        resources: resources.into(),
         removed_resources,
         nonce: String::new(),
     };
     let sotw = |resources: Vec<_>| SotwReply {
         version_info: version.clone(),
         resource_type: t,
-        resources,
+        resources: resources.into(),
         nonce: String::new(),
     };
     let old = previous.resources(t);
