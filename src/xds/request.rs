@@ -42,28 +42,41 @@ fn invalid(err: prost::DecodeError) -> Status {
     Status::internal(err.to_string())
 }
 
-/// A SotW request, with what its names say.
+/// A SotW request, with its names taken out of `request`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SotwRequest {
-    /// The request; `resource_names` is left empty when `names` is [`Names::AsBefore`].
+    /// The request; `resource_names` is always empty.
     pub request: DiscoveryRequest,
     pub names: Names,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// A SotW request's `resource_names`.
+#[derive(Clone, Debug, PartialEq)]
 pub enum Names {
-    /// The names are in `request.resource_names`.
-    #[default]
-    Decoded,
+    /// Read where they lie in the message: a SotW client names every endpoint and route
+    /// configuration it wants (thousands), and no name is copied out.
+    Listed(NameList),
     /// Exactly the names of the previous request of this type on this stream.
     AsBefore,
 }
 
+impl Default for Names {
+    fn default() -> Self {
+        Names::Listed(NameList::default())
+    }
+}
+
 impl From<DiscoveryRequest> for SotwRequest {
-    fn from(request: DiscoveryRequest) -> Self {
+    /// The names are put on the wire as an encoder would, then read as those of a decoded
+    /// request are.
+    fn from(mut request: DiscoveryRequest) -> Self {
+        let mut wire = Vec::new();
+        for name in std::mem::take(&mut request.resource_names) {
+            prost::encoding::string::encode(RESOURCE_NAMES, &name, &mut wire);
+        }
         SotwRequest {
             request,
-            names: Names::Decoded,
+            names: Names::Listed(NameList::of(Bytes::from(wire), RESOURCE_NAMES)),
         }
     }
 }
@@ -116,10 +129,15 @@ impl SotwDecoder {
         // an ACK of a large mesh repeats thousands.
         let mut rest = Vec::with_capacity(256);
         let mut runs: Vec<Range<usize>> = Vec::new();
-        let mut count: u64 = 0;
+        let (mut count, mut sum) = (0u64, 0u128);
         let walked = walk_fields(&bytes, |field| {
             if field.tag == RESOURCE_NAMES && field.wire_type == WireType::LengthDelimited {
+                let name = bytes.get(field.payload)?;
+                if !is_utf8(name) {
+                    return None;
+                }
                 count += 1;
+                sum = sum.wrapping_add(key_digest(name));
                 match runs.last_mut() {
                     Some(run) if run.end == field.span.start => run.end = field.span.end,
                     _ => runs.push(field.span),
@@ -135,7 +153,7 @@ impl SotwDecoder {
                 .map(SotwRequest::from)
                 .map_err(invalid);
         }
-        let mut request = DiscoveryRequest::decode(rest.as_slice()).map_err(invalid)?;
+        let request = DiscoveryRequest::decode(rest.as_slice()).map_err(invalid)?;
         // The walk found every run within `bytes`.
         let run_bytes = |run: &Range<usize>| bytes.get(run.clone()).unwrap_or_default();
         // The names as encoded, lengths included, then their count: one call per run.
@@ -146,23 +164,6 @@ impl SotwDecoder {
                 names: Names::AsBefore,
             });
         }
-        let mut names = Vec::with_capacity(usize::try_from(count).unwrap_or_default());
-        for run in &runs {
-            let run = run_bytes(run);
-            // A run holds only name fields, each found well formed by the walk above.
-            walk_fields(run, |field| {
-                let name = String::from_utf8(run.get(field.payload)?.to_vec()).ok()?;
-                names.push(name);
-                Some(())
-            })
-            .ok_or_else(|| {
-                Status::internal(
-                    "failed to decode Protobuf message: DiscoveryRequest.resource_names: invalid \
-                     string value: data is not UTF-8 encoded",
-                )
-            })?;
-        }
-        request.resource_names = names;
         // Only the types Sluice serves are remembered: a client naming endless unknown types
         // cannot grow the map.
         if ResourceType::from_type_url(&request.type_url).is_some() {
@@ -173,7 +174,18 @@ impl SotwDecoder {
             let previous = Previous { digest, run };
             self.previous.insert(request.type_url.clone(), previous);
         }
-        Ok(SotwRequest::from(request))
+        let names = NameList {
+            names: InPlace {
+                message: bytes,
+                tag: RESOURCE_NAMES,
+                count: usize::try_from(count).unwrap_or(usize::MAX),
+            },
+            sum,
+        };
+        Ok(SotwRequest {
+            request,
+            names: Names::Listed(names),
+        })
     }
 
     /// A request repeating, in one run of fields, the names the previous request of its type
@@ -295,9 +307,9 @@ fn is_utf8(bytes: &[u8]) -> bool {
     bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
 }
 
-/// The names of a delta request's `resource_names_subscribe`, in the order sent, with the
-/// wrapping sum of their [`key_digest`]s: a client subscribing to exactly the names of a
-/// snapshot's map has that map's count and sum.
+/// The names of a delta request's `resource_names_subscribe` or a SotW request's
+/// `resource_names`, in the order sent, with the wrapping sum of their [`key_digest`]s: a
+/// client subscribing to exactly the names of a snapshot's map has that map's count and sum.
 #[derive(Clone, Default)]
 pub struct NameList {
     names: InPlace,
@@ -305,6 +317,20 @@ pub struct NameList {
 }
 
 impl NameList {
+    /// The fields `tag` of `message`, known to be well-formed UTF-8 strings.
+    fn of(message: Bytes, tag: u32) -> NameList {
+        let mut names = InPlace {
+            message,
+            tag,
+            count: 0,
+        };
+        let (count, sum) = (names.values()).fold((0, 0u128), |(count, sum), name| {
+            (count + 1, sum.wrapping_add(key_digest(name)))
+        });
+        names.count = count;
+        NameList { names, sum }
+    }
+
     /// The number of names sent (a name sent twice counts twice).
     pub fn len(&self) -> usize {
         self.names.count
@@ -620,7 +646,10 @@ mod tests {
 
         // Another type has its own previous names.
         let other = request(rds, &["a", "b"], "");
-        assert_eq!(decode(&mut decoder, &other).names, Names::Decoded);
+        assert!(matches!(
+            decode(&mut decoder, &other).names,
+            Names::Listed(_)
+        ));
 
         // Different names, fewer names, no names: decoded.
         for names in [&["a", "c"][..], &["a"], &[]] {
@@ -629,14 +658,23 @@ mod tests {
         }
         // Names split differently into entries ("ab" against "a", "b") are not the same.
         let joined = request(eds, &["ab"], "n3");
-        assert_eq!(decode(&mut decoder, &joined).names, Names::Decoded);
+        assert!(matches!(
+            decode(&mut decoder, &joined).names,
+            Names::Listed(_)
+        ));
         let split = request(eds, &["a", "b"], "n4");
-        assert_eq!(decode(&mut decoder, &split).names, Names::Decoded);
+        assert!(matches!(
+            decode(&mut decoder, &split).names,
+            Names::Listed(_)
+        ));
 
         // Types Sluice does not serve are always decoded and never remembered.
         for i in 0..3 {
             let unknown = request(&format!("type.example/T{}", i % 2), &["a"], "");
-            assert_eq!(decode(&mut decoder, &unknown).names, Names::Decoded);
+            assert!(matches!(
+                decode(&mut decoder, &unknown).names,
+                Names::Listed(_)
+            ));
         }
         assert_eq!(decoder.previous.len(), 2, "EDS and RDS only");
 
@@ -666,7 +704,10 @@ mod tests {
         };
         assert_eq!(decode(&mut decoder, &together).names, Names::AsBefore);
         together.resource_names.push("w".into());
-        assert_eq!(decode(&mut decoder, &together).names, Names::Decoded);
+        assert!(matches!(
+            decode(&mut decoder, &together).names,
+            Names::Listed(_)
+        ));
     }
 
     fn delta_decode(bytes: Vec<u8>) -> Result<DeltaRequest, Status> {
@@ -713,6 +754,27 @@ mod tests {
             "a pair was copied"
         );
         // The request itself holds the message, not a copy of it.
+        drop(decoded);
+        assert!(message.is_unique(), "the message outlived its request");
+    }
+
+    #[test]
+    fn a_sotw_requests_names_are_read_where_they_lie_in_the_message() {
+        let names: Vec<String> = (0..50).map(|i| format!("svc-{i:04}")).collect();
+        let request = DiscoveryRequest {
+            type_url: "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment".into(),
+            resource_names: names.clone(),
+            ..Default::default()
+        };
+        let message = Bytes::from(request.encode_to_vec());
+        let decoded = (SotwDecoder::default().decode_bytes(message.clone())).expect("decodes");
+        let Names::Listed(listed) = &decoded.names else {
+            panic!("a first request's names are listed");
+        };
+        let within = |text: &str| message.as_ptr_range().contains(&text.as_ptr());
+        assert!(listed.iter().eq(names.iter().map(String::as_str)));
+        assert!(listed.iter().all(within), "a name was copied");
+        assert!(decoded.request.resource_names.is_empty());
         drop(decoded);
         assert!(message.is_unique(), "the message outlived its request");
     }

@@ -24,8 +24,8 @@ use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use super::names::NameSet;
 use super::reply::{Reply, Resources, SotwReply};
-use super::request::{Names, SotwRequest};
-use super::resource::{key_digest, Resource, ResourceType, Snapshot};
+use super::request::{NameList, Names, SotwRequest};
+use super::resource::{Resource, ResourceType, Snapshot};
 use super::stream::{
     changed_between, content_hash, response_version, Event, NackRecord, NonceCounter, Output,
     Settled, TypeStatus,
@@ -139,24 +139,27 @@ impl SotwStream {
         Self::default()
     }
 
-    /// One request from the client. `snapshot` is this node's current snapshot.
+    /// One request from the client, as a generated message (tests and tools; the stream's
+    /// decoder gives [`Self::handle_decoded`] its requests). `snapshot` is this node's current
+    /// snapshot.
     pub fn handle_request(
         &mut self,
         request: &DiscoveryRequest,
         snapshot: &Snapshot,
     ) -> Output<SotwReply> {
-        self.handle(request, Some(&request.resource_names), snapshot)
+        self.handle_decoded(&SotwRequest::from(request.clone()), snapshot)
     }
 
-    /// [`Self::handle_request`] for a request as the stream's decoder gives it: its names may
-    /// have been left undecoded because they repeat the previous request's of the type.
+    /// [`Self::handle_request`] for a request as the stream's decoder gives it: its names read
+    /// where they lie in the message, or left out because they repeat the previous request's
+    /// of the type.
     pub fn handle_decoded(
         &mut self,
         decoded: &SotwRequest,
         snapshot: &Snapshot,
     ) -> Output<SotwReply> {
-        let names = match decoded.names {
-            Names::Decoded => Some(decoded.request.resource_names.as_slice()),
+        let names = match &decoded.names {
+            Names::Listed(names) => Some(names),
             Names::AsBefore => None,
         };
         self.handle(&decoded.request, names, snapshot)
@@ -166,7 +169,7 @@ impl SotwStream {
     fn handle(
         &mut self,
         request: &DiscoveryRequest,
-        names: Option<&[String]>,
+        names: Option<&NameList>,
         snapshot: &Snapshot,
     ) -> Output<SotwReply> {
         let Some(t) = ResourceType::from_type_url(&request.type_url) else {
@@ -429,7 +432,7 @@ impl TypeState {
     /// Whether `resource_names` is the subscription already in force (as
     /// [`Self::update_subscription`] would read it), without copying a name: a SotW ACK
     /// repeats every name it subscribes to.
-    fn asks_for_the_same(&self, t: ResourceType, resource_names: &[String]) -> bool {
+    fn asks_for_the_same(&self, t: ResourceType, resource_names: &NameList) -> bool {
         let wildcard = t.is_wildcard_type() && resource_names.iter().any(|name| name == "*");
         if t.is_wildcard_type() {
             let ever_named = self.ever_named || !resource_names.is_empty();
@@ -439,16 +442,18 @@ impl TypeState {
         }
         // Names in ascending order without `*` (as clients mostly send them) compare in one
         // walk; anything else is sorted first.
-        if !wildcard && resource_names.windows(2).all(|pair| pair[0] < pair[1]) {
+        let mut previous: Option<&str> = None;
+        let ascending = resource_names.iter().all(|name| {
+            let after = previous.is_none_or(|previous| previous < name);
+            previous = Some(name);
+            after
+        });
+        if !wildcard && ascending {
             return resource_names.len() == self.names.len()
-                && resource_names
-                    .iter()
-                    .zip(self.names.iter())
-                    .all(|(a, b)| a == b);
+                && resource_names.iter().eq(self.names.iter());
         }
         let names: BTreeSet<&str> = resource_names
             .iter()
-            .map(String::as_str)
             .filter(|name| !(wildcard && *name == "*"))
             .collect();
         names.len() == self.names.len() && names.into_iter().eq(self.names.iter())
@@ -712,7 +717,7 @@ impl TypeState {
     fn update_subscription(
         &mut self,
         t: ResourceType,
-        resource_names: Option<&[String]>,
+        resource_names: Option<&NameList>,
         snapshot: &Snapshot,
     ) {
         if !self.requested {
@@ -740,12 +745,11 @@ impl TypeState {
         self.status.subscribed = self.subscribed();
     }
 
-    fn replace_names(&mut self, t: ResourceType, resource_names: &[String], snapshot: &Snapshot) {
+    fn replace_names(&mut self, t: ResourceType, resource_names: &NameList, snapshot: &Snapshot) {
         // Every name of the type: kept as the snapshot's map.
-        let sum =
-            || (resource_names.iter()).fold(0u128, |sum, name| sum.wrapping_add(key_digest(name)));
+        let sum = || resource_names.sum();
         let mut names = NameSet::keys_if_exactly(t, snapshot, resource_names.len(), sum)
-            .unwrap_or_else(|| NameSet::from_names(resource_names.iter().map(String::as_str)));
+            .unwrap_or_else(|| NameSet::from_names(resource_names.iter()));
         if t.is_wildcard_type() {
             // Rule 25, the protocol's wildcard rules: `*` subscribes to everything; an empty
             // list does too, until some request of the stream named a resource.
@@ -1030,7 +1034,9 @@ mod tests {
         let snapshot = base("rev1");
         let plan = |names: &[&str]| {
             let mut state = TypeState::default();
-            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let Names::Listed(names) = SotwRequest::from(request(E, names, "", "")).names else {
+                unreachable!("a request of its own lists its names");
+            };
             state.update_subscription(E, Some(&names), &snapshot);
             state.plan_partial(E, &snapshot, &BTreeSet::new())
         };
