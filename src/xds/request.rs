@@ -15,7 +15,6 @@
 //! all a stream needs of a client naming every resource of a type, or declaring exactly what it
 //! should hold; the names themselves are read only when they are not that.
 
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::ops::Range;
 use std::sync::LazyLock;
@@ -84,11 +83,12 @@ impl From<DiscoveryRequest> for SotwRequest {
 /// A hash key chosen at start-up, so a client cannot craft names that collide.
 static SEED: LazyLock<u64> = LazyLock::new(|| std::hash::RandomState::new().hash_one(0u8));
 
-/// The decoder of one SotW stream: it remembers, per served type URL, the hash of the previous
+/// The decoder of one SotW stream: it remembers, per served type, the hash of the previous
 /// request's names.
 #[derive(Default)]
 pub struct SotwDecoder {
-    previous: HashMap<String, Previous>,
+    /// Indexed by [`ResourceType::index`]; boxed, as the stream's task holds the decoder.
+    previous: Box<[Option<Previous>; ResourceType::COUNT]>,
 }
 
 /// The names of the previous request of a type.
@@ -158,21 +158,19 @@ impl SotwDecoder {
         let run_bytes = |run: &Range<usize>| bytes.get(run.clone()).unwrap_or_default();
         // The names as encoded, lengths included, then their count: one call per run.
         let digest = names_digest(runs.iter().map(run_bytes), count);
-        if self.previous.get(&request.type_url).map(|p| p.digest) == Some(digest) {
-            return Ok(SotwRequest {
-                request,
-                names: Names::AsBefore,
-            });
-        }
-        // Only the types Sluice serves are remembered: a client naming endless unknown types
-        // cannot grow the map.
-        if ResourceType::from_type_url(&request.type_url).is_some() {
+        // Only the types Sluice serves are remembered.
+        if let Some(t) = ResourceType::from_type_url(&request.type_url) {
+            if self.previous[t.index()].map(|p| p.digest) == Some(digest) {
+                return Ok(SotwRequest {
+                    request,
+                    names: Names::AsBefore,
+                });
+            }
             let run = match runs.as_slice() {
                 [run] => Some((run.len(), count)),
                 _ => None,
             };
-            let previous = Previous { digest, run };
-            self.previous.insert(request.type_url.clone(), previous);
+            self.previous[t.index()] = Some(Previous { digest, run });
         }
         let names = NameList {
             names: InPlace {
@@ -208,14 +206,18 @@ impl SotwDecoder {
             (None, Some(start)) => start,
             _ => return None,
         };
-        for (type_url, previous) in &self.previous {
-            let Some((len, count)) = previous.run else {
+        for (t, previous) in ResourceType::ALL.into_iter().zip(self.previous.iter()) {
+            let Some(Previous {
+                digest,
+                run: Some((len, count)),
+            }) = *previous
+            else {
                 continue;
             };
             let Some(run) = bytes.get(start..start.checked_add(len)?) else {
                 continue;
             };
-            if names_digest([run], count) != previous.digest {
+            if names_digest([run], count) != digest {
                 continue;
             }
             // The same names; every field after them must be another field.
@@ -229,7 +231,7 @@ impl SotwDecoder {
                 Some(())
             })?;
             let request = DiscoveryRequest::decode(rest.as_slice()).ok()?;
-            if request.type_url == *type_url {
+            if request.type_url == t.type_url() {
                 return Some(SotwRequest {
                     request,
                     names: Names::AsBefore,
@@ -595,6 +597,8 @@ fn walk_fields(bytes: &[u8], mut each: impl FnMut(Field) -> Option<()>) -> Optio
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
     use envoy_types::pb::envoy::config::core::v3::Node;
 
@@ -676,7 +680,11 @@ mod tests {
                 Names::Listed(_)
             ));
         }
-        assert_eq!(decoder.previous.len(), 2, "EDS and RDS only");
+        assert_eq!(
+            decoder.previous.iter().flatten().count(),
+            2,
+            "EDS and RDS only"
+        );
 
         // Names interleaved with other fields (runs of names apart) read as prost reads them,
         // and are the same names as the same names written in one run.
