@@ -20,8 +20,8 @@ use super::reply::{DeltaReply, Reply, Resources};
 use super::request::DeltaRequest;
 use super::resource::{Resource, ResourceType, Snapshot};
 use super::stream::{
-    changed_between, content_hash, response_version, Event, NackRecord, NonceCounter, Output,
-    Settled, TypeStatus,
+    changed_between, content_hash, response_version, settle_acked, Event, NackRecord, NonceCounter,
+    Output, Settled, TypeStatus,
 };
 
 /// How many unanswered responses per type are remembered: a NACK may answer a response older
@@ -698,6 +698,7 @@ impl TypeState {
         }
         changes
     }
+
     fn subscribed(&self) -> bool {
         self.wildcard || !self.names.is_empty()
     }
@@ -756,13 +757,7 @@ impl TypeState {
                 rejected,
             });
         } else if let Some(p) = position {
-            // The client applied that response and every earlier one (it answers in order),
-            // so none of them can be undone any more: they are forgotten. Once the latest is
-            // ACKed, a stream in sync keeps no record of the type at all.
-            let acked = self.recent.drain(..=p).next_back();
-            if self.recent.is_empty() {
-                self.recent = VecDeque::new();
-            }
+            let acked = settle_acked(&mut self.recent, p);
             // An ACK of an older response says nothing of the newer one still unanswered.
             if let (true, Some(latest)) = (is_latest, acked) {
                 self.status.acked_version = Some(latest.version.clone());

@@ -64,8 +64,9 @@ impl Pieces {
     }
 }
 
-/// The resources of a reply, in the order they go on the wire.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The resources of a reply, in the order they go on the wire. Two are equal when they hold
+/// equal resources in the same order, listed or mapped.
+#[derive(Clone, Debug)]
 pub enum Resources {
     /// Listed one by one: a change, or what a client lacks of a type.
     List(Vec<Arc<Resource>>),
@@ -108,6 +109,14 @@ impl Resources {
                 .all(|(a, b)| Arc::ptr_eq(a, b))
     }
 }
+
+impl PartialEq for Resources {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Resources {}
 
 impl<'a> IntoIterator for &'a Resources {
     type Item = &'a Arc<Resource>;
@@ -601,6 +610,9 @@ mod tests {
         let by_map = Resources::Map(Arc::clone(&map));
         assert_eq!(by_map.len(), list.len());
         assert!(by_map.iter().eq(list.iter()));
+        // The same resources in the same order are the same reply, mapped or listed.
+        assert_eq!(delta(by_map.clone()), delta(list.clone().into()));
+        assert_ne!(by_map, Resources::from(list[1..].to_vec()));
         for reply in [
             delta(by_map.clone()),
             delta(Resources::Map(Arc::new(BTreeMap::new()))),

@@ -27,8 +27,8 @@ use super::reply::{Reply, Resources, SotwReply};
 use super::request::{NameList, Names, SotwRequest};
 use super::resource::{Resource, ResourceType, Snapshot};
 use super::stream::{
-    changed_between, content_hash, response_version, Event, NackRecord, NonceCounter, Output,
-    Settled, TypeStatus,
+    changed_between, content_hash, response_version, settle_acked, Event, NackRecord, NonceCounter,
+    Output, Settled, TypeStatus,
 };
 
 /// How many responses per type are remembered, to name the version and resources of a NACK
@@ -637,13 +637,7 @@ impl TypeState {
                 rejected,
             });
         } else if let Some(p) = self.recent.iter().position(|r| r.nonce == nonce) {
-            // The client applied that response and every earlier one (it answers in order),
-            // so none of them can be rejected any more: they are forgotten. Once the latest is
-            // ACKed, a stream in sync keeps no record of the type at all.
-            let acked = self.recent.drain(..=p).next_back();
-            if self.recent.is_empty() {
-                self.recent = VecDeque::new();
-            }
+            let acked = settle_acked(&mut self.recent, p);
             // Rule 17: an ACK of an older nonce says nothing of the newer response on its way.
             if let (true, Some(latest)) = (is_latest, acked) {
                 self.status.acked_version = Some(latest.version.clone());

@@ -154,6 +154,17 @@ impl TypeStatus {
     }
 }
 
+/// Forgets the unanswered responses of a type up to and including `acked`, the one an ACK
+/// names, and returns that one: the client answers in order, so neither it nor an earlier one
+/// can be NACKed any more. The queue is freed once empty: a stream in sync keeps no record.
+pub(crate) fn settle_acked<R>(unanswered: &mut VecDeque<R>, acked: usize) -> Option<R> {
+    let settled = unanswered.drain(..=acked).next_back();
+    if unanswered.is_empty() {
+        *unanswered = VecDeque::new();
+    }
+    settled
+}
+
 /// The version string of a response: the snapshot's revision, shortened to 12 characters, and
 /// the content hash of what the client holds once it applies the response.
 pub fn response_version(revision: &str, content_hash: &str) -> String {
