@@ -18,7 +18,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use super::names::{NameSet, PackedSet};
 use super::reply::{DeltaReply, Reply, Resources};
 use super::request::DeltaRequest;
-use super::resource::{Resource, ResourceType, Snapshot};
+use super::resource::{Resource, ResourceMap, ResourceType, Snapshot};
 use super::stream::{
     changed_between, content_hash, response_version, settle_acked, Event, NackRecord, NonceCounter,
     Output, Settled, TypeStatus,
@@ -103,7 +103,7 @@ enum Undo {
     /// two pointers, not an entry per resource per stream.
     Whole {
         before: HeldSet,
-        after: Arc<BTreeMap<String, Arc<Resource>>>,
+        after: Arc<ResourceMap>,
     },
 }
 
@@ -245,12 +245,12 @@ impl<'a> From<&'a Held> for HeldRef<'a> {
 #[derive(Debug, Default)]
 struct HeldSet {
     /// When present, exactly what the client holds, and `set` is empty.
-    map: Option<Arc<BTreeMap<String, Arc<Resource>>>>,
+    map: Option<Arc<ResourceMap>>,
     set: PackedSet<Held>,
 }
 
 impl HeldSet {
-    fn shared(map: &Arc<BTreeMap<String, Arc<Resource>>>) -> HeldSet {
+    fn shared(map: &Arc<ResourceMap>) -> HeldSet {
         HeldSet {
             map: Some(Arc::clone(map)),
             set: PackedSet::default(),
@@ -632,7 +632,7 @@ impl DeltaStream {
 /// subscribed names that exist. The wildcard case borrows the map instead of copying it.
 enum Desired<'a> {
     All {
-        resources: &'a BTreeMap<String, Arc<Resource>>,
+        resources: &'a ResourceMap,
         /// The snapshot's type version, which is the content hash of the whole map.
         hash: &'a str,
     },
@@ -670,7 +670,7 @@ impl TypeState {
         &mut self,
         added: &Resources,
         removed: &[String],
-        whole: Option<&Arc<BTreeMap<String, Arc<Resource>>>>,
+        whole: Option<&Arc<ResourceMap>>,
     ) -> Vec<(Held, Option<Held>)> {
         let mut changes = Vec::with_capacity(added.len() + removed.len());
         if let Some(map) = whole {

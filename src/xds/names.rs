@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
-use super::resource::{Resource, ResourceType, Snapshot};
+use super::resource::{ResourceMap, ResourceType, Snapshot};
 
 /// Names no stream holds any more are dropped once the table doubled since the last sweep.
 const SWEEP_FROM: usize = 1024;
@@ -70,8 +70,6 @@ fn sorted_include_keys_of<'a, V>(
         names.next_if(|name| *name == key.as_str()).is_some()
     })
 }
-
-type ResourceMap = BTreeMap<String, Arc<Resource>>;
 
 /// The names a stream subscribes to for one type. Envoy names every endpoint set and route
 /// configuration it needs, and a sidecar that may call every Service needs every one of them:

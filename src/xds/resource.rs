@@ -8,11 +8,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Deref;
 use std::sync::Arc;
 
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64, Xxh3};
+
+use super::reply::Encodings;
 
 /// The five resource types Sluice serves, in make-before-break order: a sidecar must have a
 /// cluster before its endpoints, and a cluster before a route may name it (routes are not
@@ -132,6 +135,91 @@ pub fn content_version(bytes: &[u8]) -> String {
     format!("{:016x}", xxh3_64(bytes))
 }
 
+/// Every resource of one type, by name. A snapshot's map also keeps the encodings of all its
+/// resources that replies sending the whole map share ([`Encodings`]): made by the first such
+/// reply on any thread, freed with the map. A map built for one stream (a subset of a type)
+/// keeps none.
+#[derive(Default)]
+pub struct ResourceMap {
+    map: BTreeMap<String, Arc<Resource>>,
+    encodings: Option<Box<Encodings>>,
+}
+
+impl ResourceMap {
+    /// A map that streams share, keeping the encodings of replies that send all of it.
+    pub fn shared(map: BTreeMap<String, Arc<Resource>>) -> ResourceMap {
+        ResourceMap {
+            map,
+            encodings: Some(Box::default()),
+        }
+    }
+
+    /// The encodings kept with the map, if it keeps any.
+    pub fn encodings(&self) -> Option<&Encodings> {
+        self.encodings.as_deref()
+    }
+
+    /// The map to change: it keeps no encodings from now on (they would be of other resources).
+    pub fn edit(&mut self) -> &mut BTreeMap<String, Arc<Resource>> {
+        self.encodings = None;
+        &mut self.map
+    }
+}
+
+/// A copy of the resources, for one stream to change: it keeps no encodings.
+impl Clone for ResourceMap {
+    fn clone(&self) -> ResourceMap {
+        ResourceMap::from(self.map.clone())
+    }
+}
+
+impl From<BTreeMap<String, Arc<Resource>>> for ResourceMap {
+    fn from(map: BTreeMap<String, Arc<Resource>>) -> ResourceMap {
+        ResourceMap {
+            map,
+            encodings: None,
+        }
+    }
+}
+
+impl FromIterator<(String, Arc<Resource>)> for ResourceMap {
+    fn from_iter<I: IntoIterator<Item = (String, Arc<Resource>)>>(iter: I) -> ResourceMap {
+        ResourceMap::from(iter.into_iter().collect::<BTreeMap<_, _>>())
+    }
+}
+
+impl Deref for ResourceMap {
+    type Target = BTreeMap<String, Arc<Resource>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl<'a> IntoIterator for &'a ResourceMap {
+    type Item = (&'a String, &'a Arc<Resource>);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, Arc<Resource>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.map.iter()
+    }
+}
+
+/// The resources, whatever encodings are kept.
+impl PartialEq for ResourceMap {
+    fn eq(&self, other: &Self) -> bool {
+        self.map == other.map
+    }
+}
+
+impl Eq for ResourceMap {}
+
+impl fmt::Debug for ResourceMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.map.fmt(f)
+    }
+}
+
 /// All resources one sidecar should have, per type, sorted by name. Immutable once built.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -139,7 +227,7 @@ pub struct Snapshot {
     pub revision: String,
     /// Shared, so a state-of-the-world stream that holds every resource of a type (a wildcard
     /// subscription) holds the snapshot's map rather than a copy of it.
-    resources: [Arc<BTreeMap<String, Arc<Resource>>>; ResourceType::COUNT],
+    resources: [Arc<ResourceMap>; ResourceType::COUNT],
     /// Per type, a hash over every (name, version) pair: the type's version.
     type_versions: [String; ResourceType::COUNT],
     /// Per type, the sum of every (name, version) pair's [`entry_digest`].
@@ -189,15 +277,12 @@ impl Snapshot {
         }
     }
 
-    pub fn resources(&self, resource_type: ResourceType) -> &BTreeMap<String, Arc<Resource>> {
+    pub fn resources(&self, resource_type: ResourceType) -> &ResourceMap {
         &self.resources[resource_type.index()]
     }
 
     /// Every resource of the type, as a map other holders may share.
-    pub fn shared_resources(
-        &self,
-        resource_type: ResourceType,
-    ) -> &Arc<BTreeMap<String, Arc<Resource>>> {
+    pub fn shared_resources(&self, resource_type: ResourceType) -> &Arc<ResourceMap> {
         &self.resources[resource_type.index()]
     }
 
@@ -256,7 +341,7 @@ pub fn entry_digest(name: impl AsRef<[u8]>, version: impl AsRef<[u8]>) -> u128 {
 /// which snapshots of sidecars that get the same resources share.
 #[derive(Clone, Debug, Default)]
 pub struct TypeResources {
-    map: Arc<BTreeMap<String, Arc<Resource>>>,
+    map: Arc<ResourceMap>,
     version: String,
     entry_sum: u128,
     key_sum: u128,
@@ -372,7 +457,7 @@ impl TypeResources {
             version: type_version(&map),
             entry_sum,
             key_sum,
-            map: Arc::new(map),
+            map: Arc::new(ResourceMap::shared(map)),
             built_from: None,
         }
     }
@@ -394,7 +479,7 @@ impl TypeResources {
         TypeResources::with_sums(map, entry_sum, key_sum)
     }
 
-    pub fn resources(&self) -> &BTreeMap<String, Arc<Resource>> {
+    pub fn resources(&self) -> &ResourceMap {
         &self.map
     }
 

@@ -25,7 +25,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use super::names::NameSet;
 use super::reply::{Reply, Resources, SotwReply};
 use super::request::{NameList, Names, SotwRequest};
-use super::resource::{Resource, ResourceType, Snapshot};
+use super::resource::{Resource, ResourceMap, ResourceType, Snapshot};
 use super::stream::{
     changed_between, content_hash, response_version, settle_acked, Event, NackRecord, NonceCounter,
     Output, Settled, TypeStatus,
@@ -37,7 +37,7 @@ const RECENT_RESPONSES: usize = 4;
 
 /// Resources by name, as the client holds them or should.
 /// Shared with the snapshot when it is all of a type (a wildcard subscription).
-type Held = Arc<BTreeMap<String, Arc<Resource>>>;
+type Held = Arc<ResourceMap>;
 
 /// One SotW ADS stream.
 #[derive(Debug, Default)]
@@ -241,7 +241,7 @@ impl SotwStream {
                 for (name, resource) in removed {
                     union.insert(name.clone(), resource.clone());
                 }
-                let union = Arc::new(union);
+                let union = Arc::new(ResourceMap::from(union));
                 let hash = hash_of(&union);
                 if hash != hash_of(held) {
                     let plan = Plan {
@@ -388,7 +388,7 @@ impl SotwStream {
                 state.held = whole;
                 Before::Entries(entries)
             } else {
-                let held = Arc::make_mut(&mut state.held);
+                let held = Arc::make_mut(&mut state.held).edit();
                 Before::Entries(
                     content
                         .values()
@@ -520,7 +520,7 @@ impl TypeState {
                     pending.insert(name.to_string(), resource.clone());
                 }
             }
-            Arc::new(pending)
+            Arc::new(ResourceMap::from(pending))
         };
         // A rejected resource stays rejected while the client still lacks it at that version.
         self.rejected
@@ -656,7 +656,7 @@ impl TypeState {
         match before {
             Before::Set(held) => self.held = held,
             Before::Entries(entries) => {
-                let held = Arc::make_mut(&mut self.held);
+                let held = Arc::make_mut(&mut self.held).edit();
                 for (sent, old) in entries {
                     match old {
                         Some(resource) => held.insert(sent.name.clone(), resource),
@@ -700,7 +700,7 @@ impl TypeState {
                     }
                 }
             } else if held.contains_key(name) {
-                Arc::make_mut(held).remove(name);
+                Arc::make_mut(held).edit().remove(name);
                 rejected.insert(name.to_string(), resource.version.clone());
             }
         }
@@ -760,7 +760,9 @@ impl TypeState {
             // should hold and the next response is sent.
             let names = &self.names;
             if self.held.keys().any(|name| !names.contains(name.as_str())) {
-                Arc::make_mut(&mut self.held).retain(|name, _| names.contains(name.as_str()));
+                Arc::make_mut(&mut self.held)
+                    .edit()
+                    .retain(|name, _| names.contains(name.as_str()));
             }
             if let Some((_, Before::Entries(entries))) = &mut self.held_before_latest {
                 entries.retain(|(sent, _)| names.contains(sent.name.as_str()));

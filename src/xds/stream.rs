@@ -22,14 +22,14 @@
 //! config the client should hold is unchanged. Once it changes (a new snapshot or a new
 //! subscription), the client is brought to the whole current state, once.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_128;
 
-use super::resource::{content_version, Resource, ResourceType};
+use super::resource::{content_version, Resource, ResourceMap, ResourceType};
 
 /// What one call into a state machine produced: responses to write, in order, and events to
 /// log or count.
@@ -209,7 +209,7 @@ pub(crate) struct Settled {
     /// The snapshot map the client holds exactly (every resource of it, nothing else, nothing
     /// rejected), when the last plan left it so: the next snapshot then needs only the
     /// resources that changed between the two maps (see [`changed_between`]).
-    pub(crate) holds_all_of: Option<Arc<BTreeMap<String, Arc<Resource>>>>,
+    pub(crate) holds_all_of: Option<Arc<ResourceMap>>,
     /// How often the type was planned in full (not skipped as settled).
     #[cfg(test)]
     pub(crate) full_plans: usize,
@@ -236,8 +236,6 @@ impl Settled {
         self.holds_all_of = None;
     }
 }
-
-type ResourceMap = BTreeMap<String, Arc<Resource>>;
 
 /// The resources of `new` whose version differs from `old`'s, when both maps hold the same
 /// names (`None` otherwise). Every stream of the same snapshots asks the same question, so the
