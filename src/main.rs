@@ -1,37 +1,101 @@
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use sluice::cli::{Cli, Command, LogFormat};
 
-/// Sluice allocates and frees many small strings and maps per sidecar request; mimalloc's
-/// per-thread free lists cost a fraction of the system allocator's (see BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// How often the memory releaser reads the process's CPU time.
+const RELEASE_TICK: Duration = Duration::from_millis(250);
 
-/// mimalloc's `mi_option_purge_delay`: the option between `mi_option_eager_commit_delay` (14)
-/// and `mi_option_use_numa_nodes` (16), which the bindings leave unnamed.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Memory freed after a burst (sidecars connecting: their first requests and answers are large
-/// and short-lived) goes back to the system at once, not after mimalloc's default second, which
-/// only runs out while the server keeps allocating: a server gone quiet after a burst kept it.
-/// 13 KB less per SotW sidecar at 1,000 and 10 MB less with the mesh loaded (BENCHMARKS.md).
-/// An operator's `MIMALLOC_PURGE_DELAY` is left as set.
-fn purge_freed_memory_at_once() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return;
+/// glibc's malloc keeps what the process frees for reuse and gives back to the system only
+/// what is free at the top of its heap. A burst of work (sidecars connecting with large first
+/// requests and answers, a reconnect storm, a compile) frees short-lived buffers among
+/// long-lived allocations, and a server gone quiet after it would keep their pages resident.
+/// Once the process has used CPU since the last release and then none for a whole
+/// [`RELEASE_TICK`], `malloc_trim` returns every whole free page. An idle server is never
+/// trimmed. 7 KB less per SotW sidecar at 1,000 (BENCHMARKS.md).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_freed_memory_after_bursts() {
+    let releaser = move || {
+        let mut bursts = Bursts::default();
+        let mut last = cpu_ticks();
+        loop {
+            std::thread::sleep(RELEASE_TICK);
+            let now = cpu_ticks();
+            let (Some(before), Some(after)) = (last, now) else {
+                return;
+            };
+            last = now;
+            if bursts.ended(after.saturating_sub(before)) {
+                let released_kb = release_freed_memory();
+                tracing::debug!(released_kb, "returned memory freed after a burst");
+            }
+        }
+    };
+    if let Err(err) = std::thread::Builder::new()
+        .name("sluice-release".into())
+        .spawn(releaser)
+    {
+        tracing::warn!(error = %err, "not returning freed memory after bursts");
     }
-    // SAFETY: sets one integer in mimalloc's option table, which it reads whenever it decides
-    // whether to purge; no memory is touched.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+}
+
+/// Returns every whole free page of the heap to the system; the KiB it released.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_freed_memory() -> i64 {
+    let before = resident_kb();
+    // SAFETY: `malloc_trim` takes glibc's arena locks itself and only gives back pages that
+    // hold no allocation; no memory the program uses is touched.
+    unsafe { libc::malloc_trim(0) };
+    match (before, resident_kb()) {
+        (Some(before), Some(after)) => before as i64 - after as i64,
+        _ => 0,
+    }
+}
+
+/// Tells, from the CPU ticks used in each [`RELEASE_TICK`], when a burst of work ended.
+#[derive(Debug, Default)]
+struct Bursts {
+    busy: bool,
+}
+
+impl Bursts {
+    /// True once per burst: at the first tick without CPU after ticks with it.
+    fn ended(&mut self, ticks_used: u64) -> bool {
+        if ticks_used > 0 {
+            self.busy = true;
+            return false;
+        }
+        std::mem::take(&mut self.busy)
+    }
+}
+
+/// The process's user and system CPU time in clock ticks, all threads (`/proc/self/stat`).
+fn cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces; utime and stime are
+    // fields 14 and 15, the 12th and 13th after it.
+    let (_, after_name) = stat.rsplit_once(')')?;
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The process's resident memory in KiB (`/proc/self/statm`, in pages of 4 KiB).
+fn resident_kb() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            purge_freed_memory_at_once();
             init_tracing(args.log_format);
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            release_freed_memory_after_bursts();
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,
                 Err(err) => {
@@ -77,19 +141,53 @@ fn init_tracing(format: LogFormat) {
 mod tests {
     use super::*;
 
-    /// The option set is mimalloc's purge delay: unset, it reads mimalloc 3's default of
-    /// 1,000 ms, and after the call 0.
     #[test]
-    fn the_option_set_is_mimallocs_purge_delay() {
-        let read = || {
-            // SAFETY: reads one integer of mimalloc's option table.
-            unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }
-        };
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-            return;
+    fn a_burst_ends_at_the_first_tick_without_cpu() {
+        let mut bursts = Bursts::default();
+        let ended: Vec<bool> = [0, 0, 3, 1, 0, 0, 2, 0, 0]
+            .into_iter()
+            .map(|ticks| bursts.ended(ticks))
+            .collect();
+        assert_eq!(
+            ended,
+            [false, false, false, false, true, false, false, true, false]
+        );
+    }
+
+    #[test]
+    fn cpu_ticks_count_this_processs_work() {
+        let before = cpu_ticks().expect("/proc/self/stat reads");
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < Duration::from_millis(100) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
         }
-        assert_eq!(read(), 1000);
-        purge_freed_memory_at_once();
-        assert_eq!(read(), 0);
+        let after = cpu_ticks().expect("/proc/self/stat reads");
+        assert!(
+            after >= before + 5,
+            "{before} -> {after} ticks over 100 ms of work"
+        );
+    }
+
+    /// Freed blocks between live ones stay resident until released.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn releasing_returns_the_pages_of_freed_blocks_between_live_ones() {
+        // 64 KiB blocks are below glibc's mmap threshold: they come from the heap. Every
+        // other one stays live, so the freed ones cannot be given back from the heap's top.
+        let mut blocks: Vec<Vec<u8>> = (0..1024).map(|i| vec![i as u8; 64 * 1024]).collect();
+        let mut kept = Vec::new();
+        for (i, block) in blocks.drain(..).enumerate() {
+            if i % 2 == 0 {
+                kept.push(block);
+            }
+        }
+        let released_kb = release_freed_memory();
+        assert!(
+            released_kb >= 16 * 1024,
+            "{released_kb} KiB released of 32 MiB freed"
+        );
+        assert_eq!(kept.len(), 512);
+        assert!(kept.iter().enumerate().all(|(i, b)| b[0] == (2 * i) as u8));
     }
 }
