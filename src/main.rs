@@ -7,13 +7,19 @@ use sluice::cli::{Cli, Command, LogFormat};
 /// How often the memory releaser reads the process's CPU time.
 const RELEASE_TICK: Duration = Duration::from_millis(250);
 
+/// CPU a burst of work must have used for the memory it freed to be returned after it, in clock
+/// ticks (10 ms): connecting hundreds of sidecars, a reconnect storm or loading a large mesh,
+/// not a change pushed to a thousand sidecars (30-60 ms), which frees little and whose next
+/// one would only fault the returned pages in again.
+const RELEASE_AFTER_TICKS: u64 = 25;
+
 /// glibc's malloc keeps what the process frees for reuse and gives back to the system only
 /// what is free at the top of its heap. A burst of work (sidecars connecting with large first
-/// requests and answers, a reconnect storm, a compile) frees short-lived buffers among
+/// requests and answers, a reconnect storm, loading the mesh) frees short-lived buffers among
 /// long-lived allocations, and a server gone quiet after it would keep their pages resident.
-/// Once the process has used CPU since the last release and then none for a whole
-/// [`RELEASE_TICK`], `malloc_trim` returns every whole free page. An idle server is never
-/// trimmed. 7 KB less per SotW sidecar at 1,000 (BENCHMARKS.md).
+/// Once a burst of at least [`RELEASE_AFTER_TICKS`] of CPU is followed by a whole
+/// [`RELEASE_TICK`] without any, `malloc_trim` returns every whole free page. An idle server is
+/// never trimmed. 7 KB less per SotW sidecar at 1,000 (BENCHMARKS.md).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn release_freed_memory_after_bursts() {
     let releaser = move || {
@@ -53,20 +59,22 @@ fn release_freed_memory() -> i64 {
     }
 }
 
-/// Tells, from the CPU ticks used in each [`RELEASE_TICK`], when a burst of work ended.
+/// Tells, from the CPU ticks used in each [`RELEASE_TICK`], when a burst of work that used at
+/// least [`RELEASE_AFTER_TICKS`] ended.
 #[derive(Debug, Default)]
 struct Bursts {
-    busy: bool,
+    /// Ticks used since the last tick without any.
+    used: u64,
 }
 
 impl Bursts {
-    /// True once per burst: at the first tick without CPU after ticks with it.
+    /// True once per long enough burst: at the first tick without CPU after it.
     fn ended(&mut self, ticks_used: u64) -> bool {
         if ticks_used > 0 {
-            self.busy = true;
+            self.used += ticks_used;
             return false;
         }
-        std::mem::take(&mut self.busy)
+        std::mem::take(&mut self.used) >= RELEASE_AFTER_TICKS
     }
 }
 
@@ -142,15 +150,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_burst_ends_at_the_first_tick_without_cpu() {
+    fn a_long_enough_burst_ends_at_the_first_tick_without_cpu() {
         let mut bursts = Bursts::default();
-        let ended: Vec<bool> = [0, 0, 3, 1, 0, 0, 2, 0, 0]
+        let long = RELEASE_AFTER_TICKS - 1;
+        let ended: Vec<bool> = [0, 0, long, 1, 0, 0, long, 0, 1, 0, 0]
             .into_iter()
             .map(|ticks| bursts.ended(ticks))
             .collect();
         assert_eq!(
             ended,
-            [false, false, false, false, true, false, false, true, false]
+            [false, false, false, false, true, false, false, false, false, false, false],
+            "only the burst of {RELEASE_AFTER_TICKS} ticks ends with a release"
         );
     }
 
