@@ -6,8 +6,8 @@
 //! resources, and the fields after them. The resources of a large reply are encoded once for
 //! every stream that sends the same list ([`shared_block`]): a thousand sidecars connecting
 //! get their full CDS and EDS answers from one encoding, kept with the snapshot's map
-//! ([`Encodings`]), which HTTP/2 writes to each socket without copying it again. Building a prost `DiscoveryResponse` instead would copy every
-//! resource into the message first.
+//! ([`Encodings`]), which HTTP/2 writes to each socket without copying it again. Building a
+//! prost `DiscoveryResponse` instead would copy every resource into the message first.
 //!
 //! The bytes are exactly what prost writes for the equivalent message ([`Reply::to_proto`]):
 //! fields in tag order, proto3 defaults left out. The tests below hold the two encodings equal.
@@ -596,6 +596,16 @@ mod tests {
         }
     }
 
+    /// `count` resources of type `t`, by name.
+    fn entries(t: ResourceType, count: usize) -> BTreeMap<String, Arc<Resource>> {
+        (0..count as u32)
+            .map(|i| {
+                let r = Arc::new(resource(t, &format!("r{i:02}"), i));
+                (r.name.clone(), r)
+            })
+            .collect()
+    }
+
     fn delta_of(resources: Resources) -> DeltaReply {
         DeltaReply {
             system_version_info: "v".into(),
@@ -633,13 +643,10 @@ mod tests {
     /// the map keeps.
     #[test]
     fn a_reply_of_a_map_encodes_as_its_list_and_shares_one_encoding() {
-        let entries: BTreeMap<String, Arc<Resource>> = (0..SHARED_FROM as u32 * 2)
-            .map(|i| {
-                let r = Arc::new(resource(ResourceType::Cluster, &format!("c{i:02}"), i));
-                (r.name.clone(), r)
-            })
-            .collect();
-        let map = Arc::new(ResourceMap::shared(entries.clone()));
+        let map = Arc::new(ResourceMap::shared(entries(
+            ResourceType::Cluster,
+            SHARED_FROM * 2,
+        )));
         let list: Vec<Arc<Resource>> = map.values().cloned().collect();
         let by_map = Resources::Map(Arc::clone(&map));
         assert_eq!(by_map.len(), list.len());
@@ -692,12 +699,7 @@ mod tests {
     /// drops what it kept.
     #[test]
     fn only_a_snapshots_unchanged_map_keeps_its_encodings() {
-        let entries: BTreeMap<String, Arc<Resource>> = (0..SHARED_FROM as u32)
-            .map(|i| {
-                let r = Arc::new(resource(ResourceType::Endpoint, &format!("e{i:02}"), i));
-                (r.name.clone(), r)
-            })
-            .collect();
+        let entries = entries(ResourceType::Endpoint, SHARED_FROM);
         let own = Arc::new(ResourceMap::from(entries.clone()));
         let first = sotw_of(Resources::Map(Arc::clone(&own))).pieces().resources;
         assert!(own.encodings().is_none());
